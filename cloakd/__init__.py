@@ -1,0 +1,1 @@
+"""cloakd: cloak faces and strip metadata before photos go online."""

@@ -1,0 +1,80 @@
+"""The Extractor interface and the registry of extractors by name.
+
+An extractor is a torch ``nn.Module`` in eval mode that maps aligned face chips to descriptors. Callers
+never normalise pixels themselves: the input is always float RGB in [0, 255], N x 3 x S x S, so that a
+cloak optimised on pixels gets gradients through the extractor's own normalisation. Where the chip comes
+from is described by ``geometry`` (chip size and padding of dlib's ``get_face_chip`` convention); the
+alignment module turns that into a sampling grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import CloakdError
+
+
+@dataclass(frozen=True)
+class ChipGeometry:
+    """Where an extractor's input chip lies relative to the face.
+
+    ``size``: chip side in pixels. ``padding``: dlib's get_face_chip padding (the unit face square is
+    mapped to [padding, 1 + padding] / (1 + 2 padding) of the chip).
+    """
+
+    size: int
+    padding: float
+
+
+class Extractor(nn.Module):
+    """A face descriptor network. Subclasses set ``name``, ``geometry`` and ``dim`` and implement forward."""
+
+    name: str = ""
+    geometry: ChipGeometry
+    dim: int
+    #: distance under which two descriptors are taken to be the same person (model's own threshold)
+    match_threshold: float
+
+    def forward(self, chips: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Callable[..., Extractor]] = {}
+
+
+def register(name: str):
+    """Decorator: register a factory ``f(**options) -> Extractor`` under ``name``."""
+
+    def deco(factory: Callable[..., Extractor]):
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def load_extractor(name: str, **options) -> Extractor:
+    """Build the extractor ``name`` (eval mode, gradients off for its parameters)."""
+    _load_builtin()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise CloakdError(f"unknown extractor {name!r} (available: {', '.join(sorted(_REGISTRY))})") from None
+    model = factory(**options)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _load_builtin() -> None:
+    # Importing the modules runs their @register decorators.
+    from . import dlib_resnet  # noqa: F401

@@ -1,0 +1,1 @@
+"""The shell around the engine: configuration, ledger, watchers, scheduler, service, CLI."""
