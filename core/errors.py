@@ -43,3 +43,11 @@ class MetadataError(CloakdError):
 
 class ProtectionError(CloakdError):
     """A cloak could not be computed or did not verify on the written file (fail closed)."""
+
+
+class ModelCorruptError(ModelMissingError):
+    """A model file is present but damaged or not the expected model; reinstalling its package fixes it."""
+
+
+class MetadataPolicyError(CloakdError):
+    """An allow-list names a tag that does not exist or that is never kept (GPS, Orientation, MakerNote...)."""

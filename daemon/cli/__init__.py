@@ -13,7 +13,7 @@ import sys
 from cloakd.core.errors import CloakdError
 
 # Sub-command modules, in the order `cloakd --help` lists them.
-COMMAND_MODULES = ["faces"]
+COMMAND_MODULES = ["faces", "photo"]
 
 EXIT_ERROR = 2      # bad input or configuration
 EXIT_INTERNAL = 70  # a bug (EX_SOFTWARE)

@@ -1,0 +1,123 @@
+"""The one interface every supported image format implements, and the vocabulary its container walk uses.
+
+Modelled in spirit on mat2's libmat2: one small class per format (jpeg.py, png.py, webp.py, heif.py, tiff.py)
+knows how to recognise its magic bytes, how to list every block of its container (so verification and
+inspection share one parser per format), and how to write a fresh file with Pillow. formats.py holds the
+registry that picks the class from the content, never from a file name.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+
+class Kind(enum.Enum):
+    """What a block of a container carries. Everything except STRUCTURE is metadata (or may hide some)."""
+
+    STRUCTURE = "image structure"  # dimensions, pixel data, compression tables: needed to show the picture
+    EXIF = "EXIF"
+    XMP = "XMP"
+    IPTC = "IPTC/Photoshop"
+    ICC = "ICC colour profile"
+    COMMENT = "comment"
+    TEXT = "text"
+    PREVIEW = "embedded preview image"
+    TRAILER = "data after the end of the image"
+    UNKNOWN = "unrecognised block"
+    DAMAGED = "damaged or truncated structure"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a container.
+
+    ``name`` says where it sits in the format's own terms ("APP1 Exif", "tEXt Comment", "RIFF XMP").
+    ``payload`` is the carried content, normalised per kind so readers need not know the container:
+    EXIF -> TIFF structure (``II*``/``MM*``, no ``Exif\\0\\0`` prefix), XMP -> XML, IPTC -> Photoshop image
+    resources (``8BIM``...) or bare IIM, ICC -> profile, COMMENT/TEXT -> text bytes, PREVIEW -> image bytes.
+    """
+
+    kind: Kind
+    name: str
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How clean files are written. Defaults are the documented product policy (see encode.py).
+
+    heif_as: "JPEG" (default: every browser and upload form takes it) or "HEIF" to keep HEIC as HEIC.
+    jpeg_quality: 95 with 4:4:4 chroma (no colour bleeding at edges; about 1.5x the size of 4:2:0).
+    webp_quality: for lossy WebP inputs; lossless WebP inputs stay lossless.
+    heif_quality: pillow-heif/x265 quality when heif_as="HEIF" (its default of 50 is visibly soft).
+    """
+
+    heif_as: str = "JPEG"
+    jpeg_quality: int = 95
+    webp_quality: int = 95
+    heif_quality: int = 90
+
+    def __post_init__(self) -> None:
+        if self.heif_as not in ("JPEG", "HEIF"):
+            raise ValueError(f"heif_as must be 'JPEG' or 'HEIF', not {self.heif_as!r}")
+        for name in ("jpeg_quality", "webp_quality", "heif_quality"):
+            if not 1 <= getattr(self, name) <= 100:
+                raise ValueError(f"{name} must be within 1..100")
+
+
+class ImageFormat:
+    """Base class: one subclass per supported format; the registry in formats.py holds one instance each."""
+
+    name: ClassVar[str]  # our name: "JPEG", "PNG", "WEBP", "HEIF", "TIFF"
+    pillow_id: ClassVar[str]  # Pillow plugin id, so Image.open never falls through to another plugin
+    extension: ClassVar[str]  # for output file names
+    has_alpha: ClassVar[bool] = True
+    has_grey: ClassVar[bool] = True
+
+    def sniff(self, head: bytes) -> bool:
+        """True if the first bytes are this format's signature."""
+        raise NotImplementedError
+
+    def blocks(self, data: bytes) -> list[Block]:
+        """Every block of the container, in file order. Never raises on damaged data: the damage is a block."""
+        raise NotImplementedError
+
+    def frame_count(self, image: Image.Image, blocks: list[Block]) -> int:
+        """Frames of the picture (animation, pages); more than one is refused by decode.py."""
+        return int(getattr(image, "n_frames", 1))
+
+    def applies_exif_orientation(self) -> bool:
+        """Whether the EXIF Orientation tag decides how the picture is displayed (not for HEIF: see heif.py)."""
+        return True
+
+    def high_depth_samples(self, image: Image.Image, data: bytes) -> np.ndarray | None:
+        """Full-precision 16-bit samples (H x W x C, uint16) when Pillow would otherwise drop bits."""
+        return None
+
+    def is_lossless(self, blocks: list[Block]) -> bool:
+        """Whether the source compression is lossless (decides lossy/lossless output where a format has both)."""
+        return True
+
+    def save_options(self, *, lossless: bool, options: OutputOptions) -> dict[str, Any]:
+        """Pillow save() keyword arguments for a fresh file of this format."""
+        raise NotImplementedError
+
+    def encode(self, image: Image.Image, *, exif: bytes | None, lossless: bool, options: OutputOptions) -> bytes:
+        """Write ``image`` (whose ``info`` is empty: nothing of the source travels along) as this format."""
+        kwargs = self.save_options(lossless=lossless, options=options)
+        if exif:
+            kwargs["exif"] = exif
+        out = io.BytesIO()
+        image.save(out, format=self.pillow_id, **kwargs)
+        return out.getvalue()
+
+
+def first_payload(blocks: list[Block], kind: Kind) -> bytes | None:
+    """Payload of the first block of ``kind`` (readers honour the first EXIF/ICC block, as Pillow does)."""
+    return next((b.payload for b in blocks if b.kind is kind and b.payload), None)

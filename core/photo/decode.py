@@ -1,0 +1,177 @@
+"""Decode image bytes into upright, sRGB, 8-bit pixels: the only form the rest of cloakd sees.
+
+Policies (also the user-facing documentation):
+- Format from content (magic bytes), never from the file name: see formats.py for what is supported.
+- Pixel limit (decompression bombs): ``max_pixels`` (default 100 MP, i.e. 100,000,000 pixels: above every
+  current phone's default output and 12,000 x 8,000 cameras) is checked from the header, before any pixel
+  is decoded. Pillow's own global bomb guard (``Image.MAX_IMAGE_PIXELS``, about 179 MP hard limit) still
+  applies and is reported the same way; we never change it. Between 89.5 and 100 MP Pillow emits a
+  DecompressionBombWarning that is harmless here.
+- Truncated or damaged files are errors (Pillow's LOAD_TRUNCATED_IMAGES stays False): no grey half-photos.
+- Animated images (GIF, WebP, APNG, HEIF sequences) and multi-page TIFFs: AnimatedImageError. A JPEG's
+  MPF secondary images and a HEIF collection's non-primary images are not frames: only the primary
+  picture is processed; the others are dropped (which stripping wants).
+- Orientation: all 8 EXIF orientations are applied to the pixels (HEIF: libheif applies irot/imir).
+- Colour: converted to sRGB when an ICC profile is embedded; greyscale stays greyscale; alpha is kept
+  separately; 16-bit samples are reduced to 8 bits with an ordered dither (colour.py).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import AnimatedImageError, ImageTooLargeError, TruncatedImageError, UnsupportedFormatError
+from .colour import reduce_depth, to_srgb
+from .container import ImageFormat, Kind, first_payload
+from .formats import detect
+from .orient import apply_orientation, orientation_of
+
+DEFAULT_MAX_PIXELS = 100_000_000
+_HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+@dataclass(frozen=True, eq=False)
+class Photo:
+    """A decoded photo, ready for processing.
+
+    pixels: H x W x 3 RGB or H x W grey, uint8, upright (orientation applied), sRGB.
+    alpha: H x W uint8, or None when the source has no transparency.
+    format: the source's container format ("JPEG", "PNG", "WEBP", "HEIF", "TIFF"), found from content.
+    icc_profile: the source's embedded profile, already applied; kept for reference, never written.
+    exif: the source's EXIF (TIFF structure), read only to copy allow-listed tags; never written as is.
+    bit_depth: bits per sample of the source (16-bit PNG/TIFF samples were dithered down to 8).
+    lossless: whether the source compression was lossless (a lossless WebP is written lossless again).
+    orientation: the EXIF orientation that was applied (1-8; 1 for HEIF, whose transforms libheif applies).
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    format: str
+    icc_profile: bytes | None
+    exif: bytes | None
+    bit_depth: int
+    lossless: bool
+    orientation: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) as displayed."""
+        return self.pixels.shape[1], self.pixels.shape[0]
+
+    @property
+    def is_grey(self) -> bool:
+        return self.pixels.ndim == 2
+
+
+def decode_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+    """Read ``path`` and decode it; errors name the file."""
+    path = Path(path)
+    return decode(path.read_bytes(), max_pixels=max_pixels, label=str(path))
+
+
+def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "input") -> Photo:
+    """Decode ``data`` (see the module docstring for the policies). ``label`` names the input in errors."""
+    fmt = detect(data, label=label)
+    blocks = fmt.blocks(data)
+    damage = [b.name for b in blocks if b.kind is Kind.DAMAGED]
+    if damage:  # some decoders (libheif) fill missing data silently; the container walk does not
+        raise TruncatedImageError(f"{label} is a truncated or damaged {fmt.name} file ({damage[0]})")
+    with _pillow_errors(fmt, label):
+        image = Image.open(io.BytesIO(data), formats=[fmt.pillow_id])
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(_too_large(label, width, height, max_pixels))
+        frames = fmt.frame_count(image, blocks)
+        if frames > 1:
+            raise AnimatedImageError(f"{label} has {frames} frames or pages (animated or multi-page "
+                                     f"{fmt.name}): cloakd processes still photos only")
+        high = fmt.high_depth_samples(image, data)
+        image.load()
+    exif = first_payload(blocks, Kind.EXIF)
+    icc = first_payload(blocks, Kind.ICC) or image.info.get("icc_profile") or None
+    orientation = orientation_of(exif) if fmt.applies_exif_orientation() else 1
+    colour, alpha, depth = _planes(image, high, label)
+    pixels = np.asarray(to_srgb(colour, icc))
+    return Photo(
+        pixels=apply_orientation(pixels, orientation),
+        alpha=None if alpha is None else apply_orientation(alpha, orientation),
+        format=fmt.name,
+        icc_profile=icc,
+        exif=exif,
+        bit_depth=depth,
+        lossless=fmt.is_lossless(blocks),
+        orientation=orientation,
+    )
+
+
+def _too_large(label: str, width: int, height: int, limit: int) -> str:
+    return (f"{label} is {width}x{height} = {width * height / 1e6:.0f} MP, above the {limit / 1e6:.0f} MP limit "
+            f"(decompression-bomb guard): reduce its resolution first")
+
+
+@contextmanager
+def _pillow_errors(fmt: ImageFormat, label: str) -> Iterator[None]:
+    """Turn the many ways Pillow and libheif report bad data into our error types, as one line."""
+    try:
+        yield
+    except Image.DecompressionBombError as e:
+        detail = str(e).split(",")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise ImageTooLargeError(
+            f"{label} is too large to decode safely ({detail}): reduce its resolution first") from e
+    except UnidentifiedImageError as e:
+        raise TruncatedImageError(f"{label} looks like {fmt.name} but its header is truncated or damaged") from e
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError, struct.error, zlib.error) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TruncatedImageError(f"{label} is a truncated or damaged {fmt.name} file ({reason})") from e
+
+
+def _planes(image: Image.Image, high: np.ndarray | None, label: str) -> tuple[Image.Image, np.ndarray | None, int]:
+    """(colour image in mode L/RGB/CMYK, alpha array or None, source bits per sample)."""
+    if high is None and image.mode in _HIGH_DEPTH_MODES:
+        high = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+    if high is not None:
+        samples = reduce_depth(high)
+        if samples.ndim == 2:
+            return Image.fromarray(samples), None, 16
+        colour_channels = 1 if samples.shape[2] in (1, 2) else 3
+        colour = samples[..., 0] if colour_channels == 1 else samples[..., :3]
+        alpha = samples[..., colour_channels] if samples.shape[2] in (2, 4) else None
+        return Image.fromarray(np.ascontiguousarray(colour)), alpha, 16
+    mode = image.mode
+    if mode == "F":
+        raise UnsupportedFormatError(f"{label} has floating-point samples, which cloakd does not process")
+    if mode in ("P", "PA"):
+        image = _depalette(image)
+        mode = image.mode
+    elif "transparency" in image.info and mode in ("L", "RGB"):
+        image = image.convert("LA" if mode == "L" else "RGBA")
+        mode = image.mode
+    if mode == "1":
+        return image.convert("L"), None, 1
+    if mode in ("L", "RGB", "CMYK"):
+        return image, None, 8
+    if mode == "LA":
+        return image.getchannel("L"), np.asarray(image.getchannel("A")), 8
+    if mode == "RGBA":
+        return image.convert("RGB"), np.asarray(image.getchannel("A")), 8
+    return image.convert("RGB"), None, 8  # YCbCr, LAB, HSV, RGBX: Pillow converts
+
+
+def _depalette(image: Image.Image) -> Image.Image:
+    """A palette image as L/LA when every palette entry is grey, else RGB/RGBA."""
+    has_alpha = image.mode == "PA" or "transparency" in image.info
+    rgb = image.convert("RGBA" if has_alpha else "RGB")
+    channels = np.asarray(rgb)
+    grey = bool((channels[..., 0] == channels[..., 1]).all() and (channels[..., 1] == channels[..., 2]).all())
+    if not grey:
+        return rgb
+    return rgb.convert("LA" if has_alpha else "L")

@@ -1,0 +1,94 @@
+"""Say what a file would leak if shared as is: location, people and captions, camera and serial numbers,
+dates, embedded previews, software, and any block nobody can read (which may hold anything).
+
+Works on the container alone (no pixels are decoded), so it is fast and also reports on files too
+damaged to decode. The same per-format walkers as verification list the blocks; exif_facts, xmp and
+iptc read what the blocks say.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+from PIL import Image
+
+from .colour import profile_name
+from .container import Block, Kind
+from .exif_facts import exif_findings
+from .formats import detect
+from .iptc import iptc_findings
+from .orient import orientation_of
+from .report import CAMERA, DATES, OTHER, PEOPLE, PREVIEWS, SOFTWARE, Finding, Report
+from .xmp import xmp_findings
+
+# The PNG specification's predefined text keywords (case-insensitive here).
+_PNG_KEYWORDS = {"title": PEOPLE, "author": PEOPLE, "description": PEOPLE, "copyright": PEOPLE, "comment": PEOPLE,
+                 "disclaimer": OTHER, "warning": OTHER, "creation time": DATES, "software": SOFTWARE, "source": CAMERA}
+
+
+def inspect(data: bytes, *, label: str = "input") -> Report:
+    """Report on ``data``; NotAnImageError/UnsupportedFormatError if it is not a supported image."""
+    fmt = detect(data, label=label)
+    blocks = fmt.blocks(data)
+    findings: list[Finding] = []
+    for block in blocks:
+        found = _findings(block)
+        if not found and block.kind is not Kind.STRUCTURE:
+            # A carrier with nothing we recognise is still a carrier: say so rather than "clean".
+            found = [Finding(OTHER, f"{block.kind.value} block", f"{len(block.payload)} bytes, "
+                             "nothing identifying recognised", block.name)]
+        for finding in found:
+            if not any(f.what == finding.what and f.value == finding.value for f in findings):
+                findings.append(finding)
+    return Report(format=fmt.name, size=_displayed_size(data, fmt.pillow_id, blocks, fmt.applies_exif_orientation()),
+                  findings=tuple(findings))
+
+
+def _findings(block: Block) -> list[Finding]:
+    kind, name, payload = block.kind, block.name, block.payload
+    if kind is Kind.EXIF:
+        return exif_findings(payload)
+    if kind is Kind.XMP:
+        return xmp_findings(payload)
+    if kind is Kind.IPTC:
+        return iptc_findings(payload)
+    if kind is Kind.ICC:
+        return [Finding(OTHER, "colour profile", profile_name(payload) or "unnamed ICC profile", name)]
+    if kind is Kind.COMMENT:
+        return [Finding(PEOPLE, "comment", _text(payload), name)] if _text(payload) else []
+    if kind is Kind.TEXT:
+        if name.startswith("tIME") and len(payload) == 7:
+            year, month, day, hour, minute, second = struct.unpack(">HBBBBB", payload)
+            return [Finding(DATES, "last modified", f"{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}",
+                            name)]
+        key = name.split(" ", 1)[1] if " " in name else name
+        topic = _PNG_KEYWORDS.get(key.lower(), DATES if key.lower().startswith("date:") else OTHER)
+        return [Finding(topic, f"text {key!r}", _text(payload) or f"{len(payload)} bytes", name)]
+    if kind is Kind.PREVIEW:
+        return [Finding(PREVIEWS, "embedded image", f"{len(payload)} bytes" if payload else "present", name)]
+    if kind is Kind.TRAILER:
+        return [Finding(OTHER, "hidden data after the image", f"{len(payload)} bytes", name)]
+    if kind is Kind.UNKNOWN:
+        return [Finding(OTHER, "unrecognised block", f"{len(payload)} bytes", name)]
+    if kind is Kind.DAMAGED:
+        return [Finding(OTHER, "damaged or truncated file", name, "container")]
+    return []
+
+
+def _text(payload: bytes) -> str:
+    text = payload.decode("utf-8", "replace").strip("\x00 \r\n\t")
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
+def _displayed_size(data: bytes, pillow_id: str, blocks: list[Block], exif_orientation: bool) -> tuple[int, int] | None:
+    """Width and height as a viewer shows them (EXIF orientations 5-8 swap them), from the header only."""
+    try:
+        with Image.open(io.BytesIO(data), formats=[pillow_id]) as image:
+            width, height = image.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    exif = next((b.payload for b in blocks if b.kind is Kind.EXIF), None)
+    if exif_orientation and orientation_of(exif) >= 5:
+        width, height = height, width
+    return width, height

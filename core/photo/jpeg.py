@@ -1,0 +1,149 @@
+"""JPEG: segment walker and writer.
+
+The walker reads the marker segments from SOI to EOI, skips entropy-coded scan data, and reports what
+follows EOI (MPF secondary images and maker "trailer" previews live there). APPn segments are named by
+their signature; an APPn we do not know is UNKNOWN, so verification fails closed on anything new.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Any
+
+from PIL import Image
+
+from .container import Block, ImageFormat, Kind, OutputOptions
+
+_SOI = b"\xff\xd8"
+# Next marker inside scan data: 0xFF not followed by a stuffed 0x00, a restart marker or fill byte.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# Segments that make up the picture itself (frame, tables, scan, restart interval, hierarchical).
+_STRUCTURE = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF,
+              0xC4, 0xCC, 0xDB, 0xDD, 0xDC, 0xDE, 0xDF}
+_APP_SIGNATURES: list[tuple[int, bytes, Kind, str]] = [
+    (0xE1, b"Exif\x00", Kind.EXIF, "APP1 Exif"),
+    (0xE1, b"http://ns.adobe.com/xap/1.0/\x00", Kind.XMP, "APP1 XMP"),
+    (0xE1, b"http://ns.adobe.com/xmp/extension/\x00", Kind.XMP, "APP1 extended XMP"),
+    (0xE2, b"ICC_PROFILE\x00", Kind.ICC, "APP2 ICC_PROFILE"),
+    (0xE2, b"MPF\x00", Kind.PREVIEW, "APP2 MPF (multi-picture index)"),
+    (0xE2, b"FPXR\x00", Kind.PREVIEW, "APP2 FlashPix (FPXR) preview"),
+    (0xED, b"Photoshop 3.0\x00", Kind.IPTC, "APP13 Photoshop/IPTC"),
+    (0xE0, b"JFXX\x00", Kind.PREVIEW, "APP0 JFXX thumbnail"),
+]
+
+
+def _app_block(marker: int, payload: bytes) -> Block:
+    if marker == 0xE0 and payload.startswith(b"JFIF\x00") and len(payload) >= 14:
+        # JFIF: version and pixel density; bytes 12-13 are the size of an optional embedded thumbnail.
+        has_thumb = payload[12] or payload[13]
+        return Block(Kind.PREVIEW if has_thumb else Kind.STRUCTURE, "APP0 JFIF", payload[14:] if has_thumb else b"")
+    if marker == 0xEE and payload.startswith(b"Adobe") and len(payload) == 12:
+        return Block(Kind.STRUCTURE, "APP14 Adobe (colour transform)")  # fixed 12 bytes: decoding flags only
+    for m, sig, kind, name in _APP_SIGNATURES:
+        if marker == m and payload.startswith(sig):
+            body = payload[len(sig):]
+            if kind is Kind.EXIF:
+                body = body[1:]  # "Exif\0" + pad byte (normally \0)
+            elif kind is Kind.XMP and name.startswith("APP1 extended"):
+                body = body[40:]  # GUID (32) + full length (4) + offset (4)
+            return Block(kind, name, body)
+    label = payload[:16].split(b"\x00")[0].decode("latin-1", "replace")
+    return Block(Kind.UNKNOWN, f"APP{marker - 0xE0} {label!r}", payload)
+
+
+def _merge_icc(blocks: list[Block]) -> list[Block]:
+    """ICC profiles larger than a segment are split over APP2 chunks (seq no, count): join them in order."""
+    chunks = [b for b in blocks if b.kind is Kind.ICC]
+    if len(chunks) <= 1:
+        return [b if b.kind is not Kind.ICC else Block(Kind.ICC, b.name, b.payload[2:]) for b in blocks]
+    profile = b"".join(c.payload[2:] for c in sorted(chunks, key=lambda c: c.payload[:1]))
+    first = blocks.index(chunks[0])
+    rest = [b for b in blocks if b.kind is not Kind.ICC]
+    rest.insert(first, Block(Kind.ICC, f"APP2 ICC_PROFILE ({len(chunks)} chunks)", profile))
+    return rest
+
+
+def walk(data: bytes) -> list[Block]:
+    """All segments of a JPEG, plus anything after EOI."""
+    blocks = [Block(Kind.STRUCTURE, "SOI")]
+    pos = 2
+    n = len(data)
+    while True:
+        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes before a marker
+        if pos + 2 > n:
+            blocks.append(Block(Kind.DAMAGED, f"file ends at byte {n} before the end-of-image marker"))
+            break
+        if data[pos] != 0xFF:
+            # Junk between segments: decoders skip to the next marker (libjpeg warns), so do we, but the
+            # bytes are reported, since they can carry anything.
+            nxt = data.find(b"\xff", pos)
+            nxt = n if nxt < 0 else nxt
+            blocks.append(Block(Kind.UNKNOWN, f"{nxt - pos} stray bytes at byte {pos}", data[pos:nxt]))
+            pos = nxt
+            continue
+        marker = data[pos + 1]
+        if marker == 0xD9:  # EOI
+            blocks.append(Block(Kind.STRUCTURE, "EOI"))
+            trailer = data[pos + 2:]
+            if trailer:
+                kind = Kind.PREVIEW if b"\xff\xd8\xff" in trailer else Kind.TRAILER
+                blocks.append(Block(kind, f"{len(trailer)} bytes after end of image", trailer))
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn / TEM: no length
+            pos += 2
+            continue
+        if pos + 4 > n:
+            blocks.append(Block(Kind.DAMAGED, f"segment header cut at byte {pos}"))
+            break
+        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        end = pos + 2 + length
+        if length < 2 or end > n:
+            blocks.append(Block(Kind.DAMAGED, f"segment 0x{marker:02X} at byte {pos} runs past the end of the file"))
+            break
+        payload = data[pos + 4:end]
+        if 0xE0 <= marker <= 0xEF:
+            blocks.append(_app_block(marker, payload))
+        elif marker == 0xFE:
+            blocks.append(Block(Kind.COMMENT, "COM", payload))
+        elif marker == 0xDA:  # SOS: header, then entropy-coded data up to the next real marker
+            blocks.append(Block(Kind.STRUCTURE, "SOS"))
+            found = _NEXT_MARKER.search(data, end)
+            if found is None:
+                blocks.append(Block(Kind.DAMAGED, "scan data runs to the end of the file (no end-of-image marker)"))
+                break
+            pos = found.start()
+            continue
+        elif marker in _STRUCTURE:
+            blocks.append(Block(Kind.STRUCTURE, f"0x{marker:02X}"))
+        else:
+            blocks.append(Block(Kind.UNKNOWN, f"marker 0x{marker:02X}", payload))
+        pos = end
+    return _merge_icc(blocks)
+
+
+class Jpeg(ImageFormat):
+    name = "JPEG"
+    pillow_id = "JPEG"
+    extension = ".jpg"
+    has_alpha = False
+
+    def sniff(self, head: bytes) -> bool:
+        return head[:3] == b"\xff\xd8\xff"
+
+    def blocks(self, data: bytes) -> list[Block]:
+        return walk(data)
+
+    def frame_count(self, image: Image.Image, blocks: list[Block]) -> int:
+        # MPF secondary images (depth maps, gain maps, previews) are not frames of the photo: we process
+        # the primary image and drop the rest, which is what stripping wants anyway.
+        return 1
+
+    def is_lossless(self, blocks: list[Block]) -> bool:
+        return False
+
+    def save_options(self, *, lossless: bool, options: OutputOptions) -> dict[str, Any]:
+        # subsampling=0 is 4:4:4 (full chroma resolution). Pillow writes only a JFIF APP0 for a fresh image;
+        # it would copy a source "comment" from image.info, but our images are built from arrays.
+        return {"quality": options.jpeg_quality, "subsampling": 0}

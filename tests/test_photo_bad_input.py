@@ -1,0 +1,125 @@
+"""Bad input gets a specific error type and a one-line message; the CLI keeps going and never touches inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image, features
+
+from cloakd.core.errors import (AnimatedImageError, ImageTooLargeError, NotAnImageError, TruncatedImageError,
+                                UnsupportedFormatError)
+from cloakd.core.photo.decode import decode
+from cloakd.daemon.cli import main
+
+
+def _png_chunk(ctype: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A PNG header claiming width x height RGB pixels with a tiny IDAT: no need to allocate the pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+            + _png_chunk(b"IEND", b""))
+
+
+def _save(frames: list[Image.Image], fmt: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    frames[0].save(out, fmt, save_all=len(frames) > 1, append_images=frames[1:], **kwargs)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def frames(data_dir) -> list[Image.Image]:
+    photo = Image.open(data_dir / "metadata" / "sony-cybershot.jpg").convert("RGB").resize((64, 48))
+    return [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(data_dir, frames) -> dict[str, tuple[bytes, type]]:
+    meta = data_dir / "metadata"
+    jpeg = (meta / "DSCN0010.jpg").read_bytes()
+    tiff = _save(frames[:1], "TIFF")
+    dng_like = Image.new("RGB", (8, 8))
+    exif = dng_like.getexif()
+    exif[50706] = b"\x01\x04\x00\x00"  # DNGVersion: a camera raw file
+    cases = {
+        "empty.jpg": (b"", NotAnImageError),
+        "notes.txt.jpg": (b"Meeting notes: nothing to see here.\n" * 20, NotAnImageError),
+        "jpeg_half.jpg": (jpeg[: len(jpeg) // 2], TruncatedImageError),
+        "jpeg_no_eoi.jpg": (jpeg[:-2], TruncatedImageError),
+        "jpeg_header_only.jpg": (jpeg[:3], TruncatedImageError),
+        "png_half.png": ((meta / "itxt_chunks.png").read_bytes()[:30000], TruncatedImageError),
+        "webp_half.webp": ((meta / "flower.webp").read_bytes()[:15000], TruncatedImageError),
+        "heic_half.heic": ((meta / "samplefilehub.heif").read_bytes()[:15000], TruncatedImageError),
+        "tiff_half.tif": (tiff[: len(tiff) // 2], TruncatedImageError),
+        "bomb_30000.png": (png_bomb(30000, 30000), ImageTooLargeError),
+        "animated.gif": (_save(frames, "GIF"), AnimatedImageError),
+        "animated.webp": (_save(frames, "WEBP"), AnimatedImageError),
+        "animated.png": (_save(frames, "PNG"), AnimatedImageError),
+        "pages.tif": (_save(frames, "TIFF"), AnimatedImageError),
+        "still.gif": (_save(frames[:1], "GIF"), UnsupportedFormatError),
+        "picture.bmp": (_save(frames[:1], "BMP"), UnsupportedFormatError),
+        "raw.dng": (_save([dng_like], "TIFF", exif=exif), UnsupportedFormatError),
+    }
+    if features.check("avif"):
+        cases["picture.avif"] = (_save(frames[:1], "AVIF"), UnsupportedFormatError)
+    return cases
+
+
+def test_each_bad_input_raises_its_specific_error(bad_inputs):
+    for name, (data, error) in bad_inputs.items():
+        with pytest.raises(error) as caught:
+            decode(data, label=name)
+        message = str(caught.value)
+        assert name in message and "\n" not in message, message
+
+
+def test_the_bomb_is_refused_from_its_header():
+    """A decode attempt would fail as truncated (the IDAT holds 1 kB); the size check comes first."""
+    with pytest.raises(ImageTooLargeError, match="too large"):
+        decode(png_bomb(30000, 30000))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_our_pixel_limit_applies_below_pillows(data_dir):
+    with pytest.raises(ImageTooLargeError, match="110 MP, above the 100 MP limit"):
+        decode(png_bomb(11000, 10000))
+    with pytest.raises(ImageTooLargeError):
+        decode((data_dir / "metadata" / "DSCN0010.jpg").read_bytes(), max_pixels=640 * 480 - 1)
+    assert decode((data_dir / "metadata" / "DSCN0010.jpg").read_bytes(), max_pixels=640 * 480).size == (640, 480)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cli_strip_reports_one_line_per_bad_file_and_continues(bad_inputs, data_dir, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, (data, _) in bad_inputs.items():
+        (inputs / name).write_bytes(data)
+    good = inputs / "good.jpg"
+    good.write_bytes((data_dir / "metadata" / "canon-ixus.jpg").read_bytes())
+    before = {p.name: _sha(p) for p in inputs.iterdir()}
+    out = tmp_path / "out"
+    paths = sorted(str(p) for p in inputs.iterdir())
+    assert main(["strip", *paths, "--out", str(out)]) != 0
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == len(bad_inputs)
+    assert all(line.startswith("cloakd: error: ") for line in err_lines)
+    assert {p.name: _sha(p) for p in inputs.iterdir()} == before  # inputs untouched, none deleted
+    assert sorted(p.name for p in out.iterdir()) == ["good.jpg"]  # the good file still got through
+
+
+def test_cli_inspect_reports_bad_files_in_one_line(bad_inputs, tmp_path, capsys):
+    path = tmp_path / "notes.jpg"
+    path.write_bytes(bad_inputs["notes.txt.jpg"][0])
+    assert main(["inspect", str(path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an image" in err[0]
