@@ -44,15 +44,15 @@ DLIB_5POINT_TEMPLATE = np.array(
 )
 
 # MTCNN's 5 points (image-left eye centre, image-right eye centre, nose tip, mouth left, mouth right) in
-# the same unit face square, refitted on all 480 faces of ../shared/data/faces by bench/fit_template.py
-# (mean position of MTCNN's points in the frame of dlib's own 5-point alignment).
+# the same unit face square, refitted on the 477 faces of ../shared/data/faces that both dlib and MTCNN
+# find (bench/fit_template.py: median position of MTCNN's points in the frame of dlib's own alignment).
 MTCNN_TEMPLATE = np.array(
     [
-        [0.2226, 0.2009],
-        [0.7649, 0.2047],
-        [0.4941, 0.5274],
-        [0.2368, 0.7827],
-        [0.7482, 0.7839],
+        [0.2285, 0.2089],
+        [0.7694, 0.2080],
+        [0.4972, 0.5325],
+        [0.2589, 0.7909],
+        [0.7374, 0.7894],
     ]
 )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see daemon/cli/__init__.py)
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,3 +44,29 @@ def resnet():
     from cloakd.core.extractors import load_extractor
 
     return load_extractor("dlib_resnet")
+
+
+@pytest.fixture(scope="session")
+def analyzer():
+    """cloakd's own pipeline (MTCNN + alignment + dlib ResNet), loaded once."""
+    from cloakd.core.faces import FaceAnalyzer
+
+    return FaceAnalyzer()
+
+
+@pytest.fixture(scope="session")
+def lfw_descriptors(analyzer, data_dir):
+    """(identity names, paths, descriptors) of the central face of every photo in faces/, computed once."""
+    import numpy as np
+    from PIL import Image
+
+    names, paths, descs = [], [], []
+    for path in sorted((data_dir / "faces").glob("*/*.jpg")):
+        img = np.array(Image.open(path).convert("RGB"))
+        faces = analyzer.analyse(img)
+        centre = np.array(img.shape[1::-1]) / 2
+        face = min(faces, key=lambda f: np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre))
+        names.append(path.parent.name)
+        paths.append(path)
+        descs.append(face.descriptor)
+    return np.array(names), paths, np.stack(descs)

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Before torch is imported anywhere: with OpenMP's default busy-waiting, 2 threads run 20-50x slower as
+# soon as another process is busy on the other core (measured); passive waiting costs nothing otherwise.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cloakd.core.errors import CloakdError
 
 # Sub-command modules, in the order `cloakd --help` lists them.
-COMMAND_MODULES = ["faces", "photo"]
+COMMAND_MODULES = ["faces", "photo", "targets", "protect", "evaluate", "service"]
 
 EXIT_ERROR = 2      # bad input or configuration
 EXIT_INTERNAL = 70  # a bug (EX_SOFTWARE)

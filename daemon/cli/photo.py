@@ -17,7 +17,8 @@ from cloakd.core.photo.container import OutputOptions
 from cloakd.core.photo.decode import DEFAULT_MAX_PIXELS
 from cloakd.core.photo.inspect import inspect
 from cloakd.core.photo.keep import resolve
-from cloakd.core.photo.strip import CleanPhoto, strip_bytes
+from cloakd.core.photo.strip import strip_bytes
+from cloakd.daemon.files import write_new_file
 
 EXIT_SOME_FAILED = 2
 
@@ -81,7 +82,7 @@ def run_strip(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             clean = strip_bytes(path.read_bytes(), keep=keep, options=options, max_pixels=max_pixels, label=str(path))
-            target = _write_new(args.out, path.stem, clean)
+            target = write_new_file(args.out, path.stem, clean.extension, clean.data)
         except (CloakdError, OSError) as e:
             failed += 1
             _fail(path, e)
@@ -89,16 +90,3 @@ def run_strip(args: argparse.Namespace) -> int:
         kept = f", kept {', '.join(clean.kept)}" if clean.kept else ""
         print(f"{path} -> {target} ({clean.format}{kept})")
     return EXIT_SOME_FAILED if failed else 0
-
-
-def _write_new(folder: Path, stem: str, clean: CleanPhoto) -> Path:
-    """Create ``stem.ext`` in ``folder``, or ``stem-1.ext``, ``stem-2.ext``...: never an existing file."""
-    for n in range(10_000):
-        target = folder / f"{stem}{f'-{n}' if n else ''}{clean.extension}"
-        try:
-            with open(target, "xb") as f:
-                f.write(clean.data)
-            return target
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free output name for {stem} in {folder}")

@@ -1,0 +1,79 @@
+"""Find, align and describe the faces of one photo: detector -> alignment -> extractor.
+
+:class:`FaceAnalyzer` holds the two models (loaded once by the caller) and nothing else; every call is
+a pure function of the image it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .align import ChipTransform, chip_transform_from_landmarks, extract_chips
+from .detect import Detections, FaceDetector
+from .extractors import DEFAULT_EXTRACTOR, Extractor, load_extractor
+
+
+@dataclass
+class Face:
+    """One detected face: where it is, how it is aligned and (once described) its descriptor."""
+
+    box: np.ndarray  # x1, y1, x2, y2
+    score: float
+    landmarks: np.ndarray  # 5 x 2: image-left eye, image-right eye, nose, mouth left, mouth right
+    transform: ChipTransform
+    descriptor: np.ndarray | None = field(default=None, repr=False)
+
+    def as_dict(self, with_descriptor: bool = False) -> dict:
+        d = {
+            "box": [round(float(v), 1) for v in self.box],
+            "score": round(float(self.score), 4),
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
+        }
+        if with_descriptor and self.descriptor is not None:
+            d["descriptor"] = [round(float(v), 6) for v in self.descriptor]
+        return d
+
+
+class FaceAnalyzer:
+    """Detector + extractor. ``analyse(image)`` returns every face with its descriptor."""
+
+    def __init__(self, detector: FaceDetector | None = None, extractor: Extractor | None = None):
+        self.detector = detector if detector is not None else FaceDetector()
+        self.extractor = extractor if extractor is not None else load_extractor(DEFAULT_EXTRACTOR)
+
+    def find(self, image: np.ndarray) -> list[Face]:
+        """Detect and align (no descriptors yet)."""
+        dets: Detections = self.detector.detect(image)
+        geo = self.extractor.geometry
+        return [
+            Face(box, float(score), lm, chip_transform_from_landmarks(lm, geo.size, geo.padding))
+            for box, score, lm in zip(dets.boxes, dets.scores, dets.landmarks)
+        ]
+
+    def chips(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+        """Exact (dlib-identical) chips, N x S x S x 3 uint8."""
+        return extract_chips(image, [f.transform for f in faces])
+
+    @torch.inference_mode()
+    def describe_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Descriptors (N x D float32) of N x S x S x 3 uint8 chips."""
+        if len(chips) == 0:
+            return np.zeros((0, self.extractor.dim), np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
+        return self.extractor(x).numpy()
+
+    def analyse(self, image: np.ndarray) -> list[Face]:
+        faces = self.find(image)
+        for face, desc in zip(faces, self.describe_chips(self.chips(image, faces))):
+            face.descriptor = desc
+        return faces
+
+
+def main_face(faces: list[Face]) -> Face | None:
+    """The face a portrait or reference photo is about: the largest one."""
+    if not faces:
+        return None
+    return max(faces, key=lambda f: float(np.prod(f.box[2:] - f.box[:2])))

@@ -1,0 +1,43 @@
+"""``cloakd faces PHOTO...``: show what cloakd sees in a photo (boxes, scores, landmarks, descriptors)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from cloakd.core.errors import CloakdError
+
+from .models import load_analyzer
+
+
+def register(sub) -> None:
+    p = sub.add_parser("faces", help="find and describe the faces in photos", description=__doc__)
+    p.add_argument("photos", nargs="+", metavar="PHOTO")
+    p.add_argument("--json", action="store_true", help="print JSON lines, with each face's descriptor")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from cloakd.core.photo.decode import decode_file
+
+    analyzer = load_analyzer()
+    failed = 0
+    for path in args.photos:
+        try:
+            photo = decode_file(path)
+            faces = analyzer.analyse(photo.pixels)
+        except CloakdError as e:
+            print(f"cloakd: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps({"photo": path, "size": list(photo.size),
+                              "faces": [f.as_dict(with_descriptor=True) for f in faces]}))
+            continue
+        w, h = photo.size
+        print(f"{path}: {w}x{h}, {len(faces)} face{'s' if len(faces) != 1 else ''}")
+        for i, f in enumerate(faces, 1):
+            x1, y1, x2, y2 = f.box
+            marks = " ".join(f"({x:.0f},{y:.0f})" for x, y in f.landmarks)
+            print(f"  face {i}: box ({x1:.0f},{y1:.0f})-({x2:.0f},{y2:.0f}) score {f.score:.3f} landmarks {marks}")
+    return 2 if failed else 0
