@@ -26,8 +26,9 @@ def run(args) -> int:
         try:
             photo = decode_file(path)
             faces = analyzer.analyse(photo.pixels)
-        except CloakdError as e:
-            print(f"cloakd: error: {e}", file=sys.stderr)
+        except (CloakdError, OSError) as e:  # OSError: missing, unreadable or a folder; name the file, no errno
+            reason = f"{e.filename or path}: {e.strerror or e}" if isinstance(e, OSError) else str(e)
+            print(f"cloakd: error: {reason}", file=sys.stderr)
             failed += 1
             continue
         if args.json:
