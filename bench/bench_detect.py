@@ -22,7 +22,7 @@ from PIL import Image
 
 from cloakd.core.detect import FaceDetector
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from common import DATA  # noqa: E402
 
 
 def _rgb(path: Path) -> Image.Image:

@@ -1,7 +1,7 @@
 """Time the face pipeline (MTCNN -> alignment -> dlib ResNet) and the descriptor's gradient, at 1 and 2 threads.
 
 Rows: a cold ``import torch`` (fresh interpreters); loading both models with torch already imported;
-detection + alignment + descriptor on decoded pixels (decode is bench/io.py's job; the detector alone is
+detection + alignment + descriptor on decoded pixels (decode is bench/photo_io.py's job; the detector alone is
 bench/bench_detect.py's) for a 12-megapixel photo with one face and for each group photo; the descriptor's
 forward and forward+backward (gradient w.r.t. the input chips, what the cloak optimiser does) per face at
 batch 1 and 8; the one-shot ``cloakd faces`` command end to end; peak RSS.
@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported 
 
 import argparse
 import datetime
-import importlib.util
 import json
 import resource
 import statistics
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench_detect import DATA
+from common import DATA, machine
 from cloakd.core.detect import FaceDetector
 from cloakd.core.extractors import DEFAULT_EXTRACTOR, load_extractor
 from cloakd.core.faces import FaceAnalyzer
@@ -46,14 +45,6 @@ from cloakd.core.faces import FaceAnalyzer
 THREADS = (1, 2)
 TWELVE_MP = (4000, 3000)
 CLOAKD = Path(sys.executable).with_name("cloakd")
-
-
-def _machine() -> str:
-    """bench/io.py's machine line. Loaded by path: as a module named ``io`` it would be the standard library's."""
-    spec = importlib.util.spec_from_file_location("bench_photo_io", Path(__file__).with_name("io.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.machine()
 
 
 def timed(fn: Callable[[], object], repeats: int, warm_up: bool = True) -> list[float]:
@@ -202,7 +193,7 @@ def main() -> int:
     table.note("peak RSS, this bench process (models, 7 photos, batch-8 backward)", f"{own_peak:.0f} MB")
 
     load_after = os.getloadavg()
-    print(f"Machine: {_machine()}  \nDate: {datetime.datetime.now():%Y-%m-%d %H:%M}  \n"
+    print(f"Machine: {machine()}  \nDate: {datetime.datetime.now():%Y-%m-%d %H:%M}  \n"
           f"Command: `.venv/bin/python bench/faces.py --repeats {args.repeats} "
           f"--process-repeats {args.process_repeats}`  \n"
           f"torch {torch.__version__}, threads: torch.set_num_threads(1 | 2) in-process, CLOAKD_THREADS for the "

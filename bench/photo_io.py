@@ -7,7 +7,7 @@ iphone_hdr_YES.jpg (3264x2448, Apple EXIF with GPS and a thumbnail) upscaled to 
 so the ICC conversion is timed too. Target: <= 0.8 s for the JPEG on the project machine.
 Prints a markdown table (median and min of the repeats, in seconds).
 
-Usage: .venv/bin/python bench/io.py [--repeats N]
+Usage: .venv/bin/python bench/photo_io.py [--repeats N]
 """
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import piexif
 from PIL import Image
@@ -29,7 +26,9 @@ from cloakd.core.photo.decode import decode
 from cloakd.core.photo.encode import encode, output_format
 from cloakd.core.photo.verify import verify_clean
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "metadata"
+from common import DATA as SHARED, machine
+
+DATA = SHARED / "metadata"
 
 
 def inputs() -> dict[str, bytes]:
@@ -62,20 +61,11 @@ def run(data: bytes) -> tuple[float, float, float]:
     return t1 - t0, t2 - t1, t3 - t2
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"Machine: {machine()}  \nDate: {datetime.date.today()}  \nCommand: `.venv/bin/python bench/io.py "
+    print(f"Machine: {machine()}  \nDate: {datetime.date.today()}  \nCommand: `.venv/bin/python bench/photo_io.py "
           f"--repeats {args.repeats}`\n")
     print("| input (12 MP) | decode+orient+colour s | encode s | verify s | total s (median) | total s (min) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

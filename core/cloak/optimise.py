@@ -1,0 +1,258 @@
+"""The cloak optimiser (Fawkes eq. 2, budget kept by projection): pure computation on arrays, no I/O.
+
+For each face of a photo, a perturbation lives on the photo's own pixels around the face (the face's
+region: the bounding box of its chip's footprint plus a margin for alignment jitter), feathered to zero at
+the edge of the chip's footprint so no seam appears. All faces are optimised together on one canvas, so
+faces whose regions overlap see each other's perturbation, and their chips go through the extractor as
+one batch. The loss per face is
+
+    mean over views v of  || Phi(chip_v(x + delta)) - t ||^2
+
+where the views are the tracker's exact alignment plus random upload processing (JPEG, downscale,
+alignment jitter; see views.py). ``t`` is the target descriptor (towards a target class or, for a Sybil
+image, towards the user) or, for an untargeted cloak, the face's own descriptor, which is pushed away.
+
+Large photos are optimised at a working resolution whose long side is at most ``work_side`` (2048 px, the
+largest size platforms keep): detail finer than that does not survive upload. The perturbation is then
+resampled to full resolution, added, rounded to 8 bits, and the DSSIM budget is enforced there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..align import ChipTransform, chip_to_box
+from ..extractors import Extractor
+from .presets import CloakPreset
+from .ssim import dssim
+from .views import IDENTITY, ViewDistribution, render_chip
+
+TOWARDS = "towards"
+AWAY = "away"
+
+
+@dataclass
+class FaceTask:
+    """One face to cloak: where it is (full resolution) and where its features should go."""
+
+    transform: ChipTransform
+    target: np.ndarray  # descriptor to move towards, or (AWAY) the face's own descriptor
+    direction: str = TOWARDS
+    away_margin: float = 1.0  # push until this far from the original descriptor
+    origin: np.ndarray | None = None  # TOWARDS: the face's own descriptor, also pushed away from
+
+
+@dataclass
+class FaceResult:
+    box: tuple[int, int, int, int]  # region at full resolution (l, t, r, b exclusive)
+    dssim: float  # measured at full resolution on the 8-bit result
+    scaled_back: float  # 1.0 unless the budget needed the perturbation scaled down
+    loss: list[float] = field(default_factory=list)  # identity-view feature loss, first and last step
+
+
+@dataclass
+class CloakResult:
+    image: np.ndarray
+    faces: list[FaceResult]
+    seconds: float = 0.0
+
+
+def _region_box(tf: ChipTransform, hw: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
+    corners = tf.footprint()
+    pad = margin * tf.size * tf.scale
+    lo = np.floor(corners.min(0) - pad).astype(int)
+    hi = np.ceil(corners.max(0) + pad).astype(int) + 1
+    h, w = hw
+    return max(lo[0], 0), max(lo[1], 0), min(hi[0], w), min(hi[1], h)
+
+
+def _scaled(tf: ChipTransform, s: float) -> ChipTransform:
+    """The same chip in an image resampled by factor s (pixel centres map as (x + 0.5) s - 0.5)."""
+    l, t, r, b = tf.rect
+    cx, cy = ((l + r) / 2 + 0.5) * s - 0.5, ((t + b) / 2 + 0.5) * s - 0.5
+    half = (r - l) / 2 * s
+    return ChipTransform((cx - half, cy - half, cx + half, cy + half), tf.angle, tf.size)
+
+
+def _feather(size: int, ramp: float = 0.08) -> torch.Tensor:
+    """Chip-space window: 1 inside, a raised-cosine ramp to 0 over the outer ``ramp`` of the chip."""
+    u = torch.linspace(0, 1, size, dtype=torch.float64)
+    edge = torch.minimum(u, 1 - u) / ramp
+    w = 0.5 - 0.5 * torch.cos(math.pi * edge.clamp(0, 1))
+    return (w[:, None] * w[None, :]).unsqueeze(0)
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
+
+
+def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x.unsqueeze(0), size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+class _Face:
+    """Per-face optimisation state at working resolution."""
+
+    def __init__(self, task: FaceTask, s: float, hw_work, hw_full, margin: float):
+        self.task = task
+        self.tf = _scaled(task.transform, s) if s != 1.0 else task.transform
+        self.box = _region_box(self.tf, hw_work, margin)
+        self.box_full = _region_box(task.transform, hw_full, margin)
+        l, t, r, b = self.box
+        self.mask = chip_to_box(_feather(self.tf.size), self.tf, self.box).float()
+        self.delta = torch.zeros(3, b - t, r - l, requires_grad=True)
+        self.target = torch.as_tensor(np.asarray(task.target, np.float32))
+        self.origin = None if task.origin is None else torch.as_tensor(np.asarray(task.origin, np.float32))
+
+    def _away(self, emb: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        d = (emb - origin).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+        return F.relu(self.task.away_margin - d).pow(2)
+
+    def feature_loss(self, emb: torch.Tensor, away_weight: float) -> torch.Tensor:
+        if self.task.direction == AWAY:
+            return self._away(emb, self.target)
+        loss = (emb - self.target).pow(2).sum(-1)
+        if self.origin is not None and away_weight:
+            loss = loss + away_weight * self._away(emb, self.origin)
+        return loss
+
+
+def cloak(
+    image: np.ndarray,
+    tasks: list[FaceTask],
+    extractor: Extractor,
+    preset: CloakPreset,
+    *,
+    seed: int = 0,
+    views: ViewDistribution | None = None,
+    work_side: int = 2048,
+    margin: float = 0.1,
+) -> CloakResult:
+    """Cloak every face in ``tasks`` of ``image`` (H x W x 3 uint8 RGB); returns the new 8-bit image."""
+    import time
+
+    t0 = time.perf_counter()
+    if not tasks:
+        return CloakResult(image.copy(), [], 0.0)
+    views = views if views is not None else ViewDistribution()
+    rng = np.random.default_rng(seed)
+    h, w = image.shape[:2]
+    s = min(1.0, work_side / max(h, w))
+    full = _to_tensor(image)
+    work = full if s == 1.0 else _resize(full, (max(1, round(h * s)), max(1, round(w * s))))
+    faces = [_Face(t, s, work.shape[-2:], (h, w), margin) for t in tasks]
+    # one canvas over the union of the regions
+    ul = min(f.box[0] for f in faces), min(f.box[1] for f in faces)
+    lr = max(f.box[2] for f in faces), max(f.box[3] for f in faces)
+    base = work[:, ul[1] : lr[1], ul[0] : lr[0]]
+    long_side = max(h, w)
+
+    opt = torch.optim.Adam([f.delta for f in faces], lr=preset.lr)
+    history: list[list[float]] = [[] for _ in faces]
+    for step in range(preset.steps):
+        canvas = base.clone()
+        for f in faces:
+            l, t, r, b = f.box
+            sl = (slice(None), slice(t - ul[1], b - ul[1]), slice(l - ul[0], r - ul[0]))
+            canvas[sl] = canvas[sl] + f.mask * f.delta
+        canvas = canvas.clamp(0, 255)
+        chips, owners = [], []
+        for i, f in enumerate(faces):
+            l, t, r, b = f.box
+            crop = canvas[:, t - ul[1] : b - ul[1], l - ul[0] : r - ul[0]]
+            vs = [IDENTITY] + [views.sample(rng, long_side, force_jpeg=k == 0) for k in range(preset.views_per_step - 1)]
+            for v in vs:
+                chips.append(render_chip(crop, (l, t), f.tf, v))
+                owners.append(i)
+        emb = extractor(torch.stack(chips))
+        loss = torch.zeros(())
+        owners_t = torch.tensor(owners)
+        for i, f in enumerate(faces):
+            fl = f.feature_loss(emb[owners_t == i], preset.away_weight)
+            history[i].append(float(fl[0].detach()))
+            loss = loss + fl.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for g in opt.param_groups:  # cosine decay to a tenth of the initial step
+            g["lr"] = preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step + 1) / preset.steps)))
+        _project_to_budget(faces, work, preset.rho)
+
+    out, results = _apply_at_full_resolution(image, full, faces, s, preset.rho)
+    for res, hist in zip(results, history):
+        res.loss = [hist[0], hist[-1]] if hist else []
+    return CloakResult(out, results, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def _project_to_budget(faces, work: torch.Tensor, rho: float) -> None:
+    """Scale each face's perturbation back onto the DSSIM budget (DSSIM grows about as the square of the
+    perturbation's amplitude), so every iterate is feasible and Adam moves along the budget's boundary."""
+    for f in faces:
+        l, t, r, b = f.box
+        orig = work[:, t:b, l:r]
+        d = float(dssim(orig[None], (orig + f.mask * f.delta).clamp(0, 255)[None])[0])
+        if d > rho:
+            f.delta.mul_(math.sqrt(rho / d) * 0.995)
+
+
+@torch.no_grad()
+def _apply_at_full_resolution(image, full, faces, s, rho):
+    """Resample each perturbation to full resolution, add, round, and enforce the DSSIM budget exactly."""
+    h, w = image.shape[:2]
+    deltas = []
+    for f in faces:
+        d = f.mask * f.delta.detach()
+        if s != 1.0:
+            # the working region maps onto [l/s, r/s) at full resolution; resample onto the full box
+            l, t, r, b = f.box
+            L, T, R, B = f.box_full
+            d = _resample_box(d, (l, t, r, b), (L, T, R, B), s)
+        deltas.append(d)
+    factors = [1.0] * len(faces)
+
+    def compose() -> np.ndarray:
+        out = full.clone()
+        for f, d, a in zip(faces, deltas, factors):
+            L, T, R, B = f.box_full
+            out[:, T:B, L:R] += a * d
+        return out.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+    def face_dssim(img: np.ndarray, f) -> float:
+        L, T, R, B = f.box_full
+        a = full[:, T:B, L:R][None]
+        b = torch.from_numpy(img[T:B, L:R]).permute(2, 0, 1).float()[None]
+        return float(dssim(a, b)[0])
+
+    out = compose()
+    for i, f in enumerate(faces):
+        if face_dssim(out, f) <= rho:
+            continue
+        lo, hi = 0.0, 1.0
+        for _ in range(12):  # bisection on the scale of this face's perturbation
+            factors[i] = (lo + hi) / 2
+            if face_dssim(compose(), f) <= rho:
+                lo = factors[i]
+            else:
+                hi = factors[i]
+        factors[i] = lo
+        out = compose()
+    results = [FaceResult(f.box_full, face_dssim(out, f), factors[i]) for i, f in enumerate(faces)]
+    return out, results
+
+
+def _resample_box(d: torch.Tensor, box_work, box_full, s: float) -> torch.Tensor:
+    """Resample a working-resolution map over ``box_work`` onto the full-resolution pixels of ``box_full``."""
+    l, t, r, b = box_work
+    L, T, R, B = box_full
+    ys = (torch.arange(T, B, dtype=torch.float64) + 0.5) * s - 0.5 - t
+    xs = (torch.arange(L, R, dtype=torch.float64) + 0.5) * s - 0.5 - l
+    gy = 2 * ys / max(b - t - 1, 1) - 1
+    gx = 2 * xs / max(r - l - 1, 1) - 1
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)[None].to(d)
+    return F.grid_sample(d[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]

@@ -1,0 +1,49 @@
+"""Structural similarity (Wang et al. 2004) as a differentiable torch loss.
+
+DSSIM = (1 - SSIM) / 2 is the cloak's perceptual budget (Fawkes eq. 2). SSIM is computed per colour
+channel with an 11-tap Gaussian window (sigma 1.5), C1 = (0.01 L)^2, C2 = (0.03 L)^2 for L = 255, over
+the valid part of the image (no padding), and averaged over channels and positions, as in the reference
+implementation. The window is separable, so the cost is linear in the window size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_C1 = (0.01 * 255) ** 2
+_C2 = (0.03 * 255) ** 2
+
+
+def _gauss(size: int = 11, sigma: float = 1.5, like: torch.Tensor | None = None) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g.to(like) if like is not None else g
+
+
+def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable valid-mode Gaussian blur of N x C x H x W (channels independent)."""
+    n, c, h, w = x.shape
+    y = x.reshape(n * c, 1, h, w)
+    y = F.conv2d(y, g.view(1, 1, 1, -1))
+    y = F.conv2d(y, g.view(1, 1, -1, 1))
+    return y.reshape(n, c, y.shape[-2], y.shape[-1])
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pixel SSIM of two N x C x H x W images on the 0-255 scale (valid region, N x C x H-10 x W-10)."""
+    if a.shape[-1] < 11 or a.shape[-2] < 11:
+        raise ValueError("SSIM needs images of at least 11 x 11 pixels")
+    g = _gauss(like=a)
+    mu_a, mu_b = _blur(a, g), _blur(b, g)
+    aa, bb, ab = _blur(a * a, g), _blur(b * b, g), _blur(a * b, g)
+    var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
+    num = (2 * mu_a * mu_b + _C1) * (2 * cov + _C2)
+    den = (mu_a**2 + mu_b**2 + _C1) * (var_a + var_b + _C2)
+    return num / den
+
+
+def dssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(1 - mean SSIM) / 2 per image: N x C x H x W pairs -> N."""
+    return (1 - ssim_map(a, b).mean(dim=(1, 2, 3))) / 2

@@ -1,0 +1,93 @@
+"""How a tracker may see a cloaked face after upload: the views the cloak is optimised over (EOT).
+
+A :class:`View` is one draw of what platforms and trackers do to a photo: downscale the photo, recompress
+it as JPEG, and align the face slightly differently. :func:`render_chip` applies a view to the pixels of
+a face's region and returns the chip the extractor sees, differentiably. The identity view reproduces the
+tracker's exact pipeline (dlib's chip geometry) on the region.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..align import ChipTransform, chip_from_region, plan_region
+from .jpeg import jpeg_roundtrip
+
+
+@dataclass(frozen=True)
+class View:
+    scale: float = 1.0  # photo downscale factor (<= 1)
+    jpeg_quality: int | None = None
+    jpeg_offset: tuple[int, int] = (0, 0)
+    shift: tuple[float, float] = (0.0, 0.0)  # alignment jitter, fraction of the chip side
+    rotation: float = 0.0  # radians
+    zoom: float = 1.0
+
+
+IDENTITY = View()
+
+
+@dataclass(frozen=True)
+class ViewDistribution:
+    """What uploads do, as ranges. Defaults: JPEG quality 70-90, long side 1080-2048 px, +-2% shift,
+    +-3 degrees, +-3% zoom (the spread seen between MTCNN and dlib alignments of the same face)."""
+
+    jpeg_quality: tuple[int, int] = (70, 90)
+    long_side: tuple[int, int] = (1080, 2048)
+    shift: float = 0.02
+    rotation_deg: float = 3.0
+    zoom: float = 0.03
+    p_jpeg: float = 0.8
+    p_resize: float = 0.7
+
+    def sample(self, rng: np.random.Generator, photo_long_side: int, force_jpeg: bool = False) -> View:
+        scale = 1.0
+        if photo_long_side > self.long_side[0] and rng.random() < self.p_resize:
+            target = rng.uniform(self.long_side[0], min(self.long_side[1], photo_long_side))
+            scale = min(1.0, target / photo_long_side)
+        quality = None
+        if force_jpeg or rng.random() < self.p_jpeg:
+            quality = int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1))
+        return View(
+            scale=scale,
+            jpeg_quality=quality,
+            jpeg_offset=(int(rng.integers(0, 16)), int(rng.integers(0, 16))),
+            shift=(float(rng.uniform(-self.shift, self.shift)), float(rng.uniform(-self.shift, self.shift))),
+            rotation=math.radians(float(rng.uniform(-self.rotation_deg, self.rotation_deg))),
+            zoom=float(1 + rng.uniform(-self.zoom, self.zoom)),
+        )
+
+
+def transform_in_crop(tf: ChipTransform, origin: tuple[int, int], view: View) -> ChipTransform:
+    """The chip transform relative to a crop starting at ``origin``, after the view's scale and jitter."""
+    l, t, r, b = tf.rect
+    ox, oy = origin
+    s = view.scale
+    # pixel centres map as (x + 0.5) * s - 0.5 under resampling
+    cx = ((l + r) / 2 - ox + 0.5) * s - 0.5
+    cy = ((t + b) / 2 - oy + 0.5) * s - 0.5
+    half = (r - l) / 2 * s * view.zoom
+    side = 2 * half
+    cx += view.shift[0] * side
+    cy += view.shift[1] * side
+    return ChipTransform((cx - half, cy - half, cx + half, cy + half), tf.angle + view.rotation, tf.size)
+
+
+def render_chip(pixels: torch.Tensor, origin: tuple[int, int], tf: ChipTransform, view: View) -> torch.Tensor:
+    """Chip (3 x S x S) seen through ``view`` from a crop (3 x h x w, 0-255) whose top-left is ``origin``."""
+    x = pixels.unsqueeze(0)
+    if view.scale < 1.0:
+        h, w = x.shape[-2:]
+        size = (max(1, round(h * view.scale)), max(1, round(w * view.scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    if view.jpeg_quality is not None:
+        x = jpeg_roundtrip(x, view.jpeg_quality, view.jpeg_offset)
+    local = transform_in_crop(tf, origin, view)
+    region = plan_region(local, tuple(x.shape[-2:]))
+    l, t, r, b = region.box
+    return chip_from_region(x[0, :, t:b, l:r], region)

@@ -1,0 +1,128 @@
+"""The cloak engine on real faces: budget, direction, locality, determinism, upload robustness pieces."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cloakd.core.cloak.jpeg import jpeg_roundtrip
+from cloakd.core.cloak.optimise import AWAY, FaceTask, cloak
+from cloakd.core.cloak.presets import PRESETS
+from cloakd.core.cloak.ssim import dssim
+from cloakd.core.faces import main_face
+from cloakd.core.targets import TargetBank
+
+QUICK = PRESETS["mid"].with_overrides(steps=25)
+
+
+def _face_photo(data_dir, name="Bill_Gates/Bill_Gates_0003.jpg") -> np.ndarray:
+    return np.array(Image.open(data_dir / "faces" / name).convert("RGB"))
+
+
+def _reference_dssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Independent SSIM: explicit 2-D Gaussian window, loops over channels, float64 NumPy."""
+    x = np.arange(11) - 5
+    g = np.exp(-(x**2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    win = np.lib.stride_tricks.sliding_window_view
+    vals = []
+    for ch in range(a.shape[2]):
+        pa, pb = win(a[..., ch].astype(float), (11, 11)), win(b[..., ch].astype(float), (11, 11))
+        ma, mb = (pa * w).sum((-1, -2)), (pb * w).sum((-1, -2))
+        va = (pa**2 * w).sum((-1, -2)) - ma**2
+        vb = (pb**2 * w).sum((-1, -2)) - mb**2
+        cov = (pa * pb * w).sum((-1, -2)) - ma * mb
+        vals.append(((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2))).mean())
+    return (1 - float(np.mean(vals))) / 2
+
+
+def _t(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None]
+
+
+def test_dssim_matches_an_independent_implementation(data_dir):
+    a = _face_photo(data_dir)[60:160, 60:160]
+    rng = np.random.default_rng(1)
+    b = np.clip(a + rng.normal(0, 6, a.shape), 0, 255).astype(np.uint8)
+    assert float(dssim(_t(a), _t(a))[0]) == pytest.approx(0.0, abs=1e-7)
+    assert float(dssim(_t(a), _t(b))[0]) == pytest.approx(_reference_dssim(a, b), rel=1e-4)
+
+
+@pytest.mark.parametrize("quality", [70, 80, 90])
+def test_differentiable_jpeg_tracks_real_jpeg(data_dir, quality):
+    img = Image.fromarray(_face_photo(data_dir, "Nicole_Kidman/Nicole_Kidman_0002.jpg"))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality, subsampling=2)
+    real = np.asarray(Image.open(buf), dtype=np.float32)
+    x = _t(np.asarray(img)).requires_grad_(True)
+    ours = jpeg_roundtrip(x, quality)
+    err_model = np.abs(ours[0].detach().permute(1, 2, 0).numpy() - real).mean()
+    err_none = np.abs(np.asarray(img, np.float32) - real).mean()
+    assert err_model < 0.8 * err_none or err_model < 0.7  # closer to real JPEG than doing nothing
+    ours.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return TargetBank.load()
+
+
+def test_cloak_moves_towards_target_within_budget_and_only_near_the_face(analyzer, data_dir, bank):
+    img = _face_photo(data_dir)
+    face = main_face(analyzer.analyse(img))
+    target = bank.centroids[bank.index("Aaron_Peirsol")]
+    res = cloak(img, [FaceTask(face.transform, target)], analyzer.extractor, QUICK, seed=3)
+    out = res.image
+    assert out.shape == img.shape and out.dtype == np.uint8
+    # the DSSIM budget holds on the 8-bit result at full resolution, measured independently
+    l, t, r, b = res.faces[0].box
+    assert _reference_dssim(img[t:b, l:r], out[t:b, l:r]) <= QUICK.rho + 1e-4
+    # nothing changes outside the face's region
+    mask = np.ones(img.shape[:2], bool)
+    mask[t:b, l:r] = False
+    assert np.array_equal(out[mask], img[mask])
+    after = analyzer.describe_chips(analyzer.chips(out, [face]))[0]
+    before_d, after_d = np.linalg.norm(face.descriptor - target), np.linalg.norm(after - target)
+    assert after_d < before_d - 0.2
+    # deterministic: same seed, same bytes
+    again = cloak(img, [FaceTask(face.transform, target)], analyzer.extractor, QUICK, seed=3)
+    assert np.array_equal(again.image, out)
+
+
+def test_untargeted_cloak_moves_a_face_away_from_itself(analyzer, data_dir):
+    img = _face_photo(data_dir, "Venus_Williams/Venus_Williams_0004.jpg")
+    face = main_face(analyzer.analyse(img))
+    res = cloak(img, [FaceTask(face.transform, face.descriptor, AWAY)], analyzer.extractor, QUICK, seed=0)
+    after = analyzer.describe_chips(analyzer.chips(res.image, [face]))[0]
+    assert np.linalg.norm(after - face.descriptor) > 0.3
+
+
+def test_large_photo_is_cloaked_at_full_resolution_without_blocks(analyzer, data_dir, bank):
+    """A face 4x larger than the working resolution: the perturbation covers the face smoothly."""
+    small = _face_photo(data_dir)
+    img = np.array(Image.fromarray(small).resize((1000, 1000), Image.BICUBIC))
+    face = main_face(analyzer.analyse(img))
+    target = bank.centroids[bank.index("Aaron_Peirsol")]
+    res = cloak(img, [FaceTask(face.transform, target)], analyzer.extractor, QUICK, seed=0, work_side=500)
+    l, t, r, b = res.faces[0].box
+    assert _reference_dssim(img[t:b, l:r], res.image[t:b, l:r]) <= QUICK.rho + 1e-4
+    delta = res.image.astype(int) - img.astype(int)
+    # no 2x2 blockiness: neighbouring full-resolution pixels differ as often within as across 2x2 cells
+    face_delta = delta[t + 100 : b - 100, l + 100 : r - 100, 1]
+    within = np.abs(face_delta[:, 0:-1:2] - face_delta[:, 1::2]).mean()
+    across = np.abs(face_delta[:, 1:-1:2] - face_delta[:, 2::2]).mean()
+    assert within > 0.5 * across
+    after = analyzer.describe_chips(analyzer.chips(res.image, [face]))[0]
+    assert np.linalg.norm(after - target) < np.linalg.norm(face.descriptor - target) - 0.15
+
+
+def test_no_faces_means_no_change(analyzer, data_dir):
+    img = _face_photo(data_dir)
+    res = cloak(img, [], analyzer.extractor, QUICK)
+    assert np.array_equal(res.image, img) and res.faces == []

@@ -1,0 +1,77 @@
+"""protect(): cloak + strip + verification gate on the written bytes; fail closed; the protect CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cloakd.core.cloak.presets import PRESETS
+from cloakd.core.photo.decode import decode
+from cloakd.core.photo.verify import verify_clean
+from cloakd.core.protect import MOVED_MARGIN, TOWARDS_MARGIN, ProtectRequest, protect
+from cloakd.core.targets import TargetBank
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def target():
+    bank = TargetBank.load()
+    return bank.centroids[bank.index("Michelle_Yeoh")]
+
+
+def test_protected_photo_is_cloaked_clean_and_verified(analyzer, data_dir, target):
+    src = data_dir / "faces" / "John_Howard" / "John_Howard_0005.jpg"
+    data = src.read_bytes()
+    res = protect(analyzer, data, ProtectRequest(target=target, steps=40, seed=1), label=src.name)
+    assert res.ok and res.reason == ""
+    assert res.format == "JPEG" and res.extension == ".jpg"
+    out, inp = decode(res.data), decode(data)
+    assert out.pixels.shape == inp.pixels.shape
+    verify_clean(res.data)
+    [face] = [f for f in res.faces if f.role == "user"]
+    assert face.verified and face.mode == "mid" and face.dssim <= PRESETS["mid"].rho + 1e-9
+    assert face.moved >= MOVED_MARGIN
+    assert face.to_target_before - face.to_target_after >= TOWARDS_MARGIN
+    again = protect(analyzer, data, ProtectRequest(target=target, steps=40, seed=1))
+    assert again.data == res.data  # same seed, input, mode and target: identical bytes
+
+
+def test_a_cloak_that_does_not_move_the_face_is_held_back(analyzer, data_dir, target):
+    """Fail closed: with no optimisation at all, verification fails at every strength and nothing is returned."""
+    data = (data_dir / "faces" / "John_Howard" / "John_Howard_0006.jpg").read_bytes()
+    res = protect(analyzer, data, ProtectRequest(target=target, steps=0))
+    assert not res.ok and res.data is None
+    assert "moved" in res.reason
+    assert res.faces[0].mode == "high"  # it escalated before giving up
+
+
+def test_photo_without_faces_is_only_stripped(analyzer, data_dir):
+    data = (data_dir / "metadata" / "DSCN0010.jpg").read_bytes()  # a landscape with GPS tags
+    res = protect(analyzer, data, ProtectRequest(target=None))
+    assert res.ok and res.faces == []
+    verify_clean(res.data)
+    assert decode(res.data).pixels.shape == decode(data).pixels.shape
+
+
+@pytest.mark.slow
+def test_protect_cli_writes_verified_copies_and_holds_failures(tmp_path, data_dir):
+    photos = [data_dir / "faces" / "Nancy_Pelosi" / "Nancy_Pelosi_0003.jpg", data_dir / "metadata" / "iptc.jpg"]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "cloakd.daemon.cli", "protect", *map(str, photos), "--out", str(out), "--json",
+           "--steps", "40"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["protected"] for r in rows] == [True, True]
+    assert sorted(p.name for p in out.iterdir()) == ["Nancy_Pelosi_0003.jpg", "iptc.jpg"]
+    assert rows[0]["faces"][0]["verified"] and rows[0]["target"]
+    # a cloak that cannot verify: nothing is written, exit status says so
+    failed = subprocess.run(cmd[:5] + ["--out", str(tmp_path / "held"), "--steps", "0"],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert failed.returncode != 0
+    assert "NOT PROTECTED" in failed.stdout and not any((tmp_path / "held").iterdir())
+    assert "Traceback" not in failed.stderr
