@@ -12,9 +12,10 @@ where the views are the tracker's exact alignment plus random upload processing 
 alignment jitter; see views.py). ``t`` is the target descriptor (towards a target class or, for a Sybil
 image, towards the user) or, for an untargeted cloak, the face's own descriptor, which is pushed away.
 
-Large photos are optimised at a working resolution whose long side is at most ``work_side`` (2048 px, the
-largest size platforms keep): detail finer than that does not survive upload. The perturbation is then
-resampled to full resolution, added, rounded to 8 bits, and the DSSIM budget is enforced there.
+Large photos and large faces are optimised at a working resolution (see :func:`working_scale`): at most
+``work_side`` (2048 px, the largest size platforms keep) on the long side, and no finer than a few pixels
+per pixel of the extractor's chip. The perturbation is then resampled to full resolution, added, rounded
+to 8 bits, and the DSSIM budget is enforced there, at full resolution.
 """
 
 from __future__ import annotations
@@ -87,12 +88,29 @@ def _feather(size: int, ramp: float = 0.08) -> torch.Tensor:
     return (w[:, None] * w[None, :]).unsqueeze(0)
 
 
+def working_scale(h: int, w: int, tasks: list[FaceTask], work_side: int) -> float:
+    """The resolution the cloak is optimised at, as a factor of the photo's.
+
+    At most ``work_side`` on the long side (detail finer than platforms keep is wasted), and no finer than
+    needed for the faces: the extractor sees a face through a 150 px chip, so a working resolution where
+    the largest face's chip spans 3 chips' worth of pixels keeps every gradient the optimiser can use,
+    while the smallest face keeps at least 2 pixels per chip pixel (never more than full resolution).
+    """
+    scales = [t.transform.scale for t in tasks]  # full-resolution pixels per chip pixel
+    face_scale = max(3.0 / max(scales), 2.0 / min(scales))
+    return min(1.0, work_side / max(h, w), face_scale)
+
+
+def _resize_uint8(image: np.ndarray, s: float) -> np.ndarray:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
-
-
-def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(x.unsqueeze(0), size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 class _Face:
@@ -142,15 +160,14 @@ def cloak(
     views = views if views is not None else ViewDistribution()
     rng = np.random.default_rng(seed)
     h, w = image.shape[:2]
-    s = min(1.0, work_side / max(h, w))
-    full = _to_tensor(image)
-    work = full if s == 1.0 else _resize(full, (max(1, round(h * s)), max(1, round(w * s))))
+    s = working_scale(h, w, tasks, work_side)
+    work = _to_tensor(image) if s == 1.0 else _to_tensor(_resize_uint8(image, s))
     faces = [_Face(t, s, work.shape[-2:], (h, w), margin) for t in tasks]
     # one canvas over the union of the regions
     ul = min(f.box[0] for f in faces), min(f.box[1] for f in faces)
     lr = max(f.box[2] for f in faces), max(f.box[3] for f in faces)
     base = work[:, ul[1] : lr[1], ul[0] : lr[0]]
-    long_side = max(h, w)
+    long_side = max(work.shape[-2:])  # upload views rescale the working image
 
     opt = torch.optim.Adam([f.delta for f in faces], lr=preset.lr)
     history: list[list[float]] = [[] for _ in faces]
@@ -183,7 +200,7 @@ def cloak(
             g["lr"] = preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step + 1) / preset.steps)))
         _project_to_budget(faces, work, preset.rho)
 
-    out, results = _apply_at_full_resolution(image, full, faces, s, preset.rho)
+    out, results = _apply_at_full_resolution(image, faces, s, preset.rho)
     for res, hist in zip(results, history):
         res.loss = [hist[0], hist[-1]] if hist else []
     return CloakResult(out, results, time.perf_counter() - t0)
@@ -202,32 +219,37 @@ def _project_to_budget(faces, work: torch.Tensor, rho: float) -> None:
 
 
 @torch.no_grad()
-def _apply_at_full_resolution(image, full, faces, s, rho):
-    """Resample each perturbation to full resolution, add, round, and enforce the DSSIM budget exactly."""
-    h, w = image.shape[:2]
+def _apply_at_full_resolution(image: np.ndarray, faces, s: float, rho: float):
+    """Resample each perturbation to full resolution, add, round, and enforce the DSSIM budget exactly.
+
+    Only the union of the faces' regions is touched (as float), so memory stays proportional to the
+    faces, not to the photo.
+    """
+    ul = min(f.box_full[0] for f in faces), min(f.box_full[1] for f in faces)
+    lr = max(f.box_full[2] for f in faces), max(f.box_full[3] for f in faces)
+    base = _to_tensor(image[ul[1] : lr[1], ul[0] : lr[0]])
     deltas = []
     for f in faces:
         d = f.mask * f.delta.detach()
         if s != 1.0:
-            # the working region maps onto [l/s, r/s) at full resolution; resample onto the full box
-            l, t, r, b = f.box
-            L, T, R, B = f.box_full
-            d = _resample_box(d, (l, t, r, b), (L, T, R, B), s)
+            d = _resample_box(d, f.box, f.box_full, s)
         deltas.append(d)
     factors = [1.0] * len(faces)
 
-    def compose() -> np.ndarray:
-        out = full.clone()
-        for f, d, a in zip(faces, deltas, factors):
-            L, T, R, B = f.box_full
-            out[:, T:B, L:R] += a * d
-        return out.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-    def face_dssim(img: np.ndarray, f) -> float:
+    def local(f) -> tuple[slice, slice]:
         L, T, R, B = f.box_full
-        a = full[:, T:B, L:R][None]
-        b = torch.from_numpy(img[T:B, L:R]).permute(2, 0, 1).float()[None]
-        return float(dssim(a, b)[0])
+        return slice(T - ul[1], B - ul[1]), slice(L - ul[0], R - ul[0])
+
+    def compose() -> torch.Tensor:
+        out = base.clone()
+        for f, d, a in zip(faces, deltas, factors):
+            ys, xs = local(f)
+            out[:, ys, xs] += a * d
+        return out.clamp(0, 255).round()
+
+    def face_dssim(out: torch.Tensor, f) -> float:
+        ys, xs = local(f)
+        return float(dssim(base[None, :, ys, xs], out[None, :, ys, xs])[0])
 
     out = compose()
     for i, f in enumerate(faces):
@@ -243,7 +265,9 @@ def _apply_at_full_resolution(image, full, faces, s, rho):
         factors[i] = lo
         out = compose()
     results = [FaceResult(f.box_full, face_dssim(out, f), factors[i]) for i, f in enumerate(faces)]
-    return out, results
+    written = image.copy()
+    written[ul[1] : lr[1], ul[0] : lr[0]] = out.to(torch.uint8).permute(1, 2, 0).numpy()
+    return written, results
 
 
 def _resample_box(d: torch.Tensor, box_work, box_full, s: float) -> torch.Tensor:
