@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,8 +54,16 @@ class Service:
         self.log = open(base / "service.log", "wb")
         self.proc = subprocess.Popen([str(CLOAKD), "run", "--config", str(base / "cloakd.yaml")], stdout=self.log,
                                      stderr=subprocess.STDOUT, env={**os.environ, "NOTIFY_SOCKET": str(base / "notify")})
-        self.sock.settimeout(300)
+        self.sock.settimeout(300)  # model loading
         while b"READY=1" not in self.sock.recv(4096):
+            pass
+        threading.Thread(target=self._drain, daemon=True).start()  # keep reading, as systemd does
+
+    def _drain(self) -> None:
+        try:
+            while self.sock.recv(4096):
+                pass
+        except OSError:
             pass
 
     def cpu_seconds(self) -> float:
@@ -85,7 +94,11 @@ class Service:
         if self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(120)
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.sock.close()
         self.log.close()
 

@@ -1,0 +1,178 @@
+"""Atomic, never-overwriting file placement in a user's folders, with that user's rights.
+
+A new file appears under its final name complete or not at all: it is written under a hidden temporary
+name in the destination folder (``.cloakd-TAG.tmp``, which sync clients and our own watcher ignore),
+fsynced, renamed with RENAME_NOREPLACE (an existing file is never replaced: the caller picks the next free
+name), and the folder is fsynced so the rename itself survives a power cut. The TAG is the ledger row id,
+so a temporary file left by a crash is recognised and removed on restart.
+
+Every function takes the account it acts for and runs with its rights (privileges.acting_as): files and
+folders created here belong to that user.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from .privileges import Account, acting_as
+
+TMP_PREFIX = ".cloakd-"
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def tmp_name(tag: str) -> str:
+    return f"{TMP_PREFIX}{tag}.tmp"
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """rename(2) that fails with FileExistsError instead of replacing ``dst``."""
+    if _libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.EINVAL, errno.ENOSYS):  # EINVAL: the file system has no RENAME_NOREPLACE
+        raise OSError(err, os.strerror(err), str(dst))
+    os.link(src, dst)  # atomic and never replaces either
+    os.unlink(src)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def free_name(account: Account, path: Path) -> Path:
+    """``path``, or ``name-1.ext``, ``name-2.ext``... whichever does not exist yet."""
+    with acting_as(account):
+        candidate, n = path, 0
+        while os.path.lexists(candidate):
+            n += 1
+            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        return candidate
+
+
+def write_new(account: Account, path: Path, data: bytes, mode: int, tag: str) -> None:
+    """Create ``path`` with ``data`` atomically and durably; FileExistsError if the name is taken.
+
+    Missing parent folders are created (owned by the user). ``mode`` is applied exactly (not umasked).
+    """
+    with acting_as(account):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / tmp_name(tag)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)  # left by an interrupted attempt of the same row
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as f:
+                f.write(data)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        try:
+            _rename_noreplace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+
+
+def move_new(account: Account, src: Path, dst: Path, tag: str) -> None:
+    """Move ``src`` (file or symbolic link itself) to ``dst`` without replacing anything; durable.
+
+    Across file systems the content is copied (as a new file), then the source removed.
+    """
+    with acting_as(account):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _rename_noreplace(src, dst)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            _copy_across(src, dst, tag)
+            os.unlink(src)
+        _fsync_dir(dst.parent)
+        _fsync_dir(src.parent)
+
+
+def _copy_across(src: Path, dst: Path, tag: str) -> None:
+    tmp = dst.parent / tmp_name(tag)
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    if src.is_symlink():
+        os.symlink(os.readlink(src), tmp)
+    else:
+        shutil.copy2(src, tmp, follow_symlinks=False)
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    try:
+        _rename_noreplace(tmp, dst)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def remove(account: Account, path: Path, size: int, mtime_ns: int) -> bool:
+    """Delete ``path`` if it is still the file that was processed (same size and mtime)."""
+    if not same_file(account, path, size, mtime_ns):
+        return False
+    with acting_as(account):
+        os.unlink(path)
+        _fsync_dir(path.parent)
+        return True
+
+
+def make_folder(account: Account, folder: Path) -> None:
+    """Create ``folder`` (and missing parents) owned by the user, if it does not exist."""
+    with acting_as(account):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def same_file(account: Account, path: Path, size: int, mtime_ns: int) -> bool:
+    """Whether ``path`` (itself, not a link's target) still has this size and mtime."""
+    with acting_as(account):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
+
+
+def exists(account: Account, path: Path) -> bool:
+    with acting_as(account):
+        return os.path.lexists(path)
+
+
+def sha256_of(account: Account, path: Path) -> str | None:
+    """Content hash of a regular file, None if it does not exist or is not readable as one."""
+    with acting_as(account):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def remove_tmp(account: Account, folder: Path, tag: str) -> None:
+    """Remove the temporary file an interrupted write for ``tag`` may have left in ``folder``."""
+    with acting_as(account):
+        try:
+            os.unlink(folder / tmp_name(tag))
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,214 @@
+"""``cloakd run``: the long-running service, in the foreground (systemd runs it as Type=notify).
+
+Start: configuration -> models (once) -> ledger and crash reconciliation -> watchers, startup scan ->
+workers -> scheduled jobs -> READY=1. The main thread then runs a short loop: takes candidates that have
+become stable into the ledger, pings the systemd watchdog while every part is alive, publishes STATUS=,
+and acts on signals (SIGHUP: reload the configuration; SIGTERM/SIGINT: stop).
+
+One photo's path through the code: watch.py (candidate, stable) -> ledger.py (queued) -> worker.py
+(claimed) -> privileges.py (read as the user) -> process.py (protect) -> deliver.py (ready) -> worker.py
+(original per policy).
+
+Stopping: the watchers and scheduler stop at once; each worker finishes its photo if it can within
+``stop_timeout_seconds``, otherwise the process exits anyway and the ledger's reconciliation redoes that
+photo on the next start (the interruption does not count as an attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+from cloakd.core.errors import CloakdError
+
+from .config import Config, load_config
+from .deliver import make_folder
+from .housekeeping import housekeeping
+from .ledger import Ledger
+from .privileges import Account, check_single_user
+from .scheduler import Jobs
+from .sdnotify import notify, watchdog_period
+from .watch import Candidates, Watcher
+from .worker import Pipeline, Workers
+
+log = logging.getLogger("cloakd")
+TICK_SECONDS = 0.5
+STATUS_SECONDS = 10.0
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stderr; journald adds the time itself, a terminal gets it from us."""
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(stream=sys.stderr, format=f"{stamp}%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger().setLevel(level.upper())
+    logging.getLogger("watchdog").setLevel(max(logging.INFO, logging.getLogger().level))  # one line per inotify event
+
+
+def accounts_for(config: Config) -> dict[str, Account]:
+    """Each user's unix account; also creates held folders that do not exist yet (as their user)."""
+    accounts = {name: Account.lookup(user.account) for name, user in config.users.items()}
+    check_single_user(list(accounts.values()))
+    for name, user in config.users.items():
+        try:
+            make_folder(accounts[name], user.held)
+        except OSError as e:
+            raise CloakdError(f"user {name}: cannot create the held folder {user.held} as {user.account}: "
+                              f"{e.strerror or e}; fix: create it (mkdir -p {user.held}; chown {user.account} "
+                              f"{user.held}) or set `held:` to a folder of {user.account}") from None
+    return accounts
+
+
+class Service:
+    def __init__(self, config_path: Path):
+        self.config_path = config_path
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+
+    def run(self) -> int:
+        config = load_config(self.config_path)
+        setup_logging(config.log_level)
+        accounts = accounts_for(config)
+        self.config = config
+        notify("STATUS=loading the face models")
+        engine = self._engine(config)
+        self.ledger = Ledger(config.state_dir)
+        self.candidates = Candidates(config.stable_seconds)
+        self.jobs = Jobs(rescan=self._rescan, housekeeping=self._housekeeping, wake=self._wake)
+        self.pipeline = Pipeline(config, accounts, self.ledger, engine, notice=self.candidates.note,
+                                 on_retry=self.jobs.wake_at)
+        self.pipeline.reconcile()
+        self.accounts = accounts
+        self.watcher = Watcher(config, accounts, self.candidates)
+        self.watcher.start()
+        self.watcher.rescan()
+        self.workers = Workers(self.pipeline, config.workers, lambda: self.config.in_window(datetime.now()))
+        self.workers.start()
+        self.jobs.start(config)
+        due = self.ledger.next_due()
+        if due is not None and due > time.time():
+            self.jobs.wake_at(due)
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        log.info("started: %d users, %d outbound folders, %d workers", len(config.users),
+                 sum(len(u.outbound) for u in config.users.values()), config.workers)
+        notify("READY=1", f"STATUS={self._status()}")
+        self._loop()
+        return self._shutdown()
+
+    def _engine(self, config: Config):
+        """Load the models once; import here so that the rest of the service (and its tests) need no torch."""
+        import torch
+
+        from cloakd.core.faces import FaceAnalyzer
+
+        from .process import ProcessContext, protect_original
+        from .targets import TargetStore
+
+        torch.set_num_threads(config.torch_threads)
+        t0 = time.perf_counter()
+        context = ProcessContext(FaceAnalyzer(), TargetStore(config.state_dir))
+        log.info("face models loaded in %.1f s (torch threads: %d)", time.perf_counter() - t0, config.torch_threads)
+        return partial(protect_original, context)
+
+    def _loop(self) -> None:
+        period = watchdog_period()
+        last_ping = last_status = 0.0
+        while not self._stop.wait(TICK_SECONDS):
+            if self._reload.is_set():
+                self._reload.clear()
+                self._do_reload()
+            self._take_stable()
+            if self.watcher.rescan_wanted():
+                self.jobs.soon(self._rescan)
+            now = time.monotonic()
+            if period and now - last_ping >= period and self._healthy():
+                notify("WATCHDOG=1")
+                last_ping = now
+            if now - last_status >= STATUS_SECONDS:
+                notify(f"STATUS={self._status()}")
+                last_status = now
+
+    def _take_stable(self) -> None:
+        queued = 0
+        for user, path, st in self.candidates.take_stable(self.accounts):
+            if self.config.users[user].outbound_of(Path(path)) is None:
+                continue  # its folder was removed from the configuration by a reload
+            if self.ledger.enqueue(user, path, st.st_size, st.st_mtime_ns) is not None:
+                log.info("%s: queued %s", user, path)
+                queued += 1
+        if queued:
+            self._wake()
+
+    def _healthy(self) -> bool:
+        """The watchdog is fed only while the workers, the watchers and the scheduler are all running."""
+        return self.workers.alive() and self.watcher.alive() and self.jobs.running()
+
+    def _status(self) -> str:
+        counts = self.ledger.counts()
+        queued = sum(c.queued for c in counts.values())
+        working = sum(c.working for c in counts.values())
+        done = sum(c.done for c in counts.values())
+        held = sum(c.held for c in counts.values())
+        window = "" if self.config.in_window(datetime.now()) else ", outside the processing window"
+        return f"{queued} queued, {working} in progress, {done} done, {held} held{window}"
+
+    def _wake(self) -> None:
+        self.workers.wake()
+
+    def _rescan(self) -> None:
+        self.watcher.rescan()
+
+    def _housekeeping(self) -> None:
+        housekeeping(self.config, self.accounts, self.ledger)
+
+    def _do_reload(self) -> None:
+        """Apply a changed configuration without dropping work: queued photos stay queued in the ledger,
+        the photo in hand finishes with the settings it started with. An invalid file changes nothing."""
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            config = load_config(self.config_path)
+            accounts = accounts_for(config)
+        except Exception as e:  # noqa: BLE001 - any failure keeps the running configuration
+            log.error("reload refused, keeping the running configuration: %s", e)
+            notify("READY=1")
+            return
+        for key in ("state_dir", "workers", "torch_threads"):
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("reload: %s changed; this takes effect after a restart", key)
+        setup_logging(config.log_level)
+        self.watcher.stop()
+        self.config, self.accounts = config, accounts
+        self.candidates.stable_seconds = config.stable_seconds
+        self.pipeline.reconfigure(config, accounts)
+        self.watcher = Watcher(config, accounts, self.candidates)
+        self.watcher.start()
+        self.jobs.configure(config)
+        self.jobs.soon(self._rescan)  # whatever arrived while no watcher was running
+        self._wake()
+        log.info("configuration reloaded: %d users", len(config.users))
+        notify("READY=1", f"STATUS={self._status()}")
+
+    def _shutdown(self) -> int:
+        notify("STOPPING=1", "STATUS=stopping")
+        log.info("stopping")
+        self.watcher.stop()
+        self.jobs.shutdown()
+        abandoned = self.workers.stop(self.config.stop_timeout_seconds)
+        for row in abandoned:
+            self.ledger.forgive(row.id)
+            log.warning("%s: %s abandoned at stop; it is redone on the next start", row.user, row.path)
+        if abandoned:
+            # a worker thread is still inside the engine: leave without running interpreter clean-up under it
+            logging.shutdown()
+            os._exit(0)
+        self.ledger.close()
+        log.info("stopped")
+        return 0
