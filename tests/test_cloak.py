@@ -12,7 +12,7 @@ from PIL import Image
 from cloakd.core.cloak.jpeg import jpeg_roundtrip
 from cloakd.core.cloak.optimise import AWAY, FaceTask, cloak
 from cloakd.core.cloak.presets import PRESETS
-from cloakd.core.cloak.ssim import dssim
+from cloakd.core.cloak.ssim import dssim, dssim_large
 from cloakd.core.faces import main_face
 from cloakd.core.targets import TargetBank
 
@@ -51,6 +51,13 @@ def test_dssim_matches_an_independent_implementation(data_dir):
     b = np.clip(a + rng.normal(0, 6, a.shape), 0, 255).astype(np.uint8)
     assert float(dssim(_t(a), _t(a))[0]) == pytest.approx(0.0, abs=1e-7)
     assert float(dssim(_t(a), _t(b))[0]) == pytest.approx(_reference_dssim(a, b), rel=1e-4)
+
+
+def test_strip_wise_dssim_equals_the_whole_image_one(data_dir):
+    a = np.array(Image.fromarray(_face_photo(data_dir)).resize((300, 1300)))
+    rng = np.random.default_rng(2)
+    b = np.clip(a + rng.normal(0, 4, a.shape), 0, 255).astype(np.uint8)
+    assert dssim_large(_t(a), _t(b), strip=256) == pytest.approx(float(dssim(_t(a), _t(b))[0]), rel=1e-5)
 
 
 @pytest.mark.parametrize("quality", [70, 80, 90])

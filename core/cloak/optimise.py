@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..align import ChipTransform, chip_to_box
 from ..extractors import Extractor
 from .presets import CloakPreset
-from .ssim import dssim
+from .ssim import dssim, dssim_large
 from .views import IDENTITY, ViewDistribution, render_chip
 
 TOWARDS = "towards"
@@ -249,14 +249,20 @@ def _apply_at_full_resolution(image: np.ndarray, faces, s: float, rho: float):
 
     def face_dssim(out: torch.Tensor, f) -> float:
         ys, xs = local(f)
-        return float(dssim(base[None, :, ys, xs], out[None, :, ys, xs])[0])
+        return dssim_large(base[None, :, ys, xs], out[None, :, ys, xs])
 
     out = compose()
     for i, f in enumerate(faces):
+        measured = face_dssim(out, f)
+        if measured <= rho:
+            continue
+        # DSSIM grows about as the square of the amplitude: one predicted step usually lands inside
+        factors[i] = math.sqrt(rho / measured) * 0.99
+        out = compose()
         if face_dssim(out, f) <= rho:
             continue
-        lo, hi = 0.0, 1.0
-        for _ in range(12):  # bisection on the scale of this face's perturbation
+        lo, hi = 0.0, factors[i]
+        for _ in range(12):  # rare: bisection on the scale of this face's perturbation
             factors[i] = (lo + hi) / 2
             if face_dssim(compose(), f) <= rho:
                 lo = factors[i]

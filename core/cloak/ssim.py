@@ -9,7 +9,6 @@ implementation. The window is separable, so the cost is linear in the window siz
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
@@ -23,12 +22,16 @@ def _gauss(size: int = 11, sigma: float = 1.5, like: torch.Tensor | None = None)
 
 
 def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Separable valid-mode Gaussian blur of N x C x H x W (channels independent)."""
-    n, c, h, w = x.shape
-    y = x.reshape(n * c, 1, h, w)
-    y = F.conv2d(y, g.view(1, 1, 1, -1))
-    y = F.conv2d(y, g.view(1, 1, -1, 1))
-    return y.reshape(n, c, y.shape[-2], y.shape[-1])
+    """Separable valid-mode Gaussian blur of N x C x H x W (channels independent).
+
+    Written as weighted sums of shifted views rather than conv2d: single-channel convolutions with a
+    1 x 11 kernel run at a few hundred MFLOP/s in oneDNN, the shifted sums at memory speed (~10x faster).
+    """
+    k = len(g)
+    w = x.shape[-1] - k + 1
+    y = sum(g[i] * x[..., i : i + w] for i in range(k))
+    h = y.shape[-2] - k + 1
+    return sum(g[i] * y[..., i : i + h, :] for i in range(k))
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -36,8 +39,7 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.shape[-1] < 11 or a.shape[-2] < 11:
         raise ValueError("SSIM needs images of at least 11 x 11 pixels")
     g = _gauss(like=a)
-    mu_a, mu_b = _blur(a, g), _blur(b, g)
-    aa, bb, ab = _blur(a * a, g), _blur(b * b, g), _blur(a * b, g)
+    mu_a, mu_b, aa, bb, ab = _blur(torch.stack([a, b, a * a, b * b, a * b]), g)
     var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
     num = (2 * mu_a * mu_b + _C1) * (2 * cov + _C2)
     den = (mu_a**2 + mu_b**2 + _C1) * (var_a + var_b + _C2)
@@ -47,3 +49,21 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def dssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(1 - mean SSIM) / 2 per image: N x C x H x W pairs -> N."""
     return (1 - ssim_map(a, b).mean(dim=(1, 2, 3))) / 2
+
+
+@torch.no_grad()
+def dssim_large(a: torch.Tensor, b: torch.Tensor, strip: int = 512) -> float:
+    """DSSIM of two 1 x C x H x W images, computed in horizontal strips to bound memory.
+
+    Equal to ``dssim(a, b)`` (the SSIM map is local: strips overlap by the window's 10 rows), but the
+    working memory is that of one strip, so full-resolution regions of 12-24 MP photos stay cheap.
+    """
+    h = a.shape[-2]
+    if h <= strip + 10:
+        return float(dssim(a, b)[0])
+    total, count = 0.0, 0
+    for y in range(0, h - 10, strip):
+        m = ssim_map(a[..., y : y + strip + 10, :], b[..., y : y + strip + 10, :])
+        total += float(m.sum())
+        count += m.numel()
+    return (1 - total / count) / 2
