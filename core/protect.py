@@ -16,7 +16,6 @@ import numpy as np
 
 from .cloak.optimise import AWAY, TOWARDS, FaceTask, cloak
 from .cloak.presets import STRONGER, preset
-from .errors import CloakdError
 from .faces import Face, FaceAnalyzer
 from .photo.container import OutputOptions
 from .photo.decode import DEFAULT_MAX_PIXELS, decode
@@ -194,4 +193,4 @@ def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label:
     )
 
 
-__all__ = ["ProtectRequest", "ProtectResult", "FaceReport", "protect", "CloakdError"]
+__all__ = ["ProtectRequest", "ProtectResult", "FaceReport", "protect"]
