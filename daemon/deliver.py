@@ -12,42 +12,20 @@ folders created here belong to that user.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import os
 import shutil
 from pathlib import Path
 
+from .files import fsync_dir, rename_noreplace
 from .privileges import Account, acting_as
 
 TMP_PREFIX = ".cloakd-"
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def tmp_name(tag: str) -> str:
     return f"{TMP_PREFIX}{tag}.tmp"
-
-
-def _rename_noreplace(src: Path, dst: Path) -> None:
-    """rename(2) that fails with FileExistsError instead of replacing ``dst``."""
-    if _libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
-        return
-    err = ctypes.get_errno()
-    if err not in (errno.EINVAL, errno.ENOSYS):  # EINVAL: the file system has no RENAME_NOREPLACE
-        raise OSError(err, os.strerror(err), str(dst))
-    os.link(src, dst)  # atomic and never replaces either
-    os.unlink(src)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def free_name(account: Account, path: Path) -> Path:
@@ -82,11 +60,11 @@ def write_new(account: Account, path: Path, data: bytes, mode: int, tag: str) ->
             raise
         os.close(fd)
         try:
-            _rename_noreplace(tmp, path)
+            rename_noreplace(tmp, path)
         except BaseException:
             os.unlink(tmp)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def move_new(account: Account, src: Path, dst: Path, tag: str) -> None:
@@ -97,14 +75,14 @@ def move_new(account: Account, src: Path, dst: Path, tag: str) -> None:
     with acting_as(account):
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
-            _rename_noreplace(src, dst)
+            rename_noreplace(src, dst)
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise
             _copy_across(src, dst, tag)
             os.unlink(src)
-        _fsync_dir(dst.parent)
-        _fsync_dir(src.parent)
+        fsync_dir(dst.parent)
+        fsync_dir(src.parent)
 
 
 def _copy_across(src: Path, dst: Path, tag: str) -> None:
@@ -121,7 +99,7 @@ def _copy_across(src: Path, dst: Path, tag: str) -> None:
         finally:
             os.close(fd)
     try:
-        _rename_noreplace(tmp, dst)
+        rename_noreplace(tmp, dst)
     except BaseException:
         os.unlink(tmp)
         raise
@@ -133,7 +111,7 @@ def remove(account: Account, path: Path, size: int, mtime_ns: int) -> bool:
         return False
     with acting_as(account):
         os.unlink(path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
 
 

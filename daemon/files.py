@@ -1,21 +1,40 @@
 """Writing result files safely: complete or absent, never over an existing file.
 
-The bytes go to a hidden temporary file in the destination folder (sync clients ignore dot-files), are
-fsynced, and are then hard-linked to the first free name ``stem.ext``, ``stem-1.ext``, ... (a link fails
-instead of replacing, so a concurrent writer can never be overwritten); the folder is fsynced last. On file
-systems without hard links (FAT, some network shares) a checked rename is used instead.
+Two primitives serve every writer (the CLI here, the service in deliver.py): :func:`rename_noreplace`,
+a rename that fails instead of replacing, and :func:`fsync_dir`, which makes a rename durable.
+
+:func:`write_new_file` (the one-shot commands) writes the bytes to a hidden temporary file in the
+destination folder (sync clients ignore dot-files), fsyncs it, and renames it without replacing to the
+first free name ``stem.ext``, ``stem-1.ext``, ...; the folder is fsynced last. On file systems that have
+neither RENAME_NOREPLACE nor hard links (FAT, some network shares) a checked rename is used instead.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import tempfile
 from pathlib import Path
 
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """rename(2) that fails with FileExistsError instead of replacing ``dst``."""
+    if _libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.EINVAL, errno.ENOSYS):  # EINVAL: the file system has no RENAME_NOREPLACE
+        raise OSError(err, os.strerror(err), str(dst))
+    os.link(src, dst)  # atomic and never replaces either
+    os.unlink(src)
+
 
 def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -34,13 +53,13 @@ def write_new_file(folder: Path, stem: str, extension: str, data: bytes) -> Path
         for n in range(10_000):
             target = folder / f"{stem}{f'-{n}' if n else ''}{extension}"
             try:
-                os.link(tmp, target)
+                rename_noreplace(Path(tmp), target)
             except FileExistsError:
                 continue
             except OSError as e:
                 if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
                     raise
-                if target.exists() or target.is_symlink():
+                if os.path.lexists(target):
                     continue
                 os.rename(tmp, target)
             fsync_dir(folder)
