@@ -31,7 +31,7 @@ from ..align import ChipTransform, chip_to_box
 from ..extractors import Extractor
 from .presets import CloakPreset
 from .ssim import dssim, dssim_large
-from .views import IDENTITY, ViewDistribution, render_chip
+from .views import IDENTITY, ViewDistribution, render_chips
 
 TOWARDS = "towards"
 AWAY = "away"
@@ -61,6 +61,7 @@ class CloakResult:
     image: np.ndarray
     faces: list[FaceResult]
     seconds: float = 0.0
+    steps: int = 0  # optimisation steps run (fewer than the preset's when every face converged early)
 
 
 def _region_box(tf: ChipTransform, hw: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
@@ -98,8 +99,18 @@ def working_scale(h: int, w: int, tasks: list[FaceTask], work_side: int) -> floa
     30 s, 2 took 17.5 s, both verified with similar feature shifts). Never finer than full resolution.
     """
     scales = [t.transform.scale for t in tasks]  # full-resolution pixels per chip pixel
-    face_scale = max(2.0 / max(scales), 1.5 / min(scales))
+    face_scale = max(1.5 / max(scales), 1.5 / min(scales))
     return min(1.0, work_side / max(h, w), face_scale)
+
+
+def bf16_supported() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX): then the extractor's forward and
+    backward in the loop take ~2/3 of the float32 time (measured on an AMD EPYC, batch 4: 45 vs 68 ms),
+    descriptors differ by ~0.008 (the same-person threshold is 0.6) and gradients keep a cosine of 0.98."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _resize_uint8(image: np.ndarray, s: float) -> np.ndarray:
@@ -132,6 +143,14 @@ class _Face:
         d = (emb - origin).pow(2).sum(-1).clamp_min(1e-12).sqrt()
         return F.relu(self.task.away_margin - d).pow(2)
 
+    def converged(self, emb: torch.Tensor, preset: CloakPreset) -> bool:
+        """Whether this step's views (``emb``, before the step) all show the goal reached: a targeted face
+        on average within ``preset.stop_at`` of its target, an untargeted one at least ``away_margin``
+        from its own features in every view."""
+        if self.task.direction == AWAY:
+            return bool((emb - self.target).norm(dim=1).min() >= self.task.away_margin)
+        return preset.stop_at is not None and float((emb - self.target).norm(dim=1).mean()) <= preset.stop_at
+
     def feature_loss(self, emb: torch.Tensor, away_weight: float) -> torch.Tensor:
         if self.task.direction == AWAY:
             return self._away(emb, self.target)
@@ -151,8 +170,14 @@ def cloak(
     views: ViewDistribution | None = None,
     work_side: int = 2048,
     margin: float = 0.1,
+    bf16: bool | None = None,
 ) -> CloakResult:
-    """Cloak every face in ``tasks`` of ``image`` (H x W x 3 uint8 RGB); returns the new 8-bit image."""
+    """Cloak every face in ``tasks`` of ``image`` (H x W x 3 uint8 RGB); returns the new 8-bit image.
+
+    ``bf16``: run the extractor inside the optimisation loop in bfloat16 (default: when the CPU has native
+    bfloat16 instructions). Only the search direction is affected; the budget, the result and the
+    verification are computed in float32.
+    """
     import time
 
     t0 = time.perf_counter()
@@ -170,6 +195,7 @@ def cloak(
     base = work[:, ul[1] : lr[1], ul[0] : lr[0]]
     long_side = max(work.shape[-2:])  # upload views rescale the working image
 
+    net = extractor.bfloat16_twin() if (bf16_supported() if bf16 is None else bf16) else extractor
     opt = torch.optim.Adam([f.delta for f in faces], lr=preset.lr)
     history: list[list[float]] = [[] for _ in faces]
     for step in range(preset.steps):
@@ -183,17 +209,22 @@ def cloak(
         for i, f in enumerate(faces):
             l, t, r, b = f.box
             crop = canvas[:, t - ul[1] : b - ul[1], l - ul[0] : r - ul[0]]
-            vs = [IDENTITY] + [views.sample(rng, long_side, force_jpeg=k == 0) for k in range(preset.views_per_step - 1)]
-            for v in vs:
-                chips.append(render_chip(crop, (l, t), f.tf, v))
-                owners.append(i)
-        emb = extractor(torch.stack(chips))
+            phase = (int(rng.integers(0, 16)), int(rng.integers(0, 16)))  # one JPEG block phase per step
+            vs = [IDENTITY] + [views.sample(rng, long_side, force_jpeg=k == 0, jpeg_offset=phase)
+                               for k in range(preset.views_per_step - 1)]
+            chips.append(render_chips(crop, (l, t), f.tf, vs))
+            owners += [i] * len(vs)
+        emb = net(torch.cat(chips))
         loss = torch.zeros(())
         owners_t = torch.tensor(owners)
+        done: list[bool] = []
         for i, f in enumerate(faces):
             fl = f.feature_loss(emb[owners_t == i], preset.away_weight)
             history[i].append(float(fl[0].detach()))
+            done.append(f.converged(emb[owners_t == i].detach(), preset))
             loss = loss + fl.mean()
+        if all(done):  # every face already where it should be, in every view of this step: stop early
+            break
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -204,7 +235,7 @@ def cloak(
     out, results = _apply_at_full_resolution(image, faces, s, preset.rho)
     for res, hist in zip(results, history):
         res.loss = [hist[0], hist[-1]] if hist else []
-    return CloakResult(out, results, time.perf_counter() - t0)
+    return CloakResult(out, results, time.perf_counter() - t0, steps=len(history[0]))
 
 
 @torch.no_grad()
@@ -253,12 +284,12 @@ def _apply_at_full_resolution(image: np.ndarray, faces, s: float, rho: float):
         return dssim_large(base[None, :, ys, xs], out[None, :, ys, xs])
 
     out = compose()
+    measured = [face_dssim(out, f) for f in faces]
     for i, f in enumerate(faces):
-        measured = face_dssim(out, f)
-        if measured <= rho:
+        if measured[i] <= rho:
             continue
         # DSSIM grows about as the square of the amplitude: one predicted step usually lands inside
-        factors[i] = math.sqrt(rho / measured) * 0.99
+        factors[i] = math.sqrt(rho / measured[i]) * 0.99
         out = compose()
         if face_dssim(out, f) <= rho:
             continue
@@ -271,7 +302,9 @@ def _apply_at_full_resolution(image: np.ndarray, faces, s: float, rho: float):
                 hi = factors[i]
         factors[i] = lo
         out = compose()
-    results = [FaceResult(f.box_full, face_dssim(out, f), factors[i]) for i, f in enumerate(faces)]
+    if factors != [1.0] * len(faces):  # overlapping regions: scaling one face changes its neighbours' DSSIM
+        measured = [face_dssim(out, f) for f in faces]
+    results = [FaceResult(f.box_full, measured[i], factors[i]) for i, f in enumerate(faces)]
     written = image.copy()
     written[ul[1] : lr[1], ul[0] : lr[0]] = out.to(torch.uint8).permute(1, 2, 0).numpy()
     return written, results

@@ -23,6 +23,7 @@ class CloakPreset:
     lr: float = 1.0  # Adam step size, in 0-255 pixel units
     views_per_step: int = 2  # chips per face per step: the exact view plus random upload views
     away_weight: float = 0.0  # weight of the push away from the face's own features (targeted cloaks)
+    stop_at: float | None = None  # stop once every targeted face's views are on average this close to T
 
     def with_overrides(self, **changes) -> "CloakPreset":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -30,7 +31,7 @@ class CloakPreset:
 
 PRESETS: dict[str, CloakPreset] = {
     "low": CloakPreset("low", rho=0.007, steps=60, views_per_step=4, away_weight=1.0),
-    "mid": CloakPreset("mid", rho=0.015, steps=75, views_per_step=4, away_weight=1.0),
+    "mid": CloakPreset("mid", rho=0.015, steps=35, lr=1.5, views_per_step=4, away_weight=1.0, stop_at=0.28),
     "high": CloakPreset("high", rho=0.017, steps=100, views_per_step=4, away_weight=1.0),
 }
 PRESETS["paper"] = replace(PRESETS["low"], name="paper", steps=1000)

@@ -1,7 +1,7 @@
 """How a tracker may see a cloaked face after upload: the views the cloak is optimised over (EOT).
 
 A :class:`View` is one draw of what platforms and trackers do to a photo: downscale the photo, recompress
-it as JPEG, and align the face slightly differently. :func:`render_chip` applies a view to the pixels of
+it as JPEG, and align the face slightly differently. :func:`render_chips` applies views to the pixels of
 a face's region and returns the chip the extractor sees, differentiably. The identity view reproduces the
 tracker's exact pipeline (dlib's chip geometry) on the region.
 """
@@ -48,7 +48,10 @@ class ViewDistribution:
     p_jpeg: float = 1.0
     p_resize: float = 0.7
 
-    def sample(self, rng: np.random.Generator, photo_long_side: int, force_jpeg: bool = False) -> View:
+    def sample(self, rng: np.random.Generator, photo_long_side: int, force_jpeg: bool = False,
+               jpeg_offset: tuple[int, int] | None = None) -> View:
+        """One random view; ``jpeg_offset`` fixes the JPEG block phase (views sharing it and their scale
+        are recompressed as one batch)."""
         scale = 1.0
         if photo_long_side > self.long_side[0] and rng.random() < self.p_resize:
             target = rng.uniform(self.long_side[0], min(self.long_side[1], photo_long_side))
@@ -59,7 +62,7 @@ class ViewDistribution:
         return View(
             scale=scale,
             jpeg_quality=quality,
-            jpeg_offset=(int(rng.integers(0, 16)), int(rng.integers(0, 16))),
+            jpeg_offset=jpeg_offset or (int(rng.integers(0, 16)), int(rng.integers(0, 16))),
             shift=(float(rng.uniform(-self.shift, self.shift)), float(rng.uniform(-self.shift, self.shift))),
             rotation=math.radians(float(rng.uniform(-self.rotation_deg, self.rotation_deg))),
             zoom=float(1 + rng.uniform(-self.zoom, self.zoom)),
@@ -81,16 +84,32 @@ def transform_in_crop(tf: ChipTransform, origin: tuple[int, int], view: View) ->
     return ChipTransform((cx - half, cy - half, cx + half, cy + half), tf.angle + view.rotation, tf.size)
 
 
+def render_chips(pixels: torch.Tensor, origin: tuple[int, int], tf: ChipTransform, views: list[View]) -> torch.Tensor:
+    """Chips (N x 3 x S x S) seen through ``views`` from a crop (3 x h x w, 0-255) whose top-left is ``origin``.
+
+    Views with the same scale and JPEG block phase are resampled and recompressed as one batch.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, v in enumerate(views):
+        groups.setdefault((v.scale, None if v.jpeg_quality is None else v.jpeg_offset), []).append(i)
+    chips: list[torch.Tensor | None] = [None] * len(views)
+    for (scale, offset), members in groups.items():
+        x = pixels.unsqueeze(0)
+        if scale < 1.0:
+            h, w = x.shape[-2:]
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        x = x.expand(len(members), -1, -1, -1)
+        if offset is not None:
+            x = jpeg_roundtrip(x, [views[i].jpeg_quality for i in members], offset)
+        for k, i in enumerate(members):
+            local = transform_in_crop(tf, origin, views[i])
+            region = plan_region(local, tuple(x.shape[-2:]))
+            l, t, r, b = region.box
+            chips[i] = chip_from_region(x[k, :, t:b, l:r], region)
+    return torch.stack(chips)
+
+
 def render_chip(pixels: torch.Tensor, origin: tuple[int, int], tf: ChipTransform, view: View) -> torch.Tensor:
     """Chip (3 x S x S) seen through ``view`` from a crop (3 x h x w, 0-255) whose top-left is ``origin``."""
-    x = pixels.unsqueeze(0)
-    if view.scale < 1.0:
-        h, w = x.shape[-2:]
-        size = (max(1, round(h * view.scale)), max(1, round(w * view.scale)))
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    if view.jpeg_quality is not None:
-        x = jpeg_roundtrip(x, view.jpeg_quality, view.jpeg_offset)
-    local = transform_in_crop(tf, origin, view)
-    region = plan_region(local, tuple(x.shape[-2:]))
-    l, t, r, b = region.box
-    return chip_from_region(x[0, :, t:b, l:r], region)
+    return render_chips(pixels, origin, tf, [view])[0]

@@ -42,6 +42,17 @@ class Extractor(nn.Module):
     def forward(self, chips: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def bfloat16_twin(self) -> "Extractor":
+        """A bfloat16 copy of this extractor (made once, kept with it), for the cloak's search; the copy
+        takes and returns float32. Casting weights once beats autocast, which recasts them every call."""
+        twin = self.__dict__.get("_bf16_twin")
+        if twin is None:
+            import copy
+
+            twin = _BFloat16(copy.deepcopy(self).to(torch.bfloat16))
+            self.__dict__["_bf16_twin"] = twin  # not a submodule: state_dict and .to() ignore it
+        return twin
+
 
 _REGISTRY: dict[str, Callable[..., Extractor]] = {}
 
@@ -78,3 +89,12 @@ def load_extractor(name: str, **options) -> Extractor:
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
     from . import dlib_resnet  # noqa: F401
+
+
+class _BFloat16(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, chips: torch.Tensor) -> torch.Tensor:
+        return self.inner(chips.to(torch.bfloat16)).float()
