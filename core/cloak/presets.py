@@ -8,6 +8,11 @@ the cloaked photos had been recompressed (JPEG 75); at 0.015 it recognised 5%, w
 photo's full resolution on the written pixels; it is enforced exactly (the optimiser's result is scaled
 back if needed), not just encouraged. ``low`` uses the budget of the Fawkes paper (rho = 0.007);
 ``paper`` is that budget with the paper's ~1000 steps.
+
+Steps: with Adam at 1.5 pixel units (cosine decay), 35 steps reach the same place as 50 or 75 at this
+budget (measured on 10 LFW faces: mean distance to T after JPEG 75 + 1080 px 0.398 at 35 steps, 0.390
+at 50), because the budget, not the step count, limits how far a face can move. ``stop_at`` ends the
+search once every view of every targeted face is on average within that distance of T.
 """
 
 from __future__ import annotations
