@@ -17,6 +17,7 @@ import numpy as np
 from .cloak.optimise import AWAY, TOWARDS, FaceTask, cloak
 from .cloak.presets import STRONGER, preset
 from .faces import Face, FaceAnalyzer
+from .identity import single_out
 from .photo.container import OutputOptions
 from .photo.decode import DEFAULT_MAX_PIXELS, decode
 from .photo.strip import strip_and_verify
@@ -97,14 +98,21 @@ def _match(face: Face, candidates: list[Face]) -> Face | None:
 
 
 def _roles(faces: list[Face], request: ProtectRequest, threshold: float) -> list[str]:
+    """"user" for the face(s) that get the targeted cloak, "other" or "left" for the rest (policy).
+
+    Without a target, nobody is the user. Without references, every face is taken to be the user's (the
+    service's behaviour before enrolment). With references, at most the one face that matches them.
+    """
+    other = "other" if request.others == AWAY else "left"
     if request.target is None:
-        return ["other" if request.others == AWAY else "left"] * len(faces)
+        return [other] * len(faces)
     if request.references is None or len(request.references) == 0:
         return ["user"] * len(faces)
-    roles = []
-    for f in faces:
-        d = np.linalg.norm(request.references - f.descriptor, axis=1).min()
-        roles.append("user" if d < threshold else ("other" if request.others == AWAY else "left"))
+    roles = [other] * len(faces)
+    if faces:
+        user = single_out(np.stack([f.descriptor for f in faces]), request.references, threshold)
+        if user is not None:
+            roles[user] = "user"
     return roles
 
 

@@ -1,12 +1,15 @@
 """Writing result files safely: complete or absent, never over an existing file.
 
-Two primitives serve every writer (the CLI here, the service in deliver.py): :func:`rename_noreplace`,
+Two primitives serve every writer of results (the CLI here, the service in deliver.py): :func:`rename_noreplace`,
 a rename that fails instead of replacing, and :func:`fsync_dir`, which makes a rename durable.
 
 :func:`write_new_file` (the one-shot commands) writes the bytes to a hidden temporary file in the
 destination folder (sync clients ignore dot-files), fsyncs it, and renames it without replacing to the
 first free name ``stem.ext``, ``stem-1.ext``, ...; the folder is fsynced last. On file systems that have
 neither RENAME_NOREPLACE nor hard links (FAT, some network shares) a checked rename is used instead.
+
+:func:`replace_file` is for the service's own state records (a user's target class, references), which
+are replaced as a whole, atomically.
 """
 
 from __future__ import annotations
@@ -39,6 +42,19 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Durably replace ``path`` with ``data`` (state records): temporary file, fsync, rename, fsync folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def write_new_file(folder: Path, stem: str, extension: str, data: bytes) -> Path:

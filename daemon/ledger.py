@@ -241,6 +241,17 @@ class Ledger:
         """When the earliest queued row becomes due (None if nothing is queued)."""
         return self._plain("SELECT MIN(next_try) FROM photos WHERE state = ?", (QUEUED,))[0][0]
 
+    def waiting(self, users: Collection[str], now: float | None = None) -> int:
+        """Photos of ``users`` (the configured ones) a worker has in hand or could claim now (queued and due):
+        background work (Sybil images) waits while there are any. A retry due later does not count, nor the
+        rows of a user removed from the configuration (no worker takes them)."""
+        if not users:
+            return 0
+        now = time.time() if now is None else now
+        marks = ",".join("?" * len(users))
+        return self._plain(f"SELECT COUNT(*) FROM photos WHERE user IN ({marks}) AND "
+                           f"(state = ? OR (state = ? AND next_try <= ?))", (*users, WORKING, QUEUED, now))[0][0]
+
     def to_delete(self, user: str, finished_before: float) -> list[Row]:
         """Done rows whose original still exists (in place or archived) and was finished before the time."""
         with self._lock:

@@ -152,8 +152,9 @@ def inside(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == r or path.is_relative_to(r) for r in roots)
 
 
-def read_photo(account: Account, path: Path, roots: Sequence[Path]) -> Original:
-    """Read ``path`` as ``account``; RefusedFile if it is not a plain file of this user's outbound folders.
+def read_photo(account: Account, path: Path, roots: Sequence[Path], folders: str = "outbound folders") -> Original:
+    """Read ``path`` as ``account``; RefusedFile if it is not a plain file of this user's outbound folders
+    (or of the other ``roots`` named ``folders`` in messages: reference photos, Sybil candidates).
 
     OSError (FileNotFoundError, PermissionError...) passes through for the caller to classify.
     """
@@ -162,8 +163,8 @@ def read_photo(account: Account, path: Path, roots: Sequence[Path]) -> Original:
         real = Path(os.path.realpath(path))
         allowed = [Path(os.path.realpath(r)) for r in roots]
         if not inside(real, allowed):
-            raise RefusedFile(f"{path} leads to {real} (a symbolic link), outside {account.name}'s outbound "
-                              f"folders: cloakd does not follow it")
+            raise RefusedFile(f"{path} leads to {real} (a symbolic link), outside {account.name}'s {folders}: "
+                              f"cloakd does not follow it")
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)

@@ -3,10 +3,11 @@
 This is the only place where the service meets the engine: it builds the ProtectRequest from the user's
 settings and persistent target class and calls :func:`cloakd.core.protect.protect`. Nothing is written here.
 
-Target class: chosen once per user (eq. 3) and persisted by the target store. From the user's reference
-photos (largest face of each) when the user has a references folder, otherwise from the faces of the
-first photo that has any. The references also tell the engine which faces are the user's; without them,
-every face in a photo is cloaked towards the target class.
+Target class: chosen once per user (eq. 3) and persisted by the target store. From the user's references
+(enrolled descriptors plus the references folder, daemon/identity.py) when there are any, otherwise from
+the faces of the first photo that has any. The references also tell the engine which face is the user's
+(at most one per photo; the others follow the user's ``others`` policy); without them, every face in a
+photo is cloaked towards the target class.
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloakd.core.errors import CloakdError
 from cloakd.core.photo.container import OutputOptions
-from cloakd.core.photo.decode import decode
 
 from .config import UserConfig
-from .privileges import Account, Original, acting_as, read_photo
-from .watch import is_temporary
+from .identity import UserReferences, faces_in
+from .privileges import Account, Original, read_photo
 
 if TYPE_CHECKING:  # torch-heavy: the rest of the service (and its tests) run without loading it
     from cloakd.core.faces import FaceAnalyzer
@@ -51,38 +50,13 @@ class ProcessResult:
 
 @dataclass
 class ProcessContext:
-    """What photo processing needs beyond the photo: the models (loaded once) and the target store."""
+    """What photo processing needs beyond the photo: the models (loaded once), the target store and the
+    users' references (enrolled and folder, daemon/identity.py)."""
 
     analyzer: "FaceAnalyzer"
     targets: "TargetStore"
-    _references: dict[str, tuple[tuple, np.ndarray | None]] = field(default_factory=dict)
+    references: UserReferences
     _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def references(self, user: UserConfig, account: Account) -> np.ndarray | None:
-        """The user's reference descriptors (one per reference photo with a face), recomputed when the
-        folder's listing changes; None without a references folder or without any face in it."""
-        if user.references is None:
-            return None
-        listing = _listing(account, user.references)
-        with self._lock:
-            cached = self._references.get(user.name)
-            if cached is not None and cached[0] == listing:
-                return cached[1]
-            descriptors = []
-            for name, _, _ in listing:
-                path = user.references / name
-                try:
-                    faces = _faces(self.analyzer, read_photo(account, path, [user.references]).data, str(path))
-                except (CloakdError, OSError) as e:
-                    log.warning("%s: reference photo skipped: %s", user.name, e)
-                    continue
-                if faces:
-                    descriptors.append(max(faces, key=_area).descriptor)
-            refs = np.stack(descriptors) if descriptors else None
-            if refs is None and listing:
-                log.warning("%s: no face found in the reference photos in %s", user.name, user.references)
-            self._references[user.name] = (listing, refs)
-            return refs
 
     def target(self, user: UserConfig, references: np.ndarray | None, photo: bytes, label: str) -> "StoredTarget | None":
         """The user's target class, choosing (and persisting) it on first need; None while there is no face
@@ -93,40 +67,15 @@ class ProcessContext:
                 return choice
             basis = references
             if basis is None:
-                faces = _faces(self.analyzer, photo, label)
+                faces = faces_in(self.analyzer, photo, label)
                 basis = np.stack([f.descriptor for f in faces]) if faces else None
             if basis is None:
                 return None
             choice = self.targets.choose(user.name, basis)
             log.info("%s: target class chosen: %s (from %s)", user.name, choice.name,
-                     "the reference photos" if references is not None else f"the faces in {label}")
+                     f"the user's {len(references)} references" if references is not None
+                     else f"the faces in {label}")
             return choice
-
-
-def _listing(account: Account, folder: Path) -> tuple:
-    with acting_as(account):
-        try:
-            listing = []
-            for entry in sorted(folder.iterdir()):
-                if not is_temporary(entry.name):
-                    st = entry.lstat()
-                    listing.append((entry.name, st.st_size, st.st_mtime_ns))
-            return tuple(listing)
-        except OSError as e:
-            log.warning("cannot list the reference folder %s: %s", folder, e.strerror or e)
-            return ()
-
-
-def _faces(analyzer: "FaceAnalyzer", data: bytes, label: str) -> list:
-    pixels = decode(data, label=label).pixels
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=2)
-    return analyzer.analyse(pixels)
-
-
-def _area(face) -> float:
-    x1, y1, x2, y2 = face.box
-    return float((x2 - x1) * (y2 - y1))
 
 
 def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, original: Original) -> ProcessResult:
@@ -135,7 +84,7 @@ def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, or
 
     t0 = time.perf_counter()
     label = str(original.path)
-    references = ctx.references(user, account)
+    references = ctx.references.get(user, account)
     choice = ctx.target(user, references, original.data, label)
     request = ProtectRequest(
         target=None if choice is None else np.asarray(choice.centroid, dtype=np.float32),

@@ -1,8 +1,11 @@
 """The service's timed work, on an APScheduler BackgroundScheduler (its own threads, never the workers').
 
 Jobs: periodic rescans of the outbound folders, housekeeping (retention, ledger pruning), a wake-up of the
-workers at each retry's due time and at the start of each processing window. The identity issue adds its
-Sybil generation jobs here, per user, at the rate the configuration sets.
+workers at each retry's due time and at the start of each processing window, and per user with a ``sybil:``
+section a Sybil job (daemon/sybil.py). That job ticks at the user's rate, or hourly for rates below one an
+hour, and makes an image only when one is due by the record of the last one made: a restart or a reload
+(which installs the jobs afresh, first tick within a minute) never exceeds the rate, and a tick skipped
+because photos were waiting is made up within the hour.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ from datetime import datetime, timedelta
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from .config import Config
+from .sybil import tick_seconds
 
 HOUSEKEEPING_HOURS = 6
 logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every run at INFO
 
 
 class Jobs:
-    def __init__(self, rescan: Callable[[], None], housekeeping: Callable[[], None], wake: Callable[[], None]):
-        self.rescan, self.housekeeping, self.wake = rescan, housekeeping, wake
+    def __init__(self, rescan: Callable[[], None], housekeeping: Callable[[], None], wake: Callable[[], None],
+                 sybil: Callable[[str], None]):
+        self.rescan, self.housekeeping, self.wake, self.sybil = rescan, housekeeping, wake, sybil
         self._scheduler = BackgroundScheduler(daemon=True, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
 
@@ -36,10 +41,17 @@ class Jobs:
         s.add_job(self.housekeeping, "interval", hours=HOUSEKEEPING_HOURS, id="housekeeping", replace_existing=True,
                   next_run_time=datetime.now() + timedelta(minutes=1))
         for job in s.get_jobs():
-            if job.id.startswith("window-"):
+            if job.id.startswith(("window-", "sybil-")):
                 job.remove()
         for i, window in enumerate(config.windows):
             s.add_job(self.wake, "cron", hour=window.start // 60, minute=window.start % 60, id=f"window-{i}")
+        for name, user in config.users.items():
+            if user.sybil is not None:
+                tick = tick_seconds(user.sybil.per_day)
+                # max_instances 2: a tick while an image is in hand returns at once (sybil.SybilJob), instead
+                # of being logged by APScheduler as a skipped run
+                s.add_job(self.sybil, "interval", args=[name], seconds=tick, id=f"sybil-{name}", max_instances=2,
+                          next_run_time=datetime.now() + timedelta(seconds=min(tick, 60.0)))
 
     def wake_at(self, when: float) -> None:
         """Wake the workers when a retry becomes due."""

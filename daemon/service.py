@@ -7,7 +7,8 @@ and acts on signals (SIGHUP: reload the configuration; SIGTERM/SIGINT: stop).
 
 One photo's path through the code: watch.py (candidate, stable) -> ledger.py (queued) -> worker.py
 (claimed) -> privileges.py (read as the user) -> process.py (protect) -> deliver.py (ready) -> worker.py
-(original per policy).
+(original per policy). Beside them, per user with a ``sybil:`` section, the scheduler's Sybil job (sybil.py)
+makes Sybil images in the background, whenever no photo is waiting.
 
 Stopping: the watchers and scheduler stop at once; each worker finishes its photo if it can within
 ``stop_timeout_seconds``, otherwise the process exits anyway and the ledger's reconciliation redoes that
@@ -35,6 +36,7 @@ from .ledger import Ledger
 from .privileges import Account, check_single_user
 from .scheduler import Jobs
 from .sdnotify import notify, watchdog_period
+from .sybil import photos_waiting
 from .watch import Candidates, Watcher
 from .worker import Pipeline, Workers
 
@@ -80,7 +82,7 @@ class Service:
         engine = self._engine(config)
         self.ledger = Ledger(config.state_dir)
         self.candidates = Candidates(config.stable_seconds)
-        self.jobs = Jobs(rescan=self._rescan, housekeeping=self._housekeeping, wake=self._wake)
+        self.jobs = Jobs(rescan=self._rescan, housekeeping=self._housekeeping, wake=self._wake, sybil=self._sybil)
         self.pipeline = Pipeline(config, accounts, self.ledger, engine, notice=self.candidates.note,
                                  on_retry=self.jobs.wake_at)
         self.pipeline.reconcile()
@@ -109,12 +111,17 @@ class Service:
 
         from cloakd.core.faces import FaceAnalyzer
 
+        from .identity import UserReferences
         from .process import ProcessContext, protect_original
+        from .sybil import SybilJob
         from .targets import TargetStore
 
         torch.set_num_threads(config.torch_threads)
         t0 = time.perf_counter()
-        context = ProcessContext(FaceAnalyzer(), TargetStore(config.state_dir))
+        analyzer = FaceAnalyzer()
+        references = UserReferences(analyzer, config.state_dir)
+        context = ProcessContext(analyzer, TargetStore(config.state_dir), references)
+        self.sybil = SybilJob(analyzer, references, config.state_dir, busy=self._photos_waiting)
         log.info("face models loaded in %.1f s (torch threads: %d)", time.perf_counter() - t0, config.torch_threads)
         return partial(protect_original, context)
 
@@ -169,6 +176,14 @@ class Service:
     def _housekeeping(self) -> None:
         housekeeping(self.config, self.accounts, self.ledger)
 
+    def _sybil(self, name: str) -> None:
+        config, accounts = self.config, self.accounts
+        if name in config.users:  # else removed by a reload since the tick was planned
+            self.sybil.run(config.users[name], accounts[name])
+
+    def _photos_waiting(self) -> str:
+        return photos_waiting(self.config, self.ledger, self.candidates)
+
     def _do_reload(self) -> None:
         """Apply a changed configuration without dropping work: queued photos stay queued in the ledger,
         the photo in hand finishes with the settings it started with. An invalid file changes nothing."""
@@ -201,12 +216,15 @@ class Service:
         log.info("stopping")
         self.watcher.stop()
         self.jobs.shutdown()
+        self.sybil.stop()
         abandoned = self.workers.stop(self.config.stop_timeout_seconds)
         for row in abandoned:
             self.ledger.forgive(row.id)
             log.warning("%s: %s abandoned at stop; it is redone on the next start", row.user, row.path)
-        if abandoned:
-            # a worker thread is still inside the engine: leave without running interpreter clean-up under it
+        if self.sybil.in_hand():
+            log.info("a Sybil image in progress was abandoned at stop; it is made again later")
+        if abandoned or self.sybil.in_hand():
+            # a thread is still inside the engine: leave without running interpreter clean-up under it
             logging.shutdown()
             os._exit(0)
         self.ledger.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ import numpy as np
 from cloakd.core.errors import CloakdError
 from cloakd.core.targets import DEFAULT_CANDIDATES, TargetBank, choose_target
 
+from .files import replace_file
+
 ROTATE_WARNING = (
     "Rotating the target class weakens protection: photos already online were cloaked towards {old}, new "
     "ones will be cloaked towards {new}, and a tracker that collects both sees two directions that partly "
@@ -30,6 +31,13 @@ ROTATE_WARNING = (
 )
 
 _USER_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}$")
+
+
+def user_dir(state_dir: Path, user: str) -> Path:
+    """``STATE/users/NAME``: where the service keeps what it knows about one user."""
+    if not _USER_RE.match(user) or user in (".", ".."):
+        raise CloakdError(f"invalid user name {user!r}")
+    return Path(state_dir) / "users" / user
 
 
 @dataclass(frozen=True)
@@ -71,9 +79,7 @@ class TargetStore:
         return self._bank
 
     def path(self, user: str) -> Path:
-        if not _USER_RE.match(user):
-            raise CloakdError(f"invalid user name {user!r}")
-        return self.state_dir / "users" / user / "target.json"
+        return user_dir(self.state_dir, user) / "target.json"
 
     def get(self, user: str) -> StoredTarget | None:
         p = self.path(user)
@@ -118,16 +124,4 @@ class TargetStore:
         return record
 
     def _write(self, user: str, record: StoredTarget) -> None:
-        p = self.path(user)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(record.to_json(), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-        fd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        replace_file(self.path(user), json.dumps(record.to_json(), indent=1).encode())

@@ -55,6 +55,16 @@ def test_example_config_is_valid_apart_from_its_folders(tmp_path: Path):
     assert alice.originals.policy == "archive" and config.workers == 1 and config.windows == ()
 
 
+def test_example_sybil_block_turns_on_by_removing_its_comment_marks():
+    text = EXAMPLE.read_text().replace("account: alice", "account: root")
+    text = text.replace("    # sybil:", "    sybil:").replace("    #   ", "      ")
+    config, problems = parse_config(text, EXAMPLE)
+    assert problems == []
+    sybil = config.users["alice"].sybil
+    assert sybil is not None and sybil.per_day == 2.0
+    assert sybil.candidates == Path("/home/alice/Pictures/SybilCandidates")
+
+
 def test_a_valid_config_loads(tree: Path):
     path = tree / "cloakd.yaml"
     path.write_text("stable_seconds: 2\nprocessing_windows: ['22:30-06:00']\nusers:\n"

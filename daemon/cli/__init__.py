@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from cloakd.core.errors import CloakdError
 
 # Sub-command modules, in the order `cloakd --help` lists them.
-COMMAND_MODULES = ["faces", "photo", "targets", "protect", "evaluate", "service"]
+COMMAND_MODULES = ["faces", "photo", "targets", "enrol", "protect", "sybil", "evaluate", "service"]
 
 EXIT_ERROR = 2      # bad input or configuration
 EXIT_INTERNAL = 70  # a bug (EX_SOFTWARE)

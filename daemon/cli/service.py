@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         return p
 
     add("run", "run the service in the foreground: watch the outbound folders, protect, deliver", run)
-    add("status", "show per user: queued, in progress, done, held, last error, target class", status)
+    add("status", "show per user: queued, in progress, done, held, references, target class, Sybil images, "
+        "last error", status)
     add("check-config", "validate the configuration file: every problem with its line and a fix", check_config)
 
 
@@ -60,9 +61,10 @@ def status(args: argparse.Namespace) -> int:
     except Exception as e:  # sqlite3 errors: usually no permission on the state directory
         raise CloakdError(f"cannot read the ledger in {config.state_dir}: {e} (run as the service's user)") from None
     store = TargetStore(config.state_dir)
-    header = ("user", "queued", "in progress", "done", "held", "target class", "last error")
+    header = ("user", "queued", "in progress", "done", "held", "references", "target class", "sybil made/left",
+              "last error")
     rows = []
-    for name in config.users:
+    for name, user in config.users.items():
         c = counts.get(name)
         try:
             target = store.get(name)
@@ -70,9 +72,40 @@ def status(args: argparse.Namespace) -> int:
             target_name = f"(unreadable: {e})"
         else:
             target_name = target.name if target is not None else "(not chosen yet)"
-        rows.append((name, *(str(getattr(c, k, 0)) for k in ("queued", "working", "done", "held")), target_name,
+        rows.append((name, *(str(getattr(c, k, 0)) for k in ("queued", "working", "done", "held")),
+                     _references(config, user, store.bank.extractor), target_name, _sybil(config, user),
                      (c.last_error if c else "") or "-"))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for r in [header, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
     return 0
+
+
+def _references(config, user, extractor: str) -> str:
+    """Enrolled descriptors (the folder's photos are counted only by the service: describing them is not cheap)."""
+    from ..references import ReferenceStore
+
+    try:
+        enrolled = ReferenceStore(config.state_dir, extractor).get(user.name)
+    except CloakdError:
+        return "(unreadable)"
+    text = f"{0 if enrolled is None else len(enrolled)} enrolled"
+    return text + " + folder" if user.references is not None else text
+
+
+def _sybil(config, user) -> str:
+    """Images made and candidates not looked at yet (from the record and a listing: no photo is read)."""
+    from ..privileges import Account
+    from ..sybil import SybilRecord, made, unrecorded
+
+    if user.sybil is None:
+        return "-"
+    try:
+        entries = SybilRecord(config.state_dir, user.name).load()
+    except CloakdError:
+        return "(unreadable record)"
+    try:
+        left = str(len(unrecorded(Account.lookup(user.account), user.sybil.candidates, entries)))
+    except (CloakdError, OSError):
+        left = "?"
+    return f"{len(made(entries))}/{left}"

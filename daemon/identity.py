@@ -1,0 +1,137 @@
+"""A user's references as the service uses them: the enrolled descriptors plus the references folder.
+
+Two sources make one set of the user's uncloaked features. ``cloakd enrol`` stores descriptors in the state
+directory (daemon/references.py); they are read again whenever that file changes, so an enrolment takes
+effect in the running service without a restart. The configuration's ``references`` folder holds photos the
+user keeps up to date; they are described again whenever the folder's listing changes, and go through the
+same selection as an enrolment (one face each, all one person: core/identity.py), the rejected ones logged
+once per listing change with why.
+
+The set chooses the target class (eq. 3), tells the engine which face in a photo is the user's, and is
+where Sybil images are pulled. Without either source there are no references (None), and the service
+keeps its behaviour from before enrolment existed (process.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cloakd.core.errors import CloakdError
+from cloakd.core.identity import select_references
+from cloakd.core.photo.decode import decode
+
+from .config import UserConfig
+from .privileges import Account, acting_as, read_photo
+from .references import ReferenceStore
+from .watch import is_temporary
+
+if TYPE_CHECKING:  # torch-heavy: the rest of the service (and its tests) run without loading it
+    from cloakd.core.faces import FaceAnalyzer
+
+log = logging.getLogger("cloakd.identity")
+
+
+def faces_in(analyzer: "FaceAnalyzer", data: bytes, label: str) -> list:
+    """Every face of a photo's bytes, described (greyscale photos as RGB)."""
+    pixels = decode(data, label=label).pixels
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    return analyzer.analyse(pixels)
+
+
+class UserReferences:
+    """Per user: enrolled descriptors (n x D) and the folder's accepted ones, stacked; cached until a source
+    changes. Thread-safe (workers and the Sybil job ask from their own threads)."""
+
+    def __init__(self, analyzer: "FaceAnalyzer", state_dir: Path):
+        self.analyzer = analyzer
+        self.store = ReferenceStore(state_dir, analyzer.extractor.name)
+        self._enrolled: dict[str, tuple[tuple, np.ndarray | None]] = {}
+        self._folder: dict[str, tuple[tuple, np.ndarray | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, user: UserConfig, account: Account) -> np.ndarray | None:
+        """All of the user's reference descriptors, or None when the user has none."""
+        parts = [p for p in (self.enrolled(user.name), self.folder(user, account)) if p is not None]
+        return np.concatenate(parts).astype(np.float32) if parts else None
+
+    def enrolled(self, name: str) -> np.ndarray | None:
+        """The descriptors ``cloakd enrol`` stored, re-read when the file is replaced. An unreadable record
+        is logged (once per version of the file) and not used: photos are then cloaked as without references."""
+        path = self.store.path(name)
+        try:
+            st = os.stat(path)
+            version: tuple = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            version = ()
+        except OSError as e:
+            version = ("error", e.strerror)
+        with self._lock:
+            cached = self._enrolled.get(name)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            refs = None
+            if version:
+                try:
+                    refs = self.store.get(name)
+                except CloakdError as e:
+                    log.error("%s: enrolled references not used: %s", name, e)
+                else:
+                    log.info("%s: %d enrolled reference descriptors loaded from %s", name,
+                             0 if refs is None else len(refs), path)
+            self._enrolled[name] = (version, refs)
+            return refs
+
+    def folder(self, user: UserConfig, account: Account) -> np.ndarray | None:
+        """The accepted descriptors of the references folder's photos, read with the user's rights."""
+        if user.references is None:
+            return None
+        listing = _listing(account, user.references)
+        with self._lock:
+            cached = self._folder.get(user.name)
+            if cached is not None and cached[0] == listing:
+                return cached[1]
+            described = []
+            for name, _, _ in listing:
+                path = user.references / name
+                try:
+                    photo = read_photo(account, path, [user.references], "references folder")
+                    faces = faces_in(self.analyzer, photo.data, str(path))
+                except (CloakdError, OSError) as e:
+                    log.warning("%s: reference photo not used: %s", user.name, _message(e, path))
+                    continue
+                described.append((str(path), faces[0].descriptor if len(faces) == 1 else None, len(faces)))
+            chosen = select_references(described, self.analyzer.extractor.match_threshold)
+            for rejected in chosen.rejected:
+                log.warning("%s: reference photo not used: %s: %s", user.name, rejected.label, rejected.reason)
+            refs = chosen.descriptors if len(chosen.descriptors) else None
+            if refs is None and listing:
+                log.warning("%s: no usable reference photo in %s (each must show the user alone)", user.name,
+                            user.references)
+            self._folder[user.name] = (listing, refs)
+            return refs
+
+
+def _listing(account: Account, folder: Path) -> tuple:
+    """(name, size, mtime_ns) of each non-temporary entry: what tells that the folder changed."""
+    with acting_as(account):
+        try:
+            listing = []
+            for entry in sorted(folder.iterdir()):
+                if not is_temporary(entry.name):
+                    st = entry.lstat()
+                    listing.append((entry.name, st.st_size, st.st_mtime_ns))
+            return tuple(listing)
+        except OSError as e:
+            log.warning("cannot list the reference folder %s: %s", folder, e.strerror or e)
+            return ()
+
+
+def _message(e: Exception, path: Path) -> str:
+    return f"{path}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)

@@ -1,0 +1,77 @@
+"""Each user's enrolled reference descriptors (``cloakd enrol``), kept in the state directory.
+
+``STATE/users/NAME/references.npz``: one 128-d descriptor per accepted reference photo, with the photo's
+name and sha256 (so enrolling the same photo twice counts it once) and the extractor that made them.
+Only descriptors are stored, never the photos. Enrolling again adds photos; the whole set is re-checked
+for consistency (one person) each time.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from cloakd.core.errors import CloakdError
+from cloakd.core.identity import References, select_references
+
+from .files import replace_file
+from .targets import user_dir
+
+
+@dataclass(frozen=True)
+class Described:
+    """One photo offered for enrolment, already described."""
+
+    label: str
+    sha256: str
+    descriptor: np.ndarray | None
+    faces: int
+
+
+class ReferenceStore:
+    def __init__(self, state_dir, extractor: str):
+        self.state_dir = state_dir
+        self.extractor = extractor
+
+    def path(self, user: str):
+        return user_dir(self.state_dir, user) / "references.npz"
+
+    def _load(self, user: str) -> list[Described]:
+        p = self.path(user)
+        try:
+            raw = np.load(io.BytesIO(p.read_bytes()), allow_pickle=False)
+            if str(raw["extractor"]) != self.extractor:
+                raise CloakdError(f"{p}: references made with extractor {raw['extractor']}, not {self.extractor}; "
+                                  f"enrol the user again with 'cloakd enrol --user {user} --replace PHOTOS'")
+            return [Described(str(l), str(h), d, 1) for l, h, d in zip(raw["labels"], raw["sha256"], raw["descriptors"])]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError) as e:
+            raise CloakdError(f"{p}: unreadable reference record ({e}); enrol the user again with "
+                              f"'cloakd enrol --user {user} --replace PHOTOS'") from None
+
+    def get(self, user: str) -> np.ndarray | None:
+        """The user's enrolled descriptors (n x 128), or None if the user has not been enrolled."""
+        stored = self._load(user)
+        return np.stack([d.descriptor for d in stored]).astype(np.float32) if stored else None
+
+    def enrol(self, user: str, photos: list[Described], threshold: float, replace: bool = False) -> References:
+        """Add ``photos`` to the user's references (or replace them), keep the consistent one-face ones,
+        persist, and return what was accepted and rejected."""
+        stored = [] if replace else self._load(user)
+        known = {d.sha256 for d in stored}
+        fresh = [p for p in photos if p.sha256 not in known]
+        offered = stored + fresh
+        refs = select_references([(d.label, d.descriptor, d.faces) for d in offered], threshold)
+        if len(refs.descriptors) == 0:
+            raise CloakdError(f"no usable reference photo for {user}: "
+                              + "; ".join(f"{r.label}: {r.reason}" for r in refs.rejected))
+        kept = [offered[i] for i in refs.kept]
+        buf = io.BytesIO()
+        np.savez(buf, descriptors=np.stack([d.descriptor for d in kept]).astype(np.float32),
+                 labels=np.array([d.label for d in kept]), sha256=np.array([d.sha256 for d in kept]),
+                 extractor=np.array(self.extractor))
+        replace_file(self.path(user), buf.getvalue())
+        return refs
