@@ -47,9 +47,14 @@ def test_psnr():
 
 
 @pytest.mark.slow
-def test_evaluate_cli_reports_protection_on_real_photos(data_dir):
+def test_evaluate_cli_reports_protection_on_real_photos(data_dir, tmp_path):
+    candidates = tmp_path / "sybil"
+    candidates.mkdir()
+    for person in sorted((data_dir / "targets").iterdir())[:40:5]:  # 8 public faces as Sybil candidates
+        (candidates / f"{person.name}.jpg").symlink_to(sorted(person.glob("*.jpg"))[0])
     run = subprocess.run(
-        [sys.executable, "-m", "cloakd.daemon.cli", "evaluate", str(data_dir / "faces"), "--users", "2", "--json"],
+        [sys.executable, "-m", "cloakd.daemon.cli", "evaluate", str(data_dir / "faces"), "--users", "2", "--json",
+         "--leaked", "0,0.25", "--sybil-candidates", str(candidates), "--sybil-images", "2", "--sybil-tries", "1"],
         capture_output=True, text=True, timeout=1500, cwd=REPO,
     )
     assert run.returncode == 0, run.stderr[-2000:]
@@ -60,3 +65,19 @@ def test_evaluate_cli_reports_protection_on_real_photos(data_dir):
         written, uploaded = s["trackers"][f"{tracker}/written"], s["trackers"][f"{tracker}/uploaded"]
         assert written["psr"] >= 0.75 and uploaded["psr"] >= 0.5
         assert written["normal_accuracy"] >= 0.95 and uploaded["normal_accuracy"] >= 0.95
+    # the leaked-photos experiment: every ratio, without and with the Sybil images
+    assert s["sybil_images"] == 4
+    leaked = {(e["tracker"], e["files"], e["r"], e["sybil"]): e for e in s["leaked"]}
+    assert len(leaked) == 2 * 2 * 2 * 2
+    for (tracker, files, r, sybil), e in leaked.items():
+        assert 0 <= e["psr"] <= 1 and e["normal_accuracy"] >= 0.9
+        if r == 0 and not sybil:  # no leak, no Sybil: the main measurement itself
+            assert e["psr"] == s["trackers"][f"{tracker}/{files}"]["psr"]
+        if not sybil:  # leaked clean photos can only help the tracker
+            assert e["psr"] <= leaked[(tracker, files, 0.0, False)]["psr"]
+
+
+def test_evaluate_rejects_bad_ratios(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "cloakd.daemon.cli", "evaluate", str(tmp_path), "--leaked", "0,1.5"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 2 and "1.5" in run.stderr and "ratios" in run.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -35,7 +36,11 @@ def _jpeg(pixels: np.ndarray) -> bytes:
 
 
 def _tile_of(face) -> int:
-    return int((face.box[0] + face.box[2]) / 2 // 250)
+    return _tile_of_box(face.box)
+
+
+def _tile_of_box(box) -> int:
+    return int((box[0] + box[2]) / 2 // 250)
 
 
 def test_enrolment_keeps_one_consistent_person(lfw_descriptors):
@@ -125,3 +130,13 @@ def test_enrol_cli_persists_references_and_target(data_dir, tmp_path):
     assert record.read_text() == chosen  # never silently changed
     nothing = enrol(junk)
     assert nothing.returncode == 2 and "jen" not in nothing.stdout
+    # protect --user: only the enrolled user's face gets the targeted cloak, the other is left as asked
+    row = tmp_path / "row.jpg"
+    row.write_bytes(_jpeg(_row([data_dir / "faces" / "Keanu_Reeves" / "Keanu_Reeves_0003.jpg",
+                                sorted(faces_dir.glob("*.jpg"))[9]])))
+    run = subprocess.run([sys.executable, "-m", "cloakd.daemon.cli", "protect", str(row), "--user", "jen",
+                          "--others", "leave", "--out", str(tmp_path / "out"), "--json", "--steps", "20",
+                          "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    faces = json.loads(run.stdout.splitlines()[0])["faces"]
+    assert {_tile_of_box(f["box"]): f["role"] for f in faces} == {0: "left", 1: "user"}

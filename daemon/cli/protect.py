@@ -1,7 +1,9 @@
 """``cloakd protect PHOTO... --out DIR [--user NAME] [--mode mid]``: cloaked, clean copies, verified.
 
-With ``--user`` the user's persistent target class is used (``cloakd target choose`` sets it). Without,
-a target is chosen for this run only, by eq. 3 from the faces in the given photos, and printed. Every
+With ``--user`` the user's persistent target class is used (``cloakd enrol`` or ``cloakd target choose``
+sets it), and, if the user is enrolled, only the face that matches the user's references is cloaked
+towards it; other faces follow ``--others``. Without ``--user``, a target is chosen for this run only, by
+eq. 3 from the faces in the given photos, and printed, and every face is cloaked towards it. Every
 output is the same format and size as its input (HEIC becomes JPEG unless ``--heic-as heif``), stripped
 of metadata and verified; a photo whose cloak does not verify is not written (fail closed).
 """
@@ -69,7 +71,15 @@ def run(args) -> int:
     keep = resolve(args.keep)
     analyzer = load_analyzer()
     name, centroid = _target(args, analyzer)
-    request = ProtectRequest(target=centroid, others=args.others, mode=args.mode, keep=keep,
+    references = None
+    if args.user:
+        from cloakd.daemon.references import ReferenceStore
+
+        references = ReferenceStore(args.state_dir, analyzer.extractor.name).get(args.user)
+        if references is None:
+            print(f"cloakd: {args.user} is not enrolled: every face is cloaked towards the target class "
+                  f"('cloakd enrol --user {args.user} PHOTOS' singles out the user's face)", file=sys.stderr)
+    request = ProtectRequest(target=centroid, references=references, others=args.others, mode=args.mode, keep=keep,
                              options=OutputOptions(heif_as=args.heic_as.upper()), seed=args.seed,
                              rho=args.rho, steps=args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
