@@ -75,3 +75,23 @@ def test_protect_cli_writes_verified_copies_and_holds_failures(tmp_path, data_di
     assert failed.returncode != 0
     assert "NOT PROTECTED" in failed.stdout and not any((tmp_path / "held").iterdir())
     assert "Traceback" not in failed.stderr
+
+
+def test_a_large_and_a_small_face_each_keep_the_budget(analyzer, data_dir, target):
+    """A big face with a small one inside its region (a selfie with someone behind): each face is optimised
+    at its own resolution, and where their regions overlap the budget still holds for both."""
+    import io
+
+    from PIL import Image
+
+    big = Image.open(data_dir / "faces" / "Halle_Berry" / "Halle_Berry_0003.jpg").convert("RGB").resize((1200, 1200))
+    small = Image.open(data_dir / "faces" / "Tim_Henman" / "Tim_Henman_0002.jpg").convert("RGB").resize((150, 150))
+    big.paste(small, (1030, 1030))
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=92)
+    res = protect(analyzer, buf.getvalue(), ProtectRequest(target=target, steps=20, seed=4))
+    assert len(res.faces) >= 2 and res.ok, res.reason
+    sizes = sorted(f.box[2] - f.box[0] for f in res.faces)
+    assert sizes[-1] > 5 * sizes[0]
+    for f in res.faces:
+        assert f.verified and f.dssim <= PRESETS[f.mode].rho + 1e-9
