@@ -2,9 +2,8 @@
 
 For each face of a photo, a perturbation lives on the photo's own pixels around the face (the face's
 region: the bounding box of its chip's footprint plus a margin for alignment jitter), feathered to zero at
-the edge of the chip's footprint so no seam appears. All faces are optimised together on one canvas, so
-faces whose regions overlap see each other's perturbation, and their chips go through the extractor as
-one batch. The loss per face is
+the edge of the chip's footprint so no seam appears. Each face is optimised at its own working
+resolution; all faces' chips go through the extractor as one batch per step. The loss per face is
 
     mean over views v of  || Phi(chip_v(x + delta)) - t ||^2
 
@@ -13,9 +12,10 @@ alignment jitter; see views.py). ``t`` is the target descriptor (towards a targe
 image, towards the user) or, for an untargeted cloak, the face's own descriptor, which is pushed away.
 
 Large photos and large faces are optimised at a working resolution (see :func:`working_scale`): at most
-``work_side`` (2048 px, the largest size platforms keep) on the long side, and no finer than a few pixels
-per pixel of the extractor's chip. The perturbation is then resampled to full resolution, added, rounded
-to 8 bits, and the DSSIM budget is enforced there, at full resolution.
+``work_side`` (2048 px, the largest size platforms keep) on the long side, and no finer than 1.5 pixels
+per pixel of the extractor's chip. The perturbations are then resampled to full resolution, added (where
+regions overlap, they add up), rounded to 8 bits, and the DSSIM budget is enforced there, at full
+resolution, for every face's region.
 """
 
 from __future__ import annotations
