@@ -133,3 +133,25 @@ def test_no_faces_means_no_change(analyzer, data_dir):
     img = _face_photo(data_dir)
     res = cloak(img, [], analyzer.extractor, QUICK)
     assert np.array_equal(res.image, img) and res.faces == []
+
+
+def test_bfloat16_search_twin_agrees_with_float32(analyzer, data_dir):
+    """The cloak's search may run the extractor in bfloat16 (CPUs with native bf16): its descriptors and
+    input gradients must stay close to float32's, since the budget and verification never use it."""
+    from cloakd.core.cloak.optimise import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16: the search runs in float32")
+    photos = [_face_photo(data_dir, n) for n in ("Bill_Gates/Bill_Gates_0003.jpg", "Salma_Hayek/Salma_Hayek_0002.jpg")]
+    chips = torch.cat([torch.from_numpy(c).permute(2, 0, 1)[None].float()
+                       for p in photos for c in analyzer.chips(p, [main_face(analyzer.analyse(p))])])
+    grads = []
+    for net in (analyzer.extractor, analyzer.extractor.bfloat16_twin()):
+        x = chips.clone().requires_grad_(True)
+        emb = net(x)
+        (emb - emb.detach().flip(0)).pow(2).sum().backward()  # pull each towards the other: a real loss
+        grads.append((emb.detach(), x.grad.flatten()))
+    (e32, g32), (e16, g16) = grads
+    assert e16.dtype == torch.float32
+    assert (e32 - e16).norm(dim=1).max() < 0.03  # the same-person threshold is 0.6
+    assert torch.nn.functional.cosine_similarity(g32, g16, dim=0) > 0.9
