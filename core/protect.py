@@ -79,10 +79,6 @@ class ProtectResult:
     seconds: float = 0.0
 
 
-def _rgb(pixels: np.ndarray) -> np.ndarray:
-    return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
-
-
 def _match(face: Face, candidates: list[Face]) -> Face | None:
     """The re-detected face with the largest box overlap (IoU >= 0.4) with ``face``."""
     best, best_iou = None, 0.4
@@ -145,7 +141,7 @@ def _verify_written(analyzer, data: bytes, request: ProtectRequest, faces: list[
     Both the tracker's view (the face re-detected in the written photo) and the original alignment must
     show the move; if the face is no longer detected at all, the original alignment alone is judged.
     """
-    written = _rgb(decode(data, max_pixels=request.max_pixels, label=label).pixels)
+    written = decode(data, max_pixels=request.max_pixels, label=label).rgb
     found = analyzer.analyse(written)
     own = analyzer.describe_chips(analyzer.chips(written, faces))
     for face, report, desc in zip(faces, reports, own):
@@ -159,7 +155,7 @@ def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label:
     """Protect the photo in ``data``; ``ok`` is True only if every cloak verified on the written bytes."""
     t0 = time.perf_counter()
     photo = decode(data, max_pixels=request.max_pixels, label=label)
-    rgb = _rgb(photo.pixels)
+    rgb = photo.rgb
     faces = analyzer.analyse(rgb)
     roles = _roles(faces, request, analyzer.extractor.match_threshold)
     reports = [FaceReport([round(float(v), 1) for v in f.box], r) for f, r in zip(faces, roles)]

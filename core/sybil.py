@@ -74,12 +74,10 @@ def describe_candidates(analyzer: FaceAnalyzer, candidates: list[Candidate]) -> 
             out.append(c)
             continue
         try:
-            pixels = decode(c.data, label=c.label).pixels
+            pixels = decode(c.data, label=c.label).rgb
         except CloakdError as e:
             out.append(replace(c, refusal=str(e)))
             continue
-        if pixels.ndim == 2:
-            pixels = np.repeat(pixels[..., None], 3, axis=2)
         faces = analyzer.analyse(pixels)
         if len(faces) != 1:
             out.append(replace(c, refusal=f"{len(faces)} faces: a Sybil candidate must show one face"))

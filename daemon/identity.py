@@ -39,10 +39,7 @@ log = logging.getLogger("cloakd.identity")
 
 def faces_in(analyzer: "FaceAnalyzer", data: bytes, label: str) -> list:
     """Every face of a photo's bytes, described (greyscale photos as RGB)."""
-    pixels = decode(data, label=label).pixels
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=2)
-    return analyzer.analyse(pixels)
+    return analyzer.analyse(decode(data, label=label).rgb)
 
 
 class UserReferences:

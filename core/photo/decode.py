@@ -71,6 +71,11 @@ class Photo:
     def is_grey(self) -> bool:
         return self.pixels.ndim == 2
 
+    @property
+    def rgb(self) -> np.ndarray:
+        """H x W x 3 RGB (a grey photo's plane repeated), what the face models take."""
+        return np.repeat(self.pixels[..., None], 3, axis=2) if self.is_grey else self.pixels
+
 
 def decode_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
     """Read ``path`` and decode it; errors name the file."""

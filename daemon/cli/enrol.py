@@ -34,20 +34,17 @@ def register(sub) -> None:
 
 def describe_for_enrolment(analyzer, paths: list[Path]):
     """Each readable photo as a :class:`Described` (its face count and, for one face, its descriptor)."""
-    from cloakd.core.photo.decode import decode
+    from cloakd.daemon.identity import faces_in
     from cloakd.daemon.references import Described
 
     out = []
     for path in paths:
         data = path.read_bytes()
         try:
-            pixels = decode(data, label=str(path)).pixels
+            faces = faces_in(analyzer, data, str(path))
         except CloakdError as e:
             print(f"cloakd: skipping {path}: {e}", file=sys.stderr)
             continue
-        if pixels.ndim == 2:
-            pixels = pixels[..., None].repeat(3, axis=2)
-        faces = analyzer.analyse(pixels)
         desc = faces[0].descriptor if len(faces) == 1 else None
         out.append(Described(str(path), hashlib.sha256(data).hexdigest(), desc, len(faces)))
     return out

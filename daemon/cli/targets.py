@@ -61,8 +61,7 @@ def describe_photos(analyzer, paths: list[Path], *, warn=True) -> np.ndarray:
             if warn:
                 print(f"cloakd: skipping {p}: {e}", file=sys.stderr)
             continue
-        px = photo.pixels if photo.pixels.ndim == 3 else np.repeat(photo.pixels[..., None], 3, 2)
-        face = main_face(analyzer.analyse(px))
+        face = main_face(analyzer.analyse(photo.rgb))
         if face is None:
             if warn:
                 print(f"cloakd: skipping {p}: no face found", file=sys.stderr)
