@@ -94,18 +94,16 @@ def _feather(size: int, ramp: float = 0.08) -> torch.Tensor:
     return (w[:, None] * w[None, :]).unsqueeze(0)
 
 
-def working_scale(h: int, w: int, tasks: list[FaceTask], work_side: int) -> float:
-    """The resolution the cloak is optimised at, as a factor of the photo's.
+def working_scale(h: int, w: int, tf: ChipTransform, work_side: int) -> float:
+    """The resolution one face (chip transform ``tf``) is optimised at, as a factor of the photo's.
 
     At most ``work_side`` on the long side (detail finer than platforms keep is wasted), and no finer than
-    1.5 pixels per chip pixel for the smallest face: the extractor sees a face through a 150 px chip, and
+    1.5 pixels per chip pixel: the extractor sees a face through a 150 px chip, and
     finer working detail is wasted time (measured on a 12 MP portrait: 3, 2 and 1.5 pixels per chip pixel
     all verified with similar feature shifts; the loop took 30 s, 17.5 s and, after the other speed-ups,
     3.2 s). Never finer than full resolution.
     """
-    scales = [t.transform.scale for t in tasks]  # full-resolution pixels per chip pixel
-    face_scale = 1.5 / min(scales)
-    return min(1.0, work_side / max(h, w), face_scale)
+    return min(1.0, work_side / max(h, w), 1.5 / tf.scale)  # tf.scale: full-resolution pixels per chip pixel
 
 
 def bf16_supported() -> bool:
@@ -141,7 +139,7 @@ class _Face:
     def __init__(self, task: FaceTask, image: np.ndarray, work_side: int, margin: float):
         h, w = image.shape[:2]
         self.task = task
-        self.s = working_scale(h, w, [task], work_side)
+        self.s = working_scale(h, w, task.transform, work_side)
         self.box_full = _region_box(task.transform, (h, w), margin)
         L, T, R, B = self.box_full
         pad = int(math.ceil(2 / self.s)) + 1  # context for the resampling filter at the region's edge

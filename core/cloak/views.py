@@ -109,7 +109,3 @@ def render_chips(pixels: torch.Tensor, origin: tuple[int, int], tf: ChipTransfor
             chips[i] = chip_from_region(x[k, :, t:b, l:r], region)
     return torch.stack(chips)
 
-
-def render_chip(pixels: torch.Tensor, origin: tuple[int, int], tf: ChipTransform, view: View) -> torch.Tensor:
-    """Chip (3 x S x S) seen through ``view`` from a crop (3 x h x w, 0-255) whose top-left is ``origin``."""
-    return render_chips(pixels, origin, tf, [view])[0]
