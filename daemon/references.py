@@ -45,7 +45,8 @@ class ReferenceStore:
             if str(raw["extractor"]) != self.extractor:
                 raise CloakdError(f"{p}: references made with extractor {raw['extractor']}, not {self.extractor}; "
                                   f"enrol the user again with 'cloakd enrol --user {user} --replace PHOTOS'")
-            return [Described(str(l), str(h), d, 1) for l, h, d in zip(raw["labels"], raw["sha256"], raw["descriptors"])]
+            rows = zip(raw["labels"], raw["sha256"], raw["descriptors"])
+            return [Described(str(label), str(sha), desc, 1) for label, sha, desc in rows]
         except FileNotFoundError:
             return []
         except (OSError, ValueError, KeyError) as e:

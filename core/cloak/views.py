@@ -62,7 +62,8 @@ class ViewDistribution:
         return View(
             scale=scale,
             jpeg_quality=quality,
-            jpeg_offset=jpeg_offset if jpeg_offset is not None else (int(rng.integers(0, 16)), int(rng.integers(0, 16))),
+            jpeg_offset=(jpeg_offset if jpeg_offset is not None
+                         else (int(rng.integers(0, 16)), int(rng.integers(0, 16)))),
             shift=(float(rng.uniform(-self.shift, self.shift)), float(rng.uniform(-self.shift, self.shift))),
             rotation=math.radians(float(rng.uniform(-self.rotation_deg, self.rotation_deg))),
             zoom=float(1 + rng.uniform(-self.zoom, self.zoom)),
