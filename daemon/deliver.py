@@ -45,9 +45,7 @@ def write_new(account: Account, path: Path, data: bytes, mode: int, tag: str) ->
     """
     with acting_as(account):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / tmp_name(tag)
-        if os.path.lexists(tmp):
-            os.unlink(tmp)  # left by an interrupted attempt of the same row
+        tmp = _fresh_tmp(path.parent, tag)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "wb", closefd=False) as f:
@@ -59,11 +57,7 @@ def write_new(account: Account, path: Path, data: bytes, mode: int, tag: str) ->
             os.unlink(tmp)
             raise
         os.close(fd)
-        try:
-            rename_noreplace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        _put_in_place(tmp, path)
         fsync_dir(path.parent)
 
 
@@ -85,10 +79,25 @@ def move_new(account: Account, src: Path, dst: Path, tag: str) -> None:
         fsync_dir(src.parent)
 
 
-def _copy_across(src: Path, dst: Path, tag: str) -> None:
-    tmp = dst.parent / tmp_name(tag)
+def _fresh_tmp(folder: Path, tag: str) -> Path:
+    """The row's temporary name in ``folder``, cleared of what an interrupted attempt of the row left."""
+    tmp = folder / tmp_name(tag)
     if os.path.lexists(tmp):
         os.unlink(tmp)
+    return tmp
+
+
+def _put_in_place(tmp: Path, dst: Path) -> None:
+    """Rename the finished ``tmp`` to ``dst`` without replacing anything; ``tmp`` is removed if that fails."""
+    try:
+        rename_noreplace(tmp, dst)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _copy_across(src: Path, dst: Path, tag: str) -> None:
+    tmp = _fresh_tmp(dst.parent, tag)
     if src.is_symlink():
         os.symlink(os.readlink(src), tmp)
     else:
@@ -98,11 +107,7 @@ def _copy_across(src: Path, dst: Path, tag: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-    try:
-        rename_noreplace(tmp, dst)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    _put_in_place(tmp, dst)
 
 
 def remove(account: Account, path: Path, size: int, mtime_ns: int) -> bool:
