@@ -151,13 +151,6 @@ def _rotation(angle: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
-def chip_transform_from_landmarks(
-    landmarks: np.ndarray, size: int = 150, padding: float = 0.25, template: np.ndarray = MTCNN_TEMPLATE
-) -> ChipTransform:
-    """ChipTransform for 5 landmarks given in the order of ``template`` (default: MTCNN's points)."""
-    return ChipTransform.fit(template_in_chip(template, size, padding), landmarks, size)
-
-
 # --- dlib's pyramid and sampling plan -----------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .align import ChipTransform, chip_transform_from_landmarks, extract_chips
+from .align import ChipTransform, extract_chips
 from .detect import Detections, FaceDetector
 from .extractors import DEFAULT_EXTRACTOR, Extractor, load_extractor
 
@@ -49,7 +49,7 @@ class FaceAnalyzer:
         dets: Detections = self.detector.detect(image)
         geo = self.extractor.geometry
         return [
-            Face(box, float(score), lm, chip_transform_from_landmarks(lm, geo.size, geo.padding))
+            Face(box, float(score), lm, geo.transform(lm))
             for box, score, lm in zip(dets.boxes, dets.scores, dets.landmarks)
         ]
 

@@ -3,8 +3,8 @@
 An extractor is a torch ``nn.Module`` in eval mode that maps aligned face chips to descriptors. Callers
 never normalise pixels themselves: the input is always float RGB in [0, 255], N x 3 x S x S, so that a
 cloak optimised on pixels gets gradients through the extractor's own normalisation. Where the chip comes
-from is described by ``geometry`` (chip size and padding of dlib's ``get_face_chip`` convention); the
-alignment module turns that into a sampling grid.
+from is described by ``geometry``: the chip size and where the five landmarks (MTCNN's order) should land in
+the chip; the alignment module fits a similarity transform to them and turns it into a sampling grid.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,12 +23,29 @@ from ..errors import CloakdError
 class ChipGeometry:
     """Where an extractor's input chip lies relative to the face.
 
-    ``size``: chip side in pixels. ``padding``: dlib's get_face_chip padding (the unit face square is
-    mapped to [padding, 1 + padding] / (1 + 2 padding) of the chip).
+    ``size``: chip side in pixels. ``template``: where the five landmarks (MTCNN's order: image-left eye,
+    image-right eye, nose, mouth left, mouth right) land in the chip, in chip pixels. A model trained on
+    dlib's ``get_face_chip`` gives its ``padding`` instead (the unit face square is mapped to
+    [padding, 1 + padding] / (1 + 2 padding) of the chip) and the template follows from dlib's.
     """
 
     size: int
-    padding: float
+    padding: float | None = None
+    template: tuple[tuple[float, float], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.padding is None) == (self.template is None):
+            raise ValueError("a chip geometry takes either dlib's padding or a landmark template")
+
+    def transform(self, landmarks: np.ndarray):
+        """The :class:`~cloakd.core.align.ChipTransform` that aligns a face with these 5 landmarks."""
+        from ..align import ChipTransform, MTCNN_TEMPLATE, template_in_chip
+
+        if self.template is not None:
+            chip_points = np.asarray(self.template, dtype=np.float64)
+        else:
+            chip_points = template_in_chip(MTCNN_TEMPLATE, self.size, self.padding)
+        return ChipTransform.fit(chip_points, landmarks, self.size)
 
 
 class Extractor(nn.Module):
