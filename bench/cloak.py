@@ -64,7 +64,7 @@ def main() -> None:
 
     analyzer = FaceAnalyzer()
     bank = TargetBank.load()
-    request = ProtectRequest(target=bank.centroids[0], mode=args.mode)
+    request = ProtectRequest(target=bank.point(bank.names[0]), mode=args.mode)
 
     def timed(data: bytes, repeats: int) -> tuple[float, float, int, bool]:
         times, faces, ok = [], 0, True

@@ -270,10 +270,11 @@ def extract_chip(image: np.ndarray, tf: ChipTransform) -> np.ndarray:
     return _bilinear_exact(crop, region.affine, tf.size)
 
 
-def extract_chips(image: np.ndarray, transforms: list[ChipTransform]) -> np.ndarray:
-    """Stack of exact chips, N x size x size x 3 uint8 (each chip planned alone, as get_face_chip)."""
+def extract_chips(image: np.ndarray, transforms: list[ChipTransform], size: int = 150) -> np.ndarray:
+    """Stack of exact chips, N x size x size x 3 uint8 (each chip planned alone, as get_face_chip);
+    ``size`` gives the shape of an empty stack."""
     if not transforms:
-        return np.zeros((0, 150, 150, 3), np.uint8)
+        return np.zeros((0, size, size, 3), np.uint8)
     return np.stack([extract_chip(image, tf) for tf in transforms])
 
 

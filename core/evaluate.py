@@ -3,8 +3,8 @@
 A tracker trains a classifier on feature vectors of many identities, the user's training images being
 cloaked. Protection success rate (PSR) = the fraction of the user's *clean* test images the trained
 model does NOT classify as the user. Normal accuracy = accuracy on the other identities' test images.
-Two trackers: a linear classifier (multinomial logistic regression, the paper's transfer-learning head)
-and nearest centroid.
+Three classifiers: a linear one (multinomial logistic regression, the paper's transfer-learning head),
+nearest centroid and 1-NN.
 """
 
 from __future__ import annotations
@@ -59,7 +59,19 @@ class LinearClassifier:
         return self.labels[(xt @ self.w * 10 + self.b).argmax(1).numpy()]
 
 
-TRACKERS = {"linear": LinearClassifier, "centroid": NearestCentroid}
+class NearestNeighbour:
+    """1-NN: the label of the closest training descriptor."""
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "NearestNeighbour":
+        self.x, self.y = np.asarray(x, np.float64), np.asarray(y)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        d = np.linalg.norm(np.asarray(x, np.float64)[:, None, :] - self.x[None], axis=2)
+        return self.y[d.argmin(1)]
+
+
+TRACKERS = {"linear": LinearClassifier, "centroid": NearestCentroid, "1nn": NearestNeighbour}
 
 
 @dataclass

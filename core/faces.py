@@ -13,7 +13,8 @@ import torch
 
 from .align import ChipTransform, extract_chips
 from .detect import Detections, FaceDetector
-from .extractors import DEFAULT_EXTRACTOR, Extractor, load_extractor
+from .extractors import CLOAK_EXTRACTORS, DEFAULT_EXTRACTOR, Extractor, load_extractor
+from .photo.decode import DEFAULT_MAX_PIXELS, decode
 
 
 @dataclass
@@ -38,11 +39,21 @@ class Face:
 
 
 class FaceAnalyzer:
-    """Detector + extractor. ``analyse(image)`` returns every face with its descriptor."""
+    """Detector + extractors. ``analyse(image)`` returns every face with its descriptor.
 
-    def __init__(self, detector: FaceDetector | None = None, extractor: Extractor | None = None):
+    ``extractor`` is the primary extractor: faces' descriptors, identities (whose face), target classes
+    and reports are in its space. ``cloak_extractors`` are the extractors a cloak is optimised against
+    and verified with (default: the primary one and the others of CLOAK_EXTRACTORS); each describes a face
+    through its own alignment.
+    """
+
+    def __init__(self, detector: FaceDetector | None = None, extractor: Extractor | None = None,
+                 cloak_extractors: list[Extractor] | None = None):
         self.detector = detector if detector is not None else FaceDetector()
         self.extractor = extractor if extractor is not None else load_extractor(DEFAULT_EXTRACTOR)
+        if cloak_extractors is None:
+            cloak_extractors = [self.extractor] + [load_extractor(n) for n in CLOAK_EXTRACTORS if n != self.extractor.name]
+        self.cloak_extractors = cloak_extractors
 
     def find(self, image: np.ndarray) -> list[Face]:
         """Detect and align (no descriptors yet)."""
@@ -57,19 +68,40 @@ class FaceAnalyzer:
         """Exact (dlib-identical) chips, N x S x S x 3 uint8."""
         return extract_chips(image, [f.transform for f in faces])
 
-    @torch.inference_mode()
     def describe_chips(self, chips: np.ndarray) -> np.ndarray:
-        """Descriptors (N x D float32) of N x S x S x 3 uint8 chips."""
-        if len(chips) == 0:
-            return np.zeros((0, self.extractor.dim), np.float32)
-        x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
-        return self.extractor(x).numpy()
+        """Primary descriptors (N x D float32) of N x S x S x 3 uint8 chips."""
+        return _describe(self.extractor, chips)
+
+    def describe(self, image: np.ndarray, faces: list[Face], extractor: Extractor) -> np.ndarray:
+        """Descriptors (N x D) of ``faces`` by ``extractor``, each face aligned by that extractor's geometry."""
+        if extractor is self.extractor:
+            return self.describe_chips(self.chips(image, faces))
+        transforms = [extractor.geometry.transform(f.landmarks) for f in faces]
+        return _describe(extractor, extract_chips(image, transforms, extractor.geometry.size))
 
     def analyse(self, image: np.ndarray) -> list[Face]:
         faces = self.find(image)
         for face, desc in zip(faces, self.describe_chips(self.chips(image, faces))):
             face.descriptor = desc
         return faces
+
+    def read(self, data: bytes, label: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[Face]]:
+        """A photo's bytes decoded as cloakd decodes every photo (content-sniffed format, EXIF orientation,
+        ICC to sRGB, size guard; greyscale as RGB) and its faces described. CloakdError if undecodable."""
+        rgb = decode(data, max_pixels=max_pixels, label=label).rgb
+        return rgb, self.analyse(rgb)
+
+    def describe_all(self, image: np.ndarray, faces: list[Face]) -> dict[str, np.ndarray]:
+        """``faces``' descriptors by every cloak extractor (extractor name -> N x D)."""
+        return {e.name: self.describe(image, faces, e) for e in self.cloak_extractors}
+
+
+@torch.inference_mode()
+def _describe(extractor: Extractor, chips: np.ndarray) -> np.ndarray:
+    if len(chips) == 0:
+        return np.zeros((0, extractor.dim), np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
+    return extractor(x).numpy()
 
 
 def main_face(faces: list[Face]) -> Face | None:

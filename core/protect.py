@@ -1,20 +1,22 @@
 """Protect one photo: bytes in, verified clean bytes out (or a clear reason why not). Fail closed.
 
 decode -> find and describe faces -> cloak each face (towards the user's target class, or away from its
-own features for other people) -> strip metadata and encode -> decode the written bytes again, re-detect
-and re-describe every cloaked face, and check it moved towards its target and away from its original by
-the margins below. A face that fails is retried with the next stronger preset; a photo whose faces still
-fail is not protected, and no bytes are returned for it.
+own features for other people) against every extractor of the analyser's ``cloak_extractors`` -> strip
+metadata and encode -> decode the written bytes again, re-detect and re-describe every cloaked face with
+every one of those extractors, and check it moved towards its target and away from its original by the
+margins below in each. A face that fails is retried with the next stronger preset; a photo whose faces
+still fail is not protected, and no bytes are returned for it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cloak.optimise import AWAY, TOWARDS, FaceTask, cloak
+from .cloak.optimise import AWAY, FaceTask, Goal, cloak
 from .cloak.presets import STRONGER, preset
 from .faces import Face, FaceAnalyzer
 from .identity import single_out
@@ -22,21 +24,25 @@ from .photo.container import OutputOptions
 from .photo.decode import DEFAULT_MAX_PIXELS, decode
 from .photo.strip import strip_and_verify
 
-#: Verification margins, in descriptor distance (dlib's same-person threshold is 0.6):
-#: a targeted face must end at least TOWARDS_MARGIN closer to the target than it started and at least
-#: MOVED_MARGIN away from its original descriptor; an untargeted face at least MOVED_MARGIN away.
-TOWARDS_MARGIN = 0.15
-MOVED_MARGIN = 0.25
+#: Verification margins, in units of each extractor's same-person threshold (dlib's is 0.6, where they are
+#: 0.15 and 0.25): a targeted face must end at least TOWARDS_MARGIN closer to the target than it started
+#: and at least MOVED_MARGIN away from its original descriptor; an untargeted face at least MOVED_MARGIN
+#: away. They hold for every extractor the cloak is optimised against.
+TOWARDS_MARGIN = 0.15 / 0.6
+MOVED_MARGIN = 0.25 / 0.6
 
 
 @dataclass(frozen=True)
 class ProtectRequest:
-    """What to do with one photo. ``target``: descriptor of the user's target class (None: no targeted
-    cloak, every face is cloaked away from itself). ``references``: the user's own descriptors; when given,
-    only faces matching them get the targeted cloak and the others follow ``others`` ("away" or "leave").
+    """What to do with one photo. ``target``: where the user's face should go, as descriptors by extractor
+    name (e.g. the target class's centroid in each extractor's space; a bare array is the primary
+    extractor's); an extractor without one pushes the face away from itself only. None: no targeted
+    cloak, every face is cloaked away from itself. ``references``: the user's own (primary) descriptors;
+    when given, only the face matching them gets the targeted cloak and the others follow ``others``
+    ("away" or "leave").
     """
 
-    target: np.ndarray | None = None
+    target: Mapping[str, np.ndarray] | np.ndarray | None = None
     references: np.ndarray | None = None
     others: str = AWAY
     mode: str = "mid"
@@ -51,6 +57,16 @@ class ProtectRequest:
     def preset(self, mode: str):
         return preset(mode).with_overrides(rho=self.rho, steps=self.steps)
 
+    def targets(self, primary: str) -> dict[str, np.ndarray]:
+        """The target by extractor name ({} without a target)."""
+        if self.target is None:
+            return {}
+        if isinstance(self.target, Mapping):
+            if primary not in self.target:
+                raise ValueError(f"the target has no descriptor for the primary extractor {primary!r}")
+            return {k: np.asarray(v, np.float32) for k, v in self.target.items()}
+        return {primary: np.asarray(self.target, np.float32)}
+
 
 @dataclass
 class FaceReport:
@@ -63,9 +79,16 @@ class FaceReport:
     moved: float | None = None  # distance between the original and the written face's descriptor
     verified: bool = False
     reason: str = ""
+    #: per extractor the cloak was optimised against: its distances (as above, in its own units) and verdict
+    checks: dict[str, dict] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return _rounded(self.__dict__)
+
+
+def _rounded(d: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v)
+            for k, v in d.items()}
 
 
 @dataclass
@@ -112,43 +135,65 @@ def _roles(faces: list[Face], request: ProtectRequest, threshold: float) -> list
     return roles
 
 
-def _task(face: Face, role: str, target: np.ndarray | None) -> FaceTask:
-    if role == "user":
-        return FaceTask(face.transform, target, TOWARDS, origin=face.descriptor)
-    return FaceTask(face.transform, face.descriptor, AWAY)
+def _task(analyzer: FaceAnalyzer, face: Face, role: str, targets: dict[str, np.ndarray],
+          origins: list[np.ndarray]) -> FaceTask:
+    """One goal per cloak extractor: the face's chip in that extractor's alignment, its own descriptor
+    there, and (for the user's face) the target there, if the target has one."""
+    goals = []
+    for extractor, origin in zip(analyzer.cloak_extractors, origins):
+        transform = face.transform if extractor is analyzer.extractor else extractor.geometry.transform(face.landmarks)
+        goals.append(Goal(transform, origin, targets.get(extractor.name) if role == "user" else None))
+    return FaceTask(goals)
 
 
-def _check(report: FaceReport, original: Face, written: np.ndarray, target: np.ndarray | None) -> None:
-    """Fill in the written face's distances and the verdict."""
-    report.moved = float(np.linalg.norm(written - original.descriptor))
-    if report.role == "user":
-        report.to_target_after = float(np.linalg.norm(written - target))
-        gained = report.to_target_before - report.to_target_after
-        report.verified = gained >= TOWARDS_MARGIN and report.moved >= MOVED_MARGIN
-        if not report.verified:
-            report.reason = (f"moved {report.moved:.2f} (needs {MOVED_MARGIN}), {gained:.2f} closer to the target "
-                             f"(needs {TOWARDS_MARGIN})")
-    else:
-        report.verified = report.moved >= MOVED_MARGIN
-        if not report.verified:
-            report.reason = f"moved {report.moved:.2f} from its own features (needs {MOVED_MARGIN})"
+def _judge(extractor, role: str, original: np.ndarray, written: np.ndarray, target: np.ndarray | None) -> dict:
+    """One extractor's verdict on one written face, distances in its own units."""
+    unit = extractor.match_threshold
+    check = {"moved": float(np.linalg.norm(written - original))}
+    ok = check["moved"] >= MOVED_MARGIN * unit
+    why = f"moved {check['moved']:.2f} from its own features (needs {MOVED_MARGIN * unit:.2f})"
+    if role == "user" and target is not None:
+        check["to_target_before"] = float(np.linalg.norm(original - target))
+        check["to_target_after"] = float(np.linalg.norm(written - target))
+        gained = check["to_target_before"] - check["to_target_after"]
+        ok = ok and gained >= TOWARDS_MARGIN * unit
+        why = (f"moved {check['moved']:.2f} (needs {MOVED_MARGIN * unit:.2f}), {gained:.2f} closer to the target "
+               f"(needs {TOWARDS_MARGIN * unit:.2f})")
+    check["verified"] = bool(ok)
+    if not ok:
+        check["reason"] = why
+    return check
 
 
-def _verify_written(analyzer, data: bytes, request: ProtectRequest, faces: list[Face], reports: list[FaceReport],
-                    label: str) -> None:
-    """Decode the written bytes, re-detect and re-describe each cloaked face, and judge it.
+def _verify_written(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, faces: list[Face],
+                    origins: list[list[np.ndarray]], reports: list[FaceReport], label: str) -> None:
+    """Decode the written bytes, re-detect and re-describe each cloaked face with every cloak extractor,
+    and judge it in each.
 
     Both the tracker's view (the face re-detected in the written photo) and the original alignment must
     show the move; if the face is no longer detected at all, the original alignment alone is judged.
     """
     written = decode(data, max_pixels=request.max_pixels, label=label).rgb
-    found = analyzer.analyse(written)
-    own = analyzer.describe_chips(analyzer.chips(written, faces))
-    for face, report, desc in zip(faces, reports, own):
-        match = _match(face, found)
-        views = [desc] + ([match.descriptor] if match is not None else [])
-        least_moved = min(views, key=lambda d: np.linalg.norm(d - face.descriptor))
-        _check(report, face, least_moved, request.target)
+    found = analyzer.find(written)
+    matches = [_match(face, found) for face in faces]
+    targets = request.targets(analyzer.extractor.name)
+    for k, extractor in enumerate(analyzer.cloak_extractors):
+        own = analyzer.describe(written, faces, extractor)
+        matched = [m for m in matches if m is not None]
+        again = dict(zip(map(id, matched), analyzer.describe(written, matched, extractor)))
+        for face, report, desc, match, origin in zip(faces, reports, own, matches, origins):
+            views = [desc] + ([again[id(match)]] if match is not None else [])
+            least_moved = min(views, key=lambda d: np.linalg.norm(d - origin[k]))
+            target = targets.get(extractor.name) if report.role == "user" else None
+            report.checks[extractor.name] = _judge(extractor, report.role, origin[k], least_moved, target)
+    for report in reports:
+        primary = report.checks[analyzer.extractor.name]
+        report.moved = primary["moved"]
+        report.to_target_after = primary.get("to_target_after")
+        failed = [f"{name}: {c['reason']}" for name, c in report.checks.items() if not c["verified"]]
+        report.verified = not failed
+        report.reason = "; ".join(failed) if len(report.checks) > 1 else "".join(
+            c.get("reason", "") for c in report.checks.values())
 
 
 def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label: str = "input") -> ProtectResult:
@@ -157,19 +202,25 @@ def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label:
     photo = decode(data, max_pixels=request.max_pixels, label=label)
     rgb = photo.rgb
     faces = analyzer.analyse(rgb)
+    targets = request.targets(analyzer.extractor.name)
     roles = _roles(faces, request, analyzer.extractor.match_threshold)
     reports = [FaceReport([round(float(v), 1) for v in f.box], r) for f, r in zip(faces, roles)]
     for rep, f in zip(reports, faces):
         if rep.role == "user":
-            rep.to_target_before = float(np.linalg.norm(f.descriptor - request.target))
+            rep.to_target_before = float(np.linalg.norm(f.descriptor - targets[analyzer.extractor.name]))
 
     todo = [i for i, r in enumerate(roles) if r != "left"]
+    cloaked = [faces[i] for i in todo]
+    # each cloaked face's own descriptor in every cloak extractor's space (the primary's is known)
+    by_extractor = [[f.descriptor for f in cloaked] if e is analyzer.extractor else analyzer.describe(rgb, cloaked, e)
+                    for e in analyzer.cloak_extractors]
+    origins = [[d[j] for d in by_extractor] for j in range(len(cloaked))]
     mode = request.mode
     while True:
         pixels = rgb
         if todo:
-            tasks = [_task(faces[i], roles[i], request.target) for i in todo]
-            result = cloak(rgb, tasks, analyzer.extractor, request.preset(mode), seed=request.seed)
+            tasks = [_task(analyzer, faces[i], roles[i], targets, o) for i, o in zip(todo, origins)]
+            result = cloak(rgb, tasks, analyzer.cloak_extractors, request.preset(mode), seed=request.seed)
             pixels = result.image
             for i, fr in zip(todo, result.faces):
                 reports[i].mode, reports[i].dssim = mode, fr.dssim
@@ -178,7 +229,10 @@ def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label:
         if not todo or not request.verify:
             failed = []
             break
-        _verify_written(analyzer, clean.data, request, [faces[i] for i in todo], [reports[i] for i in todo], label)
+        todo_reports = [reports[i] for i in todo]
+        for rep in todo_reports:
+            rep.checks = {}
+        _verify_written(analyzer, clean.data, request, cloaked, origins, todo_reports, label)
         failed = [i for i in todo if not reports[i].verified]
         if not failed or mode not in STRONGER:
             break

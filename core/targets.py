@@ -1,8 +1,10 @@
 """The target bank (public identities' descriptors) and the choice of a user's target class (eq. 3).
 
-A bank holds, per public identity, the descriptors of a few of its photos under one extractor. The one
-shipped with cloakd (core/data/target_bank.npz) was built from ../shared/data/targets (483 LFW
-identities x 4 photos) with ``cloakd targets build``; the photos themselves are not shipped.
+A bank holds, per public identity, the descriptors of a few of its photos under the primary extractor
+(where target classes are chosen) and under each extractor the cloak is optimised against (where the
+chosen class is then the target). The one shipped with cloakd (core/data/target_bank.npz) was built from
+../shared/data/targets (483 LFW identities x 4 photos) with ``cloakd targets build``; the photos
+themselves are not shipped.
 
 Fawkes' rule (section 4, eq. 3): draw K candidate identities at random, and take the one whose centroid is
 farthest from *all* of the user's photos: T = argmax_k min_{x in X_U} ||Phi(x) - C_k||.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,10 @@ DEFAULT_CANDIDATES = 20
 @dataclass(frozen=True)
 class TargetBank:
     names: list[str]
-    descriptors: list[np.ndarray]  # per identity: n_i x D float32
+    descriptors: list[np.ndarray]  # per identity: n_i x D float32, by the primary extractor
     extractor: str
+    #: the same faces described by other extractors: extractor name -> per identity n_i x D_k
+    spaces: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     @property
     def centroids(self) -> np.ndarray:
@@ -39,8 +43,21 @@ class TargetBank:
         except ValueError:
             raise CloakdError(f"identity {name!r} is not in the target bank") from None
 
+    def point(self, name: str, primary: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Identity ``name``'s centroid in every extractor's space the bank holds, by extractor name: where
+        a cloak pulls a face towards that class. ``primary`` (a user's stored centroid) replaces the bank's
+        own primary centroid, so that a changed bank cannot silently move a chosen target; a class the bank
+        no longer holds then keeps its stored primary centroid alone."""
+        if primary is not None and name not in self.names:
+            return {self.extractor: np.asarray(primary, np.float32)}
+        i = self.index(name)
+        centroids = {self.extractor: self.descriptors[i].mean(0) if primary is None else np.asarray(primary)}
+        centroids.update({k: d[i].mean(0) for k, d in self.spaces.items()})
+        return {k: v.astype(np.float32) for k, v in centroids.items()}
+
     def digest(self) -> str:
-        """Content hash, so a stored choice can tell which bank it came from."""
+        """Content hash of the primary descriptors, so a stored choice can tell which bank it came from
+        (describing the same faces with more extractors does not change it)."""
         h = hashlib.sha256(self.extractor.encode())
         for n, d in zip(self.names, self.descriptors):
             h.update(n.encode())
@@ -56,6 +73,7 @@ class TargetBank:
             counts=counts,
             descriptors=np.concatenate(self.descriptors).astype(np.float32),
             extractor=np.array(self.extractor),
+            **{f"space.{k}": np.concatenate(d).astype(np.float32) for k, d in self.spaces.items()},
         )
         return buf.getvalue()
 
@@ -67,11 +85,14 @@ class TargetBank:
             counts = z["counts"].astype(int)
             flat = z["descriptors"].astype(np.float32)
             extractor = str(z["extractor"])
+            spaces = {k.split(".", 1)[1]: z[k].astype(np.float32) for k in z.files if k.startswith("space.")}
         except Exception as e:  # noqa: BLE001 - any parse failure is a bad bank file
             raise CloakdError(f"{source}: not a cloakd target bank ({type(e).__name__}: {e})") from None
-        if counts.sum() != len(flat) or len(names) != len(counts) or (counts < 1).any():
+        if (counts.sum() != len(flat) or len(names) != len(counts) or (counts < 1).any()
+                or any(len(v) != len(flat) for v in spaces.values())):
             raise CloakdError(f"{source}: inconsistent target bank (names, counts and descriptors disagree)")
-        return cls(names, list(np.split(flat, np.cumsum(counts)[:-1])), extractor)
+        split = np.cumsum(counts)[:-1]
+        return cls(names, list(np.split(flat, split)), extractor, {k: list(np.split(v, split)) for k, v in spaces.items()})
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> "TargetBank":

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cloakd.core.cloak.jpeg import jpeg_roundtrip
-from cloakd.core.cloak.optimise import AWAY, FaceTask, cloak
+from cloakd.core.cloak.optimise import FaceTask, Goal, cloak
 from cloakd.core.cloak.presets import PRESETS
 from cloakd.core.cloak.ssim import dssim, dssim_large
 from cloakd.core.faces import main_face
@@ -84,7 +84,7 @@ def test_cloak_moves_towards_target_within_budget_and_only_near_the_face(analyze
     img = _face_photo(data_dir)
     face = main_face(analyzer.analyse(img))
     target = bank.centroids[bank.index("Aaron_Peirsol")]
-    res = cloak(img, [FaceTask(face.transform, target)], analyzer.extractor, QUICK, seed=3)
+    res = cloak(img, [FaceTask([Goal(face.transform, face.descriptor, target)])], analyzer.extractor, QUICK, seed=3)
     out = res.image
     assert out.shape == img.shape and out.dtype == np.uint8
     # the DSSIM budget holds on the 8-bit result at full resolution, measured independently
@@ -98,14 +98,14 @@ def test_cloak_moves_towards_target_within_budget_and_only_near_the_face(analyze
     before_d, after_d = np.linalg.norm(face.descriptor - target), np.linalg.norm(after - target)
     assert after_d < before_d - 0.2
     # deterministic: same seed, same bytes
-    again = cloak(img, [FaceTask(face.transform, target)], analyzer.extractor, QUICK, seed=3)
+    again = cloak(img, [FaceTask([Goal(face.transform, face.descriptor, target)])], analyzer.extractor, QUICK, seed=3)
     assert np.array_equal(again.image, out)
 
 
 def test_untargeted_cloak_moves_a_face_away_from_itself(analyzer, data_dir):
     img = _face_photo(data_dir, "Venus_Williams/Venus_Williams_0004.jpg")
     face = main_face(analyzer.analyse(img))
-    res = cloak(img, [FaceTask(face.transform, face.descriptor, AWAY)], analyzer.extractor, QUICK, seed=0)
+    res = cloak(img, [FaceTask([Goal(face.transform, face.descriptor)])], analyzer.extractor, QUICK, seed=0)
     after = analyzer.describe_chips(analyzer.chips(res.image, [face]))[0]
     assert np.linalg.norm(after - face.descriptor) > 0.3
 
@@ -116,7 +116,7 @@ def test_large_photo_is_cloaked_at_full_resolution_without_blocks(analyzer, data
     img = np.array(Image.fromarray(small).resize((1000, 1000), Image.BICUBIC))
     face = main_face(analyzer.analyse(img))
     target = bank.centroids[bank.index("Aaron_Peirsol")]
-    res = cloak(img, [FaceTask(face.transform, target)], analyzer.extractor, QUICK, seed=0, work_side=500)
+    res = cloak(img, [FaceTask([Goal(face.transform, face.descriptor, target)])], analyzer.extractor, QUICK, seed=0, work_side=500)
     l, t, r, b = res.faces[0].box
     assert _reference_dssim(img[t:b, l:r], res.image[t:b, l:r]) <= QUICK.rho + 1e-4
     delta = res.image.astype(int) - img.astype(int)

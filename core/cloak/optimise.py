@@ -1,26 +1,30 @@
 """The cloak optimiser (Fawkes eq. 2, budget kept by projection): pure computation on arrays, no I/O.
 
 For each face of a photo, a perturbation lives on the photo's own pixels around the face (the face's
-region: the bounding box of its chip's footprint plus a margin for alignment jitter), feathered to zero at
-the edge of the chip's footprint so no seam appears. Each face is optimised at its own working
-resolution; all faces' chips go through the extractor as one batch per step. The loss per face is
+region: the bounding box of its chips' footprints plus a margin for alignment jitter), feathered to zero
+at the edge of the chips so no seam appears. It is optimised against one or several feature extractors
+(an ensemble: a cloak that fools several different recognisers is more likely to fool one it never saw),
+each seeing the face through its own alignment. The loss of a face is
 
-    mean over views v of  || Phi(chip_v(x + delta)) - t ||^2
+    sum over extractors k of  w_k * mean over views v of  (|| Phi_k(chip_kv(x + delta)) - t_k || / s_k)^2
 
-where the views are the tracker's exact alignment plus random upload processing (JPEG, downscale,
-alignment jitter; see views.py). ``t`` is the target descriptor (towards a target class or, for a Sybil
-image, towards the user) or, for an untargeted cloak, the face's own descriptor, which is pushed away.
+plus a push away from the face's own descriptors. ``s_k`` is extractor k's same-person threshold, so
+every extractor's loss is counted in the same unit (a move of one threshold weighs the same in each).
+The views are the tracker's exact alignment plus random upload processing (JPEG, downscale, alignment
+jitter, blur; see views.py). ``t_k`` is the target descriptor in extractor k's space (towards a target
+class or, for a Sybil image, towards the user); an untargeted cloak only pushes the face away from
+itself.
 
-Large photos and large faces are optimised at a working resolution (see :func:`working_scale`): at most
-``work_side`` (2048 px, the largest size platforms keep) on the long side, and no finer than 1.5 pixels
-per pixel of the extractor's chip. The perturbations are then resampled to full resolution, added (where
-regions overlap, they add up), rounded to 8 bits, and the DSSIM budget is enforced there, at full
-resolution, for every face's region.
+Each face is optimised at its own working resolution (see :func:`working_scale`). The perturbations are
+then resampled to full resolution, added (where regions overlap, they add up), rounded to 8 bits, and the
+DSSIM budget is enforced there, at full resolution, for every face's region.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,23 +40,44 @@ from .views import IDENTITY, ViewDistribution, render_chips
 TOWARDS = "towards"
 AWAY = "away"
 
+#: Adam's iterate is projected a little inside the budget, so the next step rarely needs a second projection
+PROJECTION_SAFETY = 0.995
+#: the first full-resolution rescale aims just inside the budget (DSSIM grows about as amplitude squared)
+RESCALE_SAFETY = 0.99
+#: halvings of the rescale factor when the predicted one overshoots (rare): 2^-12 of the amplitude
+BISECTION_STEPS = 12
+#: JPEG's block grid repeats every 16 pixels (one 4:2:0 MCU): the phases a view can draw
+JPEG_PHASES = 16
+#: the feathered edge of a chip's footprint, as a fraction of the chip side (a raised cosine to zero)
+FEATHER_RAMP = 0.08
+#: chip pixels per working pixel is never finer than this (finer working detail is wasted time)
+WORK_PIXELS_PER_CHIP_PIXEL = 1.5
+
+
+@dataclass
+class Goal:
+    """What one extractor should see of one face after cloaking."""
+
+    transform: ChipTransform  # the face's chip for this extractor, in full-resolution photo coordinates
+    origin: np.ndarray  # the face's own descriptor in this extractor's space: pushed away from
+    target: np.ndarray | None = None  # pulled towards (None: this extractor only pushes away)
+
 
 @dataclass
 class FaceTask:
-    """One face to cloak: where it is (full resolution) and where its features should go."""
+    """One face to cloak: one :class:`Goal` per extractor, in the order the extractors are given."""
 
-    transform: ChipTransform
-    target: np.ndarray  # descriptor to move towards, or (AWAY) the face's own descriptor
-    direction: str = TOWARDS
-    away_margin: float = 1.0  # push until this far from the original descriptor
-    origin: np.ndarray | None = None  # TOWARDS: the face's own descriptor, also pushed away from
+    goals: list[Goal]
+
+    @property
+    def direction(self) -> str:
+        return TOWARDS if any(g.target is not None for g in self.goals) else AWAY
 
 
 @dataclass
 class FaceResult:
-    box: tuple[int, int, int, int]  # region at full resolution (l, t, r, b exclusive)
+    box: tuple[int, int, int, int]  # region at full resolution (left, top, right, bottom exclusive)
     dssim: float  # measured at full resolution on the 8-bit result
-    scaled_back: float  # 1.0 unless the budget needed the perturbation scaled down
     loss: list[float] = field(default_factory=list)  # identity-view feature loss, first and last step
 
 
@@ -64,52 +89,60 @@ class CloakResult:
     steps: int = 0  # optimisation steps run (fewer than the preset's when every face converged early)
 
 
-def _region_box(tf: ChipTransform, hw: tuple[int, int], margin: float) -> tuple[int, int, int, int]:
-    corners = tf.footprint()
-    pad = margin * tf.size * tf.scale
-    lo = np.floor(corners.min(0) - pad).astype(int)
-    hi = np.ceil(corners.max(0) + pad).astype(int) + 1
+Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), in pixels
+
+
+def _region_box(transforms: Sequence[ChipTransform], hw: tuple[int, int], margin: float) -> Box:
+    """The bounding box of the chips' footprints, grown by ``margin`` of each chip's side, inside the image."""
+    lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
+    for tf in transforms:
+        corners = tf.footprint()
+        pad = margin * tf.size * tf.scale
+        lo = np.minimum(lo, corners.min(0) - pad)
+        hi = np.maximum(hi, corners.max(0) + pad)
+    lo, hi = np.floor(lo).astype(int), np.ceil(hi).astype(int) + 1
     h, w = hw
     return max(lo[0], 0), max(lo[1], 0), min(hi[0], w), min(hi[1], h)
 
 
 def _scaled(tf: ChipTransform, s: float) -> ChipTransform:
     """The same chip in an image resampled by factor s (pixel centres map as (x + 0.5) s - 0.5)."""
-    l, t, r, b = tf.rect
-    cx, cy = ((l + r) / 2 + 0.5) * s - 0.5, ((t + b) / 2 + 0.5) * s - 0.5
-    half = (r - l) / 2 * s
+    left, top, right, bottom = tf.rect
+    cx, cy = ((left + right) / 2 + 0.5) * s - 0.5, ((top + bottom) / 2 + 0.5) * s - 0.5
+    half = (right - left) / 2 * s
     return ChipTransform((cx - half, cy - half, cx + half, cy + half), tf.angle, tf.size)
 
 
 def _translated(tf: ChipTransform, dx: float, dy: float) -> ChipTransform:
-    l, t, r, b = tf.rect
-    return ChipTransform((l + dx, t + dy, r + dx, b + dy), tf.angle, tf.size)
+    left, top, right, bottom = tf.rect
+    return ChipTransform((left + dx, top + dy, right + dx, bottom + dy), tf.angle, tf.size)
 
 
-def _feather(size: int, ramp: float = 0.08) -> torch.Tensor:
-    """Chip-space window: 1 inside, a raised-cosine ramp to 0 over the outer ``ramp`` of the chip."""
+def _feather(size: int) -> torch.Tensor:
+    """Chip-space window: 1 inside, a raised-cosine ramp to 0 over the outer FEATHER_RAMP of the chip."""
     u = torch.linspace(0, 1, size, dtype=torch.float64)
-    edge = torch.minimum(u, 1 - u) / ramp
+    edge = torch.minimum(u, 1 - u) / FEATHER_RAMP
     w = 0.5 - 0.5 * torch.cos(math.pi * edge.clamp(0, 1))
     return (w[:, None] * w[None, :]).unsqueeze(0)
 
 
-def working_scale(h: int, w: int, tf: ChipTransform, work_side: int) -> float:
-    """The resolution one face (chip transform ``tf``) is optimised at, as a factor of the photo's.
+def working_scale(h: int, w: int, transforms: ChipTransform | Sequence[ChipTransform], work_side: int) -> float:
+    """The resolution one face is optimised at, as a factor of the photo's.
 
     At most ``work_side`` on the long side (detail finer than platforms keep is wasted), and no finer than
-    1.5 pixels per chip pixel: the extractor sees a face through a 150 px chip, and
-    finer working detail is wasted time (measured on a 12 MP portrait: 3, 2 and 1.5 pixels per chip pixel
-    all verified with similar feature shifts; the loop took 30 s, 17.5 s and, after the other speed-ups,
-    3.2 s). Never finer than full resolution.
+    WORK_PIXELS_PER_CHIP_PIXEL per pixel of the finest chip among the extractors' (an extractor sees the
+    face through its chip only). Never finer than full resolution.
     """
-    return min(1.0, work_side / max(h, w), 1.5 / tf.scale)  # tf.scale: full-resolution pixels per chip pixel
+    if isinstance(transforms, ChipTransform):
+        transforms = [transforms]
+    finest = min(tf.scale for tf in transforms)  # tf.scale: full-resolution pixels per chip pixel
+    return min(1.0, work_side / max(h, w), WORK_PIXELS_PER_CHIP_PIXEL / finest)
 
 
 def bf16_supported() -> bool:
-    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX): then the extractor's forward and
-    backward in the loop take ~2/3 of the float32 time (measured on an AMD EPYC, batch 4: 45 vs 68 ms),
-    descriptors differ by ~0.008 (the same-person threshold is 0.6) and gradients keep a cosine of 0.98."""
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX): then the extractors' forward and
+    backward in the loop take about 2/3 of the float32 time, descriptors differ by about 1% of the
+    same-person threshold and gradients keep a cosine of about 0.98 (tests/test_cloak.py)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -132,120 +165,140 @@ class _Face:
     """Per-face optimisation state at the face's own working resolution.
 
     Each face's region (with a little context) is cut from the photo and resampled on its own, so a large
-    face next to a small one costs what each costs alone (one shared canvas at the small face's resolution
-    made a 12 MP selfie with a background face take 157 s and 3 GB instead of 5 s).
+    face next to a small one costs what each costs alone. ``full_box`` is the region in the photo's
+    pixels, ``work_box`` the same region in the working crop's pixels.
     """
 
-    def __init__(self, task: FaceTask, image: np.ndarray, work_side: int, margin: float):
+    def __init__(self, task: FaceTask, scales: Sequence[float], image: np.ndarray, work_side: int, margin: float):
         h, w = image.shape[:2]
         self.task = task
-        self.s = working_scale(h, w, task.transform, work_side)
-        self.box_full = _region_box(task.transform, (h, w), margin)
-        L, T, R, B = self.box_full
-        pad = int(math.ceil(2 / self.s)) + 1  # context for the resampling filter at the region's edge
-        cl, ct = max(L - pad, 0), max(T - pad, 0)
-        crop = image[ct : min(B + pad, h), cl : min(R + pad, w)]
-        self.origin_full = (cl, ct)
-        local = _translated(task.transform, -cl, -ct)
+        full_transforms = [g.transform for g in task.goals]
+        self.s = working_scale(h, w, full_transforms, work_side)
+        self.full_box = _region_box(full_transforms, (h, w), margin)
+        left, top, right, bottom = self.full_box
+        context = int(math.ceil(2 / self.s)) + 1  # for the resampling filter at the region's edge
+        crop_left, crop_top = max(left - context, 0), max(top - context, 0)
+        crop = image[crop_top : min(bottom + context, h), crop_left : min(right + context, w)]
+        self.crop_origin = (crop_left, crop_top)
+        local = [_translated(tf, -crop_left, -crop_top) for tf in full_transforms]
         if self.s != 1.0:
-            crop, local = _resize_uint8(crop, self.s), _scaled(local, self.s)
-        self.tf = local
-        self.box = _region_box(self.tf, crop.shape[:2], margin)
-        l, t, r, b = self.box
-        self.base = _to_tensor(crop[t:b, l:r])
+            crop, local = _resize_uint8(crop, self.s), [_scaled(tf, self.s) for tf in local]
+        self.transforms = local
+        self.work_box = _region_box(local, crop.shape[:2], margin)
+        wl, wt, wr, wb = self.work_box
+        self.base = _to_tensor(crop[wt:wb, wl:wr])
         self.long_side = max(h, w) * self.s  # the photo's long side at this face's working resolution
-        self.mask = chip_to_box(_feather(self.tf.size), self.tf, self.box).float()
-        self.delta = torch.zeros(3, b - t, r - l, requires_grad=True)
-        self.target = torch.as_tensor(np.asarray(task.target, np.float32))
-        self.origin = None if task.origin is None else torch.as_tensor(np.asarray(task.origin, np.float32))
+        self.mask = torch.stack([chip_to_box(_feather(tf.size), tf, self.work_box).float() for tf in local]).amax(0)
+        self.delta = torch.zeros(3, wb - wt, wr - wl, requires_grad=True)
+        self.scales = list(scales)
+        self.targets = [None if g.target is None else torch.as_tensor(np.asarray(g.target, np.float32))
+                        for g in task.goals]
+        self.origins = [torch.as_tensor(np.asarray(g.origin, np.float32)) for g in task.goals]
 
     def pixels(self) -> torch.Tensor:
         return (self.base + self.mask * self.delta).clamp(0, 255)
 
     def full_resolution_delta(self) -> torch.Tensor:
-        """The perturbation on the full-resolution pixels of ``box_full``."""
+        """The perturbation on the full-resolution pixels of ``full_box``."""
         d = self.mask * self.delta.detach()
         if self.s == 1.0:
             return d
-        cl, ct = self.origin_full
-        L, T, R, B = self.box_full
-        return _resample_box(d, self.box, (L - cl, T - ct, R - cl, B - ct), self.s)
+        crop_left, crop_top = self.crop_origin
+        left, top, right, bottom = self.full_box
+        box_in_crop = (left - crop_left, top - crop_top, right - crop_left, bottom - crop_top)
+        return _resample_box(d, self.work_box, box_in_crop, self.s)
 
-    def _away(self, emb: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-        d = (emb - origin).pow(2).sum(-1).clamp_min(1e-12).sqrt()
-        return F.relu(self.task.away_margin - d).pow(2)
+    def _distances(self, k: int, emb: torch.Tensor, to: torch.Tensor) -> torch.Tensor:
+        """Distances of extractor k's descriptors ``emb`` (views x D) to ``to``, in thresholds of k."""
+        return (emb - to).pow(2).sum(-1).clamp_min(1e-12).sqrt() / self.scales[k]
 
-    def converged(self, emb: torch.Tensor, preset: CloakPreset) -> bool:
-        """Whether this step's views (``emb``, before the step) all show the goal reached: a targeted face
-        on average within ``preset.stop_at`` of its target, an untargeted one at least ``away_margin``
-        from its own features in every view."""
-        if self.task.direction == AWAY:
-            return bool((emb - self.target).norm(dim=1).min() >= self.task.away_margin)
-        return preset.stop_at is not None and float((emb - self.target).norm(dim=1).mean()) <= preset.stop_at
+    def converged(self, embs: list[torch.Tensor], preset: CloakPreset) -> bool:
+        """Whether this step's views (before the step) show every extractor's goal reached: a target on
+        average within ``preset.stop_at`` thresholds, or (untargeted) every view at least
+        ``preset.away_margin`` thresholds from the face's own descriptor."""
+        for k, emb in enumerate(embs):
+            if self.targets[k] is not None:
+                if preset.stop_at is None or float(self._distances(k, emb, self.targets[k]).mean()) > preset.stop_at:
+                    return False
+            elif float(self._distances(k, emb, self.origins[k]).min()) < preset.away_margin:
+                return False
+        return True
 
-    def feature_loss(self, emb: torch.Tensor, away_weight: float) -> torch.Tensor:
-        if self.task.direction == AWAY:
-            return self._away(emb, self.target)
-        loss = (emb - self.target).pow(2).sum(-1)
-        if self.origin is not None and away_weight:
-            loss = loss + away_weight * self._away(emb, self.origin)
-        return loss
+    def feature_loss(self, embs: list[torch.Tensor], preset: CloakPreset, weights: Sequence[float]) -> torch.Tensor:
+        """Per view: the weighted sum over extractors of the squared distance to the target (in thresholds)
+        and of the push away from the face's own descriptor until ``preset.away_margin`` thresholds."""
+        total = 0.0
+        for k, emb in enumerate(embs):
+            away = F.relu(preset.away_margin - self._distances(k, emb, self.origins[k])).pow(2)
+            if self.targets[k] is None:
+                loss = away
+            else:
+                loss = self._distances(k, emb, self.targets[k]).pow(2) + preset.away_weight * away
+            total = total + weights[k] * loss
+        return total
 
 
 def cloak(
     image: np.ndarray,
     tasks: list[FaceTask],
-    extractor: Extractor,
+    extractors: Extractor | Sequence[Extractor],
     preset: CloakPreset,
     *,
     seed: int = 0,
     views: ViewDistribution | None = None,
+    weights: Sequence[float] | None = None,
     work_side: int = 2048,
     margin: float = 0.1,
     bf16: bool | None = None,
 ) -> CloakResult:
     """Cloak every face in ``tasks`` of ``image`` (H x W x 3 uint8 RGB); returns the new 8-bit image.
 
-    ``bf16``: run the extractor inside the optimisation loop in bfloat16 (default: when the CPU has native
-    bfloat16 instructions). Only the search direction is affected; the budget, the result and the
-    verification are computed in float32.
+    ``extractors``: the extractors the cloak is optimised against (each task has one goal per extractor);
+    ``weights``: their weights in the loss (default: equal). ``bf16``: run them inside the optimisation
+    loop in bfloat16 (default: when the CPU has native bfloat16 instructions). Only the search direction
+    is affected; the budget and the result are computed in float32.
     """
-    import time
-
     t0 = time.perf_counter()
     if not tasks:
         return CloakResult(image.copy(), [], 0.0)
+    extractors = [extractors] if isinstance(extractors, Extractor) else list(extractors)
+    weights = [1.0] * len(extractors) if weights is None else list(weights)
+    if any(len(t.goals) != len(extractors) for t in tasks) or len(weights) != len(extractors):
+        raise ValueError("every face task needs one goal (and the loss one weight) per extractor")
     views = views if views is not None else ViewDistribution()
     rng = np.random.default_rng(seed)
-    faces = [_Face(t, image, work_side, margin) for t in tasks]
+    scales = [e.match_threshold for e in extractors]
+    faces = [_Face(t, scales, image, work_side, margin) for t in tasks]
+    use_bf16 = bf16_supported() if bf16 is None else bf16
+    nets = [e.bfloat16_twin() if use_bf16 else e for e in extractors]
 
-    net = extractor.bfloat16_twin() if (bf16_supported() if bf16 is None else bf16) else extractor
-    opt = torch.optim.Adam([f.delta for f in faces], lr=preset.lr)
+    opt = _Adam([f.delta for f in faces])
     history: list[list[float]] = [[] for _ in faces]
     for step in range(preset.steps):
-        chips, owners = [], []
-        for i, f in enumerate(faces):
-            phase = (int(rng.integers(0, 16)), int(rng.integers(0, 16)))  # one JPEG block phase per step
+        per_extractor: list[list[torch.Tensor]] = [[] for _ in nets]
+        counts = []
+        for f in faces:
+            phase = (int(rng.integers(0, JPEG_PHASES)), int(rng.integers(0, JPEG_PHASES)))  # one per step
             vs = [IDENTITY] + [views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
                                for k in range(preset.views_per_step - 1)]
-            chips.append(render_chips(f.pixels(), f.box[:2], f.tf, vs))
-            owners += [i] * len(vs)
-        emb = net(torch.cat(chips))
+            for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.transforms, vs)):
+                per_extractor[k].append(chips)
+            counts.append(len(vs))
+        embs = [net(torch.cat(chips)).split(counts) for net, chips in zip(nets, per_extractor)]
         loss = torch.zeros(())
-        owners_t = torch.tensor(owners)
         done: list[bool] = []
         for i, f in enumerate(faces):
-            fl = f.feature_loss(emb[owners_t == i], preset.away_weight)
+            mine = [e[i] for e in embs]
+            fl = f.feature_loss(mine, preset, weights)
             history[i].append(float(fl[0].detach()))
-            done.append(f.converged(emb[owners_t == i].detach(), preset))
+            done.append(f.converged([e.detach() for e in mine], preset))
             loss = loss + fl.mean()
         if all(done):  # every face already where it should be, in every view of this step: stop early
             break
-        opt.zero_grad(set_to_none=True)
+        for f in faces:
+            f.delta.grad = None
         loss.backward()
-        opt.step()
-        for g in opt.param_groups:  # cosine decay to a tenth of the initial step
-            g["lr"] = preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step + 1) / preset.steps)))
+        opt.step(preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / preset.steps))))  # cosine decay
         _project_to_budget(faces, preset.rho)
 
     out, results = _apply_at_full_resolution(image, faces, preset.rho)
@@ -254,92 +307,126 @@ def cloak(
     return CloakResult(out, results, time.perf_counter() - t0, steps=len(history[0]))
 
 
+class _Adam:
+    """Adam (Kingma and Ba 2015) on the faces' perturbations, as torch.optim.Adam computes it. Written out
+    because constructing torch.optim's first optimiser in a process imports torch._dynamo and sympy (2.5 s),
+    more than a whole cloak of a small photo takes."""
+
+    def __init__(self, params: list[torch.Tensor], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params, self.betas, self.eps, self.t = params, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        correction1, correction2 = 1 - b1**self.t, 1 - b2**self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            denom = (v.sqrt() / math.sqrt(correction2)).add_(self.eps)
+            p.addcdiv_(m, denom, value=-lr / correction1)
+
+
 @torch.no_grad()
-def _project_to_budget(faces, rho: float) -> None:
+def _project_to_budget(faces: list[_Face], rho: float) -> None:
     """Scale each face's perturbation back onto the DSSIM budget (DSSIM grows about as the square of the
     perturbation's amplitude), so every iterate is feasible and Adam moves along the budget's boundary."""
     for f in faces:
         d = float(dssim(f.base[None], f.pixels()[None])[0])
         if d > rho:
-            f.delta.mul_(math.sqrt(rho / d) * 0.995)
+            f.delta.mul_(math.sqrt(rho / d) * PROJECTION_SAFETY)
 
 
-def _overlap(a, b) -> bool:
+def _overlap(a: Box, b: Box) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+class _Composite:
+    """The union of the faces' regions at full resolution, with each face's perturbation at its own
+    amplitude factor: composes the 8-bit result and measures each face's DSSIM on it."""
+
+    def __init__(self, image: np.ndarray, faces: list[_Face]):
+        self.left = min(f.full_box[0] for f in faces)
+        self.top = min(f.full_box[1] for f in faces)
+        self.right = max(f.full_box[2] for f in faces)
+        self.bottom = max(f.full_box[3] for f in faces)
+        self.base = _to_tensor(image[self.top : self.bottom, self.left : self.right])
+        self.faces = faces
+        self.deltas = [f.full_resolution_delta() for f in faces]
+        self.factors = [1.0] * len(faces)
+
+    def _slices(self, f: _Face) -> tuple[slice, slice]:
+        left, top, right, bottom = f.full_box
+        return slice(top - self.top, bottom - self.top), slice(left - self.left, right - self.left)
+
+    def compose(self) -> torch.Tensor:
+        out = self.base.clone()
+        for f, d, a in zip(self.faces, self.deltas, self.factors):
+            ys, xs = self._slices(f)
+            out[:, ys, xs] += a * d
+        return out.clamp(0, 255).round()
+
+    def dssim(self, out: torch.Tensor, f: _Face) -> float:
+        ys, xs = self._slices(f)
+        return dssim_large(self.base[None, :, ys, xs], out[None, :, ys, xs])
+
+    def scale(self, group: list[int], start: list[float], m: float) -> None:
+        """Set the factors of the faces in ``group`` to their ``start`` values times ``m``."""
+        for j, a in zip(group, start):
+            self.factors[j] = a * m
+
+
 @torch.no_grad()
-def _apply_at_full_resolution(image: np.ndarray, faces, rho: float):
+def _apply_at_full_resolution(image: np.ndarray, faces: list[_Face], rho: float):
     """Resample each perturbation to full resolution, add, round, and enforce the DSSIM budget exactly.
 
     Only the union of the faces' regions is touched (as float), so memory stays proportional to the
     faces, not to the photo. Where regions overlap, a face's DSSIM also depends on its neighbours'
     perturbations, so a face over budget scales itself and every face whose region overlaps its own.
     """
-    ul = min(f.box_full[0] for f in faces), min(f.box_full[1] for f in faces)
-    lr = max(f.box_full[2] for f in faces), max(f.box_full[3] for f in faces)
-    base = _to_tensor(image[ul[1] : lr[1], ul[0] : lr[0]])
-    deltas = [f.full_resolution_delta() for f in faces]
-    factors = [1.0] * len(faces)
-
-    def local(f) -> tuple[slice, slice]:
-        L, T, R, B = f.box_full
-        return slice(T - ul[1], B - ul[1]), slice(L - ul[0], R - ul[0])
-
-    def compose() -> torch.Tensor:
-        out = base.clone()
-        for f, d, a in zip(faces, deltas, factors):
-            ys, xs = local(f)
-            out[:, ys, xs] += a * d
-        return out.clamp(0, 255).round()
-
-    def face_dssim(out: torch.Tensor, f) -> float:
-        ys, xs = local(f)
-        return dssim_large(base[None, :, ys, xs], out[None, :, ys, xs])
-
-    out = compose()
-    measured = [face_dssim(out, f) for f in faces]
-    for i, f in enumerate(faces):
-        current = measured[i] if factors == [1.0] * len(faces) else face_dssim(out, f)
+    comp = _Composite(image, faces)
+    out = comp.compose()
+    measured = []
+    for f in faces:
+        current = comp.dssim(out, f)
+        measured.append(current)
         if current <= rho:
             continue
-        group = [j for j, g in enumerate(faces) if _overlap(f.box_full, g.box_full)]  # includes i
-        start = [factors[j] for j in group]
-
-        def scale_group(m: float) -> None:
-            for j, a in zip(group, start):
-                factors[j] = a * m
-
-        # DSSIM grows about as the square of the amplitude: one predicted step usually lands inside
-        predicted = math.sqrt(rho / current) * 0.99
-        scale_group(predicted)
-        out = compose()
-        if face_dssim(out, f) <= rho:
+        group = [j for j, g in enumerate(faces) if _overlap(f.full_box, g.full_box)]  # includes f
+        start = [comp.factors[j] for j in group]
+        predicted = math.sqrt(rho / current) * RESCALE_SAFETY
+        comp.scale(group, start, predicted)
+        out = comp.compose()
+        if comp.dssim(out, f) <= rho:
             continue
         lo, hi = 0.0, predicted
-        for _ in range(12):  # rare: bisection on the scale of this face's (and its neighbours') perturbation
-            scale_group((lo + hi) / 2)
-            if face_dssim(compose(), f) <= rho:
-                lo = (lo + hi) / 2
+        for _ in range(BISECTION_STEPS):
+            mid = (lo + hi) / 2
+            comp.scale(group, start, mid)
+            if comp.dssim(comp.compose(), f) <= rho:
+                lo = mid
             else:
-                hi = (lo + hi) / 2
-        scale_group(lo)  # at lo = 0 nothing is left in this region: DSSIM 0, and verification decides
-        out = compose()
-    if factors != [1.0] * len(faces):
-        measured = [face_dssim(out, f) for f in faces]
-    results = [FaceResult(f.box_full, measured[i], factors[i]) for i, f in enumerate(faces)]
+                hi = mid
+        comp.scale(group, start, lo)  # at lo = 0 nothing is left in this region: DSSIM 0, verification decides
+        out = comp.compose()
+    if any(a != 1.0 for a in comp.factors):  # a rescale may have changed any face's DSSIM: measure again
+        measured = [comp.dssim(out, f) for f in faces]
+    results = [FaceResult(f.full_box, d) for f, d in zip(faces, measured)]
     written = image.copy()
-    written[ul[1] : lr[1], ul[0] : lr[0]] = out.to(torch.uint8).permute(1, 2, 0).numpy()
+    written[comp.top : comp.bottom, comp.left : comp.right] = out.to(torch.uint8).permute(1, 2, 0).numpy()
     return written, results
 
 
-def _resample_box(d: torch.Tensor, box_work, box_full, s: float) -> torch.Tensor:
-    """Resample a working-resolution map over ``box_work`` onto the full-resolution pixels of ``box_full``."""
-    l, t, r, b = box_work
-    L, T, R, B = box_full
-    ys = (torch.arange(T, B, dtype=torch.float64) + 0.5) * s - 0.5 - t
-    xs = (torch.arange(L, R, dtype=torch.float64) + 0.5) * s - 0.5 - l
-    gy = 2 * ys / max(b - t - 1, 1) - 1
-    gx = 2 * xs / max(r - l - 1, 1) - 1
+def _resample_box(d: torch.Tensor, work_box: Box, full_box: Box, s: float) -> torch.Tensor:
+    """Resample a working-resolution map over ``work_box`` onto the full-resolution pixels of ``full_box``
+    (both in the coordinates of the same crop, the working one scaled by ``s``)."""
+    wl, wt, wr, wb = work_box
+    left, top, right, bottom = full_box
+    ys = (torch.arange(top, bottom, dtype=torch.float64) + 0.5) * s - 0.5 - wt
+    xs = (torch.arange(left, right, dtype=torch.float64) + 0.5) * s - 0.5 - wl
+    gy = 2 * ys / max(wb - wt - 1, 1) - 1
+    gx = 2 * xs / max(wr - wl - 1, 1) - 1
     grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)[None].to(d)
     return F.grid_sample(d[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]

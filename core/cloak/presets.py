@@ -28,6 +28,8 @@ class CloakPreset:
     lr: float = 1.0  # Adam step size, in 0-255 pixel units
     views_per_step: int = 2  # chips per face per step: the exact view plus random upload views
     away_weight: float = 0.0  # weight of the push away from the face's own features (targeted cloaks)
+    #: distances below are in units of each extractor's same-person threshold (dlib's: 0.6)
+    away_margin: float = 1.0 / 0.6  # push away from the face's own features until this far
     stop_at: float | None = None  # stop once every targeted face's views are on average this close to T
 
     def with_overrides(self, **changes) -> "CloakPreset":
@@ -36,7 +38,7 @@ class CloakPreset:
 
 PRESETS: dict[str, CloakPreset] = {
     "low": CloakPreset("low", rho=0.007, steps=60, views_per_step=4, away_weight=1.0),
-    "mid": CloakPreset("mid", rho=0.015, steps=35, lr=1.5, views_per_step=4, away_weight=1.0, stop_at=0.28),
+    "mid": CloakPreset("mid", rho=0.015, steps=35, lr=1.5, views_per_step=4, away_weight=1.0, stop_at=0.28 / 0.6),
     "high": CloakPreset("high", rho=0.017, steps=100, views_per_step=4, away_weight=1.0),
 }
 PRESETS["paper"] = replace(PRESETS["low"], name="paper", steps=1000)

@@ -2,8 +2,8 @@
 
 A :class:`View` is one draw of what platforms and trackers do to a photo: downscale the photo, recompress
 it as JPEG, and align the face slightly differently. :func:`render_chips` applies views to the pixels of
-a face's region and returns the chip the extractor sees, differentiably. The identity view reproduces the
-tracker's exact pipeline (dlib's chip geometry) on the region.
+a face's region and returns the chips the extractors see, differentiably. The identity view reproduces
+each extractor's exact pipeline (its own chip geometry) on the region.
 """
 
 from __future__ import annotations
@@ -85,15 +85,18 @@ def transform_in_crop(tf: ChipTransform, origin: tuple[int, int], view: View) ->
     return ChipTransform((cx - half, cy - half, cx + half, cy + half), tf.angle + view.rotation, tf.size)
 
 
-def render_chips(pixels: torch.Tensor, origin: tuple[int, int], tf: ChipTransform, views: list[View]) -> torch.Tensor:
-    """Chips (N x 3 x S x S) seen through ``views`` from a crop (3 x h x w, 0-255) whose top-left is ``origin``.
+def render_chips(pixels: torch.Tensor, origin: tuple[int, int], transforms: list[ChipTransform],
+                 views: list[View]) -> list[torch.Tensor]:
+    """For each chip transform (one per extractor), its chips (N x 3 x S x S) seen through ``views`` from a
+    crop (3 x h x w, 0-255) whose top-left is ``origin``.
 
-    Views with the same scale and JPEG block phase are resampled and recompressed as one batch.
+    Views with the same scale and JPEG block phase are resampled and recompressed as one batch; every
+    extractor samples its chip from the same processed pixels (one upload, several recognisers).
     """
     groups: dict[tuple, list[int]] = {}
     for i, v in enumerate(views):
         groups.setdefault((v.scale, None if v.jpeg_quality is None else v.jpeg_offset), []).append(i)
-    chips: list[torch.Tensor | None] = [None] * len(views)
+    chips: list[list[torch.Tensor | None]] = [[None] * len(views) for _ in transforms]
     for (scale, offset), members in groups.items():
         x = pixels.unsqueeze(0)
         if scale < 1.0:
@@ -104,9 +107,9 @@ def render_chips(pixels: torch.Tensor, origin: tuple[int, int], tf: ChipTransfor
         if offset is not None:
             x = jpeg_roundtrip(x, [views[i].jpeg_quality for i in members], offset)
         for k, i in enumerate(members):
-            local = transform_in_crop(tf, origin, views[i])
-            region = plan_region(local, tuple(x.shape[-2:]))
-            l, t, r, b = region.box
-            chips[i] = chip_from_region(x[k, :, t:b, l:r], region)
-    return torch.stack(chips)
-
+            for per_view, tf in zip(chips, transforms):
+                local = transform_in_crop(tf, origin, views[i])
+                region = plan_region(local, tuple(x.shape[-2:]))
+                left, top, right, bottom = region.box
+                per_view[i] = chip_from_region(x[k, :, top:bottom, left:right], region)
+    return [torch.stack(per_view) for per_view in chips]
