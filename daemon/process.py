@@ -87,7 +87,7 @@ def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, or
     references = ctx.references.get(user, account)
     choice = ctx.target(user, references, original.data, label)
     request = ProtectRequest(
-        target=None if choice is None else np.asarray(choice.centroid, dtype=np.float32),
+        target=None if choice is None else ctx.targets.bank.point(choice.name, choice.centroid),
         references=references,
         others=user.others,
         mode=user.mode,

@@ -152,7 +152,7 @@ def run(args) -> int:
         train, test = clean[user][: args.train], clean[user][args.train :]
         train_x = np.stack([d for _, d in train])
         target = choose_target(bank, train_x, rng=np.random.default_rng([args.seed, len(user)]))
-        request = ProtectRequest(target=target.centroid, mode=args.mode, seed=args.seed)
+        request = ProtectRequest(target=bank.point(target.name), mode=args.mode, seed=args.seed)
         cloaked: list[dict[str, np.ndarray | None] | None] = []  # per training photo; None: held back
         for path, _ in train:
             original = path.read_bytes()

@@ -46,7 +46,7 @@ def register(sub) -> None:
 
 
 def _target(args, analyzer):
-    """(name, centroid) of the user's stored target, or one chosen now from the photos' faces."""
+    """(name, descriptors by extractor) of the user's stored target, or one chosen now from the photos' faces."""
     from cloakd.core.targets import TargetBank, choose_target
     from cloakd.daemon.targets import TargetStore
 
@@ -55,13 +55,14 @@ def _target(args, analyzer):
         if stored is None:
             raise CloakdError(f"user {args.user!r} has no target class yet: run 'cloakd target choose --user "
                               f"{args.user} --photos REFERENCE_PHOTOS' (or 'cloakd enrol') first")
-        return stored.name, stored.centroid
+        return stored.name, TargetBank.load().point(stored.name, stored.centroid)
     refs = describe_photos(analyzer, list(args.photos), warn=False)
     if len(refs) == 0:
         return None, None
-    choice = choose_target(TargetBank.load(), refs, rng=np.random.default_rng(args.seed))
+    bank = TargetBank.load()
+    choice = choose_target(bank, refs, rng=np.random.default_rng(args.seed))
     print(f"target class for this run: {choice.name} (not persisted; use --user for a lasting one)", file=sys.stderr)
-    return choice.name, choice.centroid
+    return choice.name, bank.point(choice.name)
 
 
 def run(args) -> int:

@@ -71,23 +71,38 @@ def describe_photos(analyzer, paths: list[Path], *, warn=True) -> np.ndarray:
 
 
 def build(args) -> int:
+    """Describe each identity's photos (their main face) with every extractor the cloak uses: target
+    classes are chosen in the primary extractor's space and pursued in every extractor's."""
+    from cloakd.core.faces import main_face
+
     if not args.dir.is_dir():
         raise CloakdError(f"{args.dir}: not a folder of identity sub-folders")
     analyzer = load_analyzer()
-    names, descs = [], []
+    primary = analyzer.extractor.name
+    names, spaces = [], {e.name: [] for e in analyzer.cloak_extractors}
     for person in sorted(p for p in args.dir.iterdir() if p.is_dir()):
-        d = describe_photos(analyzer, photo_files(person), warn=False)
-        if len(d):
+        rows = []
+        for path in photo_files(person):
+            try:
+                rgb, faces = analyzer.read(path.read_bytes(), str(path))
+            except (CloakdError, OSError):
+                continue
+            if (face := main_face(faces)) is not None:
+                rows.append({k: v[0] for k, v in analyzer.describe_all(rgb, [face]).items()})
+        if rows:
             names.append(person.name)
-            descs.append(d)
+            for k in spaces:
+                spaces[k].append(np.stack([r[k] for r in rows]).astype(np.float32))
         else:
             print(f"cloakd: skipping identity {person.name}: no usable face", file=sys.stderr)
     if not names:
         raise CloakdError(f"{args.dir}: no identity with a usable face photo")
-    bank = TargetBank(names, descs, analyzer.extractor.name)
+    primary_descriptors = spaces.pop(primary)
+    bank = TargetBank(names, primary_descriptors, primary, spaces)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(bank.to_bytes())
-    print(f"{args.out}: {len(names)} identities, {sum(len(d) for d in descs)} photos, extractor {bank.extractor}")
+    print(f"{args.out}: {len(names)} identities, {sum(len(d) for d in primary_descriptors)} photos, extractor "
+          f"{primary}" + (f" (also described by {', '.join(spaces)})" if spaces else ""))
     return 0
 
 
