@@ -20,8 +20,8 @@ import yaml
 from cloakd.core.photo.decode import decode
 from cloakd.daemon.ledger import DONE, Ledger
 from cloakd.daemon.worker import REASON_SUFFIX
-from conftest import DATA
-from servicekit import (CLOAKD, Service, bad_files, copy_as, files, second_account, shared_tmp, tiny_photos, user_tree,
+from conftest import CLOAKD, DATA
+from servicekit import (Service, bad_files, copy_as, files, second_account, shared_tmp, tiny_photos, user_tree,
                         wait_for, write_config)
 
 pytestmark = pytest.mark.slow
