@@ -83,6 +83,7 @@ MISTAKES = {
     "evaluate, a missing folder": (["evaluate", "{tmp}/none"], "no such folder"),
     "run, a missing configuration": (["run", "--config", "{tmp}/none.yaml"], "cannot read the configuration"),
     "status, a folder as configuration": (["status", "--config", "{tmp}"], "Is a directory"),
+    "status, no configuration": (["status", "--config", "{tmp}/none.yaml"], "fix: create it"),
     "check-config, a missing configuration": (["check-config", "--config", "{tmp}/none.yaml"], "fix: create it"),
 }
 
@@ -95,6 +96,20 @@ def test_every_command_answers_a_mistake_with_one_line(case, tmp_path, capsys):
     lines = errors(err)
     assert code == Exit.FAILED and len(lines) == 1, err
     assert lines[0].startswith("cloakd: error: ") and words in lines[0] and "[Errno" not in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["protect", "p.jpg", "--out", "o", "--rho", "-0.1"], "argument --rho: -0.1 is too small: it must be more than 0"),
+    (["protect", "p.jpg", "--out", "o", "--steps", "many"], "argument --steps: 'many' is not a whole number"),
+    (["strip", "p.jpg", "--out", "o", "--max-megapixels", "0"], "it must be more than 0"),
+    (["sybil", "--user", "a", "--candidates", "c", "--out", "o", "--count", "0"], "it must be at least 1"),
+    (["evaluate", "d", "--users", "0"], "argument --users: 0 is too small"),
+    (["target", "choose", "--user", "a", "--candidates", "-3"], "argument --candidates: -3 is too small"),
+])
+def test_a_number_out_of_range_is_a_usage_error(argv, words, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == Exit.FAILED and words in capsys.readouterr().err
 
 
 def test_state_commands_read_the_state_directory_of_the_configuration(data_dir, tmp_path, capsys):

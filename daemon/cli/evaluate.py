@@ -34,7 +34,7 @@ from cloakd.core.errors import CloakdError
 from ..config import MODES
 from .exits import Exit
 from .models import load_analyzer
-from .options import add_command
+from .options import add_command, number
 from .progress import Progress
 from .targets import photo_files
 
@@ -52,8 +52,10 @@ def register(sub) -> None:
                     example="cloakd evaluate ../shared/data/faces --users 5")
     p.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="a folder with one sub-folder of photos "
                    "per identity")
-    p.add_argument("--users", type=int, default=5, help="how many identities act as users (default %(default)s)")
-    p.add_argument("--train", type=int, default=8, help="user photos cloaked for the tracker (default %(default)s)")
+    p.add_argument("--users", type=number(int, 1), default=5,
+                   help="how many identities act as users (default %(default)s)")
+    p.add_argument("--train", type=number(int, 1), default=8,
+                   help="user photos cloaked for the tracker (default %(default)s)")
     p.add_argument("--mode", default=DEFAULT_PRESET, choices=MODES, help="cloak strength (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="which identities are users, and the cloaks' randomness "
                    "(default %(default)s)")
@@ -61,8 +63,9 @@ def register(sub) -> None:
                    help="ratios of the user's training photos the tracker holds uncloaked (default %(default)s)")
     p.add_argument("--sybil-candidates", type=Path, metavar="DIR",
                    help="photos (one face each) to make Sybil images from; enables the Sybil columns")
-    p.add_argument("--sybil-images", type=int, help="Sybil images per user (default: as many as --train)")
-    p.add_argument("--sybil-tries", type=int, default=3, help="candidates cloaked per Sybil image, best kept "
+    p.add_argument("--sybil-images", type=number(int, 0), help="Sybil images per user (default: as many as --train)")
+    p.add_argument("--sybil-tries", type=number(int, 1), default=3,
+                   help="candidates cloaked per Sybil image, best kept "
                    "(default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(func=run)

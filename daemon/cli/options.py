@@ -50,6 +50,24 @@ def state_dir(args: argparse.Namespace) -> Path:
     return load_config(args.config or DEFAULT_CONFIG, check_folders=False).state_dir
 
 
+def number(kind: type, minimum: float, *, inclusive: bool = True):
+    """An argparse type: a number of ``kind`` (int or float) of at least ``minimum`` (above it, if not
+    ``inclusive``), so that a wrong value is a usage error, never a failure deep inside a command."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+        if value < minimum or (value == minimum and not inclusive):
+            bound = "at least" if inclusive else "more than"
+            raise argparse.ArgumentTypeError(f"{text} is too small: it must be {bound} {minimum}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def add_out_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help=f"folder for {what} (created if missing; nothing in it is ever replaced)")

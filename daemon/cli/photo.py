@@ -19,7 +19,7 @@ from cloakd.core.photo.strip import strip_bytes
 from cloakd.daemon.files import write_new_file
 
 from .exits import Exit, fail
-from .options import add_command, add_output_options, output_folder, output_settings
+from .options import add_command, add_output_options, number, output_folder, output_settings
 from .progress import Progress
 
 
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     example="cloakd inspect holiday.jpg")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="photos to look at")
     p.add_argument("--json", action="store_true", help="machine-readable output (a JSON list, one entry per file)")
-    p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
+    p.add_argument("--max-megapixels", type=number(float, 0, inclusive=False), default=DEFAULT_MAX_PIXELS / 1e6,
                    help="say when a photo is larger than cloakd processes (default %(default)g)")
     p.set_defaults(func=run_inspect)
 
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     example="cloakd strip IMG_0001.jpg IMG_0002.heic --out clean")
     s.add_argument("files", nargs="+", type=Path, metavar="FILE", help="photos to copy")
     add_output_options(s, "the clean copies")
-    s.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
+    s.add_argument("--max-megapixels", type=number(float, 0, inclusive=False), default=DEFAULT_MAX_PIXELS / 1e6,
                    help="refuse larger images (decompression-bomb guard; default %(default)g)")
     s.set_defaults(func=run_strip)
 

@@ -23,7 +23,7 @@ from cloakd.core.errors import CloakdError
 from ..config import MODES, OTHERS, UserConfig
 from .exits import Exit, fail
 from .models import load_analyzer
-from .options import (add_command, add_output_options, add_state_options, output_folder, output_settings,
+from .options import (add_command, add_output_options, add_state_options, number, output_folder, output_settings,
                       state_dir)
 from .progress import Progress
 from .targets import describe_photos
@@ -47,8 +47,9 @@ def register(sub) -> None:
     p.add_argument("--others", default=UserConfig.others, choices=OTHERS,
                    help="faces that are not the enrolled user's: cloak them away from their own features "
                         "(default) or leave them as they are")
-    p.add_argument("--rho", type=float, help="DSSIM budget instead of the mode's (the paper's is 0.007)")
-    p.add_argument("--steps", type=int, help="optimisation steps instead of the mode's")
+    p.add_argument("--rho", type=number(float, 0, inclusive=False),
+                   help="DSSIM budget instead of the mode's (the paper's is 0.007)")
+    p.add_argument("--steps", type=number(int, 0), help="optimisation steps instead of the mode's")
     p.add_argument("--seed", type=int, default=0, help="same seed, input, mode and target: identical output")
     p.add_argument("--preview", type=Path, metavar="DIR", help="also write a picture of each cloak into DIR "
                    "(original | cloaked | difference, around each cloaked face)")

@@ -18,7 +18,7 @@ from cloakd.core.errors import CloakdError, os_error_text
 from ..config import MODES
 from .exits import Exit
 from .models import load_analyzer
-from .options import add_command, add_out_option, add_state_options, output_folder, state_dir
+from .options import add_command, add_out_option, add_state_options, number, output_folder, state_dir
 from .progress import Progress
 
 
@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--candidates", type=Path, required=True, metavar="DIR",
                    help="photos of one face each (one consenting person or generated faces)")
     add_out_option(p, "the Sybil images")
-    p.add_argument("--count", type=int, default=1, metavar="N", help="images to make (default %(default)s)")
+    p.add_argument("--count", type=number(int, 1), default=1, metavar="N", help="images to make (default %(default)s)")
     p.add_argument("--mode", default=DEFAULT_PRESET, choices=MODES, help="cloak strength (default %(default)s)")
     add_state_options(p)
     p.set_defaults(func=run)
@@ -45,8 +45,6 @@ def run(args) -> int:
     from cloakd.daemon.references import ReferenceStore
     from cloakd.daemon.sybil import SybilRecord, make_one
 
-    if args.count < 1:
-        raise CloakdError(f"--count {args.count}: make at least 1 image")
     state = state_dir(args)
     if not ReferenceStore(state, "").path(args.user).exists():  # before the models take seconds to load
         raise CloakdError(f"user {args.user!r} is not enrolled in {state}: Sybil images are pulled towards "

@@ -17,7 +17,7 @@ from cloakd.core.targets import DEFAULT_CANDIDATES, TargetBank
 
 from .exits import Exit, skip
 from .models import load_analyzer
-from .options import add_command, add_state_options, state_dir
+from .options import add_command, add_state_options, number, state_dir
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".tif", ".tiff"}
 
@@ -47,7 +47,7 @@ def register(sub) -> None:
     t.add_argument("--photos", type=Path, metavar="FILE_OR_DIR", help="photos of the user, for choose and rotate")
     add_state_options(t)
     t.add_argument("--bank", type=Path, help="target bank file (default: the bank shipped with cloakd)")
-    t.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES,
+    t.add_argument("--candidates", type=number(int, 1), default=DEFAULT_CANDIDATES,
                    help="how many random identities of the bank are compared (K of the Fawkes paper's eq. 3; "
                         "default %(default)s)")
     t.set_defaults(func=target)
