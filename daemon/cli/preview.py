@@ -10,6 +10,7 @@ at the original's alignment).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,8 +61,6 @@ def render(analyzer, original: np.ndarray, cloaked: np.ndarray, title: str,
            modes: Sequence[tuple[Sequence[float], str]] = ()) -> bytes:
     """The preview PNG of ``cloaked`` against ``original`` (RGB arrays). ``modes``: (box, mode) of the faces
     a protect run cloaked, to name each face's mode."""
-    import io
-
     shown = faces_shown(analyzer, original, cloaked, modes)
     buffer = io.BytesIO()
     picture(original, cloaked, shown, title).save(buffer, "PNG")
