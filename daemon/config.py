@@ -22,16 +22,20 @@ from typing import Any
 
 import yaml
 
-from cloakd.core.errors import CloakdError, MetadataPolicyError
+from cloakd.core.cloak.presets import DEFAULT_PRESET, PRESETS
+from cloakd.core.errors import CloakdError, MetadataPolicyError, os_error_text
 from cloakd.core.photo.keep import resolve
+
+from .state import DEFAULT_STATE_DIR, USER_NAME_RULE, valid_user_name
 
 DEFAULT_CONFIG = Path("/etc/cloakd/cloakd.yaml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-MODES = ("low", "mid", "high")
+MODES = tuple(PRESETS)
 OTHERS = ("away", "leave")
+HEIC_AS = ("jpeg", "heif")
 POLICIES = ("archive", "keep", "delete")
 RATE_UNITS = {"hour": 24.0, "day": 1.0, "week": 1 / 7}
-_USER_NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}$")  # as the target store's per-user folders
+DEFAULT_SYBIL_RATE = "1/day"
 
 
 class ConfigError(CloakdError):
@@ -103,7 +107,7 @@ class UserConfig:
     ready: Path
     held: Path
     originals: Originals
-    mode: str = "mid"
+    mode: str = DEFAULT_PRESET
     references: Path | None = None
     others: str = "away"
     keep_metadata: tuple[str, ...] = ()
@@ -122,7 +126,7 @@ class UserConfig:
 class Config:
     source: Path
     users: dict[str, UserConfig]
-    state_dir: Path = Path("/var/lib/cloakd")
+    state_dir: Path = DEFAULT_STATE_DIR
     log_level: str = "info"
     workers: int = 1
     torch_threads: int = 1
@@ -269,17 +273,17 @@ def parse_config(text: str, source: Path) -> tuple[Config | None, list[str]]:
         source=source,
         users=users,
         state_dir=r.path(top, "state_dir", "", required=False) or Config.state_dir,
-        log_level=r.choice(top, "log_level", "", LOG_LEVELS, "info"),
-        workers=r.number(top, "workers", "", 1, 1, whole=True),
-        torch_threads=r.number(top, "torch_threads", "", 1, 1, whole=True),
-        stable_seconds=float(r.number(top, "stable_seconds", "", 5, 0.1)),
-        rescan_seconds=float(r.number(top, "rescan_seconds", "", 900, 1)),
-        poll_seconds=float(r.number(top, "poll_seconds", "", 10, 0.5)),
+        log_level=r.choice(top, "log_level", "", LOG_LEVELS, Config.log_level),
+        workers=r.number(top, "workers", "", Config.workers, 1, whole=True),
+        torch_threads=r.number(top, "torch_threads", "", Config.torch_threads, 1, whole=True),
+        stable_seconds=float(r.number(top, "stable_seconds", "", Config.stable_seconds, 0.1)),
+        rescan_seconds=float(r.number(top, "rescan_seconds", "", Config.rescan_seconds, 1)),
+        poll_seconds=float(r.number(top, "poll_seconds", "", Config.poll_seconds, 0.5)),
         windows=windows,
-        retry_attempts=r.number(retry, "attempts", "retry", 8, 1, whole=True),
-        retry_delay_seconds=float(r.number(retry, "first_delay_seconds", "retry", 60, 0.1)),
-        stop_timeout_seconds=float(r.number(top, "stop_timeout_seconds", "", 30, 1)),
-        ledger_retention_days=r.number(top, "ledger_retention_days", "", 365, 1, whole=True),
+        retry_attempts=r.number(retry, "attempts", "retry", Config.retry_attempts, 1, whole=True),
+        retry_delay_seconds=float(r.number(retry, "first_delay_seconds", "retry", Config.retry_delay_seconds, 0.1)),
+        stop_timeout_seconds=float(r.number(top, "stop_timeout_seconds", "", Config.stop_timeout_seconds, 1)),
+        ledger_retention_days=r.number(top, "ledger_retention_days", "", Config.ledger_retention_days, 1, whole=True),
         lines=r.lines,
     )
     return (None if r.problems else config), _by_line(r.problems)
@@ -317,9 +321,9 @@ def _users(r: _Reader, top: dict, root: yaml.Node) -> dict[str, UserConfig]:
         r.problem(users_node, "`users:` is empty", "add at least one user")
     out = {}
     for name, (key, node) in entries.items():
-        if not _USER_NAME.match(name):
+        if not valid_user_name(name):
             r.problem(key, f"user name {name!r} is not usable as a folder name in the state directory",
-                      "use letters, digits, '.', '_' and '-' (at most 64)")
+                      f"use {USER_NAME_RULE}")
             continue
         user = _user(r, name, node)
         if user is not None:
@@ -357,11 +361,11 @@ def _user(r: _Reader, name: str, node: yaml.Node) -> UserConfig | None:
         ready=ready or Path("/"),
         held=held or Path("/"),
         originals=_originals(r, items, where),
-        mode=r.choice(items, "mode", where, MODES, "mid"),
+        mode=r.choice(items, "mode", where, MODES, UserConfig.mode),
         references=r.path(items, "references", where, required=False),
-        others=r.choice(items, "others", where, OTHERS, "away"),
+        others=r.choice(items, "others", where, OTHERS, UserConfig.others),
         keep_metadata=tuple(keep),
-        heic_as=r.choice(items, "heic_as", where, ("jpeg", "heif"), "jpeg").upper(),
+        heic_as=r.choice(items, "heic_as", where, HEIC_AS, UserConfig.heic_as.lower()).upper(),
         sybil=_sybil(r, items, where),
     )
     return user if ready is not None else None
@@ -399,7 +403,7 @@ def _originals(r: _Reader, items: _Items, where: str) -> Originals:
         return Originals()
     here = f"{where}.originals"
     fields = r.mapping(items["originals"][1], here, ("policy", "archive", "delete_after_days"))
-    policy = r.choice(fields, "policy", here, POLICIES, "archive")
+    policy = r.choice(fields, "policy", here, POLICIES, Originals.policy)
     archive = r.path(fields, "archive", here, required=False)
     days = r.get(fields, "delete_after_days", here, (int,), None)
     if days is not None and days < 0:
@@ -424,7 +428,7 @@ def _sybil(r: _Reader, items: _Items, where: str) -> Sybil | None:
     here = f"{where}.sybil"
     fields = r.mapping(items["sybil"][1], here, ("candidates", "output", "rate"))
     candidates, output = r.path(fields, "candidates", here), r.path(fields, "output", here)
-    rate = r.get(fields, "rate", here, (str,), "1/day")
+    rate = r.get(fields, "rate", here, (str,), DEFAULT_SYBIL_RATE)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(hour|day|week)\s*", rate or "")
     if not m or float(m[1]) <= 0:
         r.problem(fields["rate"][1] if "rate" in fields else items["sybil"][1], f"{here}.rate {rate!r} is not N/unit",
@@ -483,16 +487,21 @@ def _conflict(role1: str, role2: str) -> bool:
     return not (pair <= {"references folder", "sybil candidates folder"} or pair <= {"ready folder", "sybil output folder"})
 
 
-def load_config(path: Path, check_folders: bool = True) -> Config:
-    """The validated configuration in ``path``; ConfigError lists every problem found."""
+def read_config_text(path: Path) -> str:
+    """The configuration file's text; ConfigError saying how to fix a missing or unreadable file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError([f"{path}: cannot read the configuration: {e.strerror or e}; fix: create it "
-                           f"(see config/cloakd.example.yaml) or pass --config FILE"]) from None
+        raise ConfigError([f"cannot read the configuration {os_error_text(e, path)}; fix: create it (start from "
+                           f"config/cloakd.example.yaml; `sudo bash scripts/install.sh --system` installs it as "
+                           f"{DEFAULT_CONFIG}) or pass --config FILE"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}:1: not UTF-8 text; fix: save the file as UTF-8"]) from None
-    config, problems = parse_config(text, path.resolve())
+
+
+def load_config(path: Path, check_folders: bool = True) -> Config:
+    """The validated configuration in ``path``; ConfigError lists every problem found."""
+    config, problems = parse_config(read_config_text(path), path.resolve())
     if config is not None and check_folders:
         problems = _by_line(folder_problems(config))
     if problems:

@@ -1,10 +1,14 @@
 """Atomic, never-overwriting file placement in a user's folders, with that user's rights.
 
-A new file appears under its final name complete or not at all: it is written under a hidden temporary
-name in the destination folder (``.cloakd-TAG.tmp``, which sync clients and our own watcher ignore),
-fsynced, renamed with RENAME_NOREPLACE (an existing file is never replaced: the caller picks the next free
-name), and the folder is fsynced so the rename itself survives a power cut. The TAG is the ledger row id,
-so a temporary file left by a crash is recognised and removed on restart.
+A new file appears under its final name complete or not at all (files.write_new): it is written under a
+hidden temporary name in the destination folder (``.cloakd-TAG.tmp``, which sync clients and our own
+watcher ignore), fsynced, renamed without replacing anything (an existing file is never replaced: the
+caller picks the next free name), and the folder is fsynced so the rename itself survives a power cut.
+The TAG is the ledger row id, so a temporary file left by a crash is recognised and removed on restart.
+
+Permissions follow the user's folders: a new file gets the read and write bits of the folder it is written
+into (a ready folder of mode 0750 gives 0640 files, 0700 gives 0600), and a missing sub-folder is created
+with the mode of the nearest existing folder above it. The service's own umask (0077) plays no part.
 
 Every function takes the account it acts for and runs with its rights (privileges.acting_as): files and
 folders created here belong to that user.
@@ -16,8 +20,10 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 from pathlib import Path
 
+from . import files
 from .files import fsync_dir, rename_noreplace
 from .privileges import Account, acting_as
 
@@ -29,36 +35,22 @@ def tmp_name(tag: str) -> str:
 
 
 def free_name(account: Account, path: Path) -> Path:
-    """``path``, or ``name-1.ext``, ``name-2.ext``... whichever does not exist yet."""
+    """``path``, or ``name-1.ext``, ``name-2.ext``... whichever does not exist yet (as the user sees it)."""
     with acting_as(account):
-        candidate, n = path, 0
-        while os.path.lexists(candidate):
-            n += 1
-            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        return candidate
+        return files.free_name(path)
 
 
-def write_new(account: Account, path: Path, data: bytes, mode: int, tag: str) -> None:
+def write_new(account: Account, path: Path, data: bytes, mode: int | None = None, *, tag: str) -> None:
     """Create ``path`` with ``data`` atomically and durably; FileExistsError if the name is taken.
 
-    Missing parent folders are created (owned by the user). ``mode`` is applied exactly (not umasked).
+    Missing parent folders are created (owned by the user). ``mode``: the file's permissions exactly;
+    by default the read and write bits of its folder.
     """
     with acting_as(account):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _fresh_tmp(path.parent, tag)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb", closefd=False) as f:
-                f.write(data)
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        _put_in_place(tmp, path)
-        fsync_dir(path.parent)
+        _make_folders(path.parent)
+        if mode is None:
+            mode = os.stat(path.parent).st_mode & 0o666
+        files.write_new(path, data, mode=mode, tmp=_fresh_tmp(path.parent, tag))
 
 
 def move_new(account: Account, src: Path, dst: Path, tag: str) -> None:
@@ -67,7 +59,7 @@ def move_new(account: Account, src: Path, dst: Path, tag: str) -> None:
     Across file systems the content is copied (as a new file), then the source removed.
     """
     with acting_as(account):
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(dst.parent)
         try:
             rename_noreplace(src, dst)
         except OSError as e:
@@ -87,15 +79,6 @@ def _fresh_tmp(folder: Path, tag: str) -> Path:
     return tmp
 
 
-def _put_in_place(tmp: Path, dst: Path) -> None:
-    """Rename the finished ``tmp`` to ``dst`` without replacing anything; ``tmp`` is removed if that fails."""
-    try:
-        rename_noreplace(tmp, dst)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _copy_across(src: Path, dst: Path, tag: str) -> None:
     tmp = _fresh_tmp(dst.parent, tag)
     if src.is_symlink():
@@ -107,7 +90,7 @@ def _copy_across(src: Path, dst: Path, tag: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-    _put_in_place(tmp, dst)
+    files.put_in_place(tmp, dst)
 
 
 def remove(account: Account, path: Path, size: int, mtime_ns: int) -> bool:
@@ -123,7 +106,22 @@ def remove(account: Account, path: Path, size: int, mtime_ns: int) -> bool:
 def make_folder(account: Account, folder: Path) -> None:
     """Create ``folder`` (and missing parents) owned by the user, if it does not exist."""
     with acting_as(account):
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_folders(folder)
+
+
+def _make_folders(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each with the mode of the nearest existing folder above."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    bits = os.stat(folder).st_mode & (0o777 | stat.S_ISGID)
+    for new in reversed(missing):
+        try:
+            os.mkdir(new, bits)
+        except FileExistsError:  # made meanwhile (or a file: the write that follows says so)
+            continue
+        os.chmod(new, bits)  # mkdir's mode is reduced by the umask
 
 
 def same_file(account: Account, path: Path, size: int, mtime_ns: int) -> bool:

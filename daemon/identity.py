@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloakd.core.errors import CloakdError
+from cloakd.core.errors import CloakdError, os_error_text
 from cloakd.core.identity import select_references
 from cloakd.core.photo.decode import decode
 
@@ -101,7 +101,8 @@ class UserReferences:
                     photo = read_photo(account, path, [user.references], "references folder")
                     faces = faces_in(self.analyzer, photo.data, str(path))
                 except (CloakdError, OSError) as e:
-                    log.warning("%s: reference photo not used: %s", user.name, _message(e, path))
+                    why = os_error_text(e, path) if isinstance(e, OSError) else str(e)
+                    log.warning("%s: reference photo not used: %s", user.name, why)
                     continue
                 described.append((str(path), faces[0].descriptor if len(faces) == 1 else None, len(faces)))
             chosen = select_references(described, self.analyzer.extractor.match_threshold)
@@ -126,9 +127,5 @@ def _listing(account: Account, folder: Path) -> tuple:
                     listing.append((entry.name, st.st_size, st.st_mtime_ns))
             return tuple(listing)
         except OSError as e:
-            log.warning("cannot list the reference folder %s: %s", folder, e.strerror or e)
+            log.warning("cannot list the reference folder %s", os_error_text(e, folder))
             return ()
-
-
-def _message(e: Exception, path: Path) -> str:
-    return f"{path}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e)

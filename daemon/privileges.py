@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloakd.core.errors import CloakdError
+from cloakd.core.errors import CloakdError, PhotoError
 
 #: raw setgroups system call numbers (per-thread; glibc's setgroups() is process-wide)
 _SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "riscv64": 159, "ppc64le": 81, "s390x": 206}
@@ -51,7 +51,7 @@ class PrivilegeError(CloakdError):
     """The service cannot take on a user's rights (not root, missing capability, unsupported platform)."""
 
 
-class RefusedFile(CloakdError):
+class RefusedFile(PhotoError):
     """A file in an outbound folder that cloakd will not read for the user (link outside, not a file...)."""
 
 
@@ -144,7 +144,6 @@ class Original:
     size: int
     mtime_ns: int
     inode: int
-    mode: int
     via_link: bool  # ``path`` is a symbolic link to the file read (its own size and mtime are the link's)
 
 
@@ -182,7 +181,7 @@ def read_photo(account: Account, path: Path, roots: Sequence[Path], folders: str
         finally:
             os.close(fd)
     return Original(path, data, hashlib.sha256(data).hexdigest(), st.st_size, st.st_mtime_ns, st.st_ino,
-                    stat.S_IMODE(st.st_mode), via_link=link)
+                    via_link=link)
 
 
 def _owner(uid: int) -> str:

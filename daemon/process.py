@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cloakd.core.errors import ProtectionError
 from cloakd.core.photo.container import OutputOptions
 
 from .config import UserConfig
@@ -37,12 +38,10 @@ log = logging.getLogger("cloakd.process")
 
 @dataclass(frozen=True)
 class ProcessResult:
-    """``ok``: ``data`` holds verified clean bytes to deliver with ``extension``; else ``reason`` says why not."""
+    """``data``: verified clean bytes, to deliver with ``extension``."""
 
-    ok: bool
-    data: bytes | None
+    data: bytes
     extension: str
-    reason: str = ""
     faces: int = 0
     seconds: float = 0.0
     target: str | None = None
@@ -79,7 +78,8 @@ class ProcessContext:
 
 
 def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, original: Original) -> ProcessResult:
-    """Cloak and clean ``original`` for ``user``. CloakdError for a photo that cannot be processed."""
+    """Cloak and clean ``original`` for ``user``. PhotoError for a photo that cannot be protected (e.g.
+    ProtectionError: a cloak that did not verify), another CloakdError for a problem of the user's state."""
     from cloakd.core.protect import ProtectRequest, protect
 
     t0 = time.perf_counter()
@@ -96,11 +96,11 @@ def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, or
         seed=int(original.sha256[:8], 16),  # same photo, same output
     )
     result = protect(ctx.analyzer, original.data, request, label=label)
+    if not result.ok:
+        raise ProtectionError(f"not protected: {result.reason}")
     return ProcessResult(
-        ok=result.ok,
-        data=result.data if result.ok else None,
+        data=result.data,
         extension=result.extension,
-        reason=result.reason,
         faces=len(result.faces),
         seconds=time.perf_counter() - t0,
         target=None if choice is None else choice.name,

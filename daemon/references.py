@@ -2,7 +2,8 @@
 
 ``STATE/users/NAME/references.npz``: one 128-d descriptor per accepted reference photo, with the photo's
 name and sha256 (so enrolling the same photo twice counts it once) and the extractor that made them.
-Only descriptors are stored, never the photos. Enrolling again adds photos; the whole set is re-checked
+Only descriptors are stored, never the photos; they are biometric data, readable by cloakd's own account
+only (daemon/state.py). Enrolling again adds photos; the whole set is re-checked
 for consistency (one person) each time.
 """
 
@@ -17,7 +18,7 @@ from cloakd.core.errors import CloakdError
 from cloakd.core.identity import References, select_references
 
 from .files import replace_file
-from .targets import user_dir
+from .state import user_dir
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class ReferenceStore:
         self.state_dir = state_dir
         self.extractor = extractor
 
-    def path(self, user: str):
-        return user_dir(self.state_dir, user) / "references.npz"
+    def path(self, user: str, *, create: bool = False):
+        return user_dir(self.state_dir, user, create=create) / "references.npz"
 
     def _load(self, user: str) -> list[Described]:
         p = self.path(user)
@@ -74,5 +75,5 @@ class ReferenceStore:
         np.savez(buf, descriptors=np.stack([d.descriptor for d in kept]).astype(np.float32),
                  labels=np.array([d.label for d in kept]), sha256=np.array([d.sha256 for d in kept]),
                  extractor=np.array(self.extractor))
-        replace_file(self.path(user), buf.getvalue())
+        replace_file(self.path(user, create=True), buf.getvalue())
         return refs

@@ -27,7 +27,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
-from cloakd.core.errors import CloakdError
+from cloakd.core.errors import CloakdError, os_error_text
 
 from .config import Config, load_config
 from .deliver import make_folder
@@ -61,9 +61,9 @@ def accounts_for(config: Config) -> dict[str, Account]:
         try:
             make_folder(accounts[name], user.held)
         except OSError as e:
-            raise CloakdError(f"user {name}: cannot create the held folder {user.held} as {user.account}: "
-                              f"{e.strerror or e}; fix: create it (mkdir -p {user.held}; chown {user.account} "
-                              f"{user.held}) or set `held:` to a folder of {user.account}") from None
+            raise CloakdError(f"user {name}: cannot create the held folder as {user.account}: "
+                              f"{os_error_text(e, user.held)}; fix: create it (mkdir -p {user.held}; "
+                              f"chown {user.account} {user.held}) or set `held:` to a folder of {user.account}") from None
     return accounts
 
 

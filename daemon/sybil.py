@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloakd.core.errors import CloakdError
+from cloakd.core.errors import CloakdError, os_error_text
 
 from . import deliver
 from .config import Config, Folder, UserConfig
 from .files import replace_file
 from .privileges import Account, Original, RefusedFile, acting_as, read_photo
-from .targets import user_dir
+from .state import user_dir
 from .watch import walk
 
 if TYPE_CHECKING:  # torch-heavy: imported where an image is made, so `cloakd status` stays light
@@ -79,6 +79,7 @@ class SybilRecord:
     """``STATE/users/NAME/sybil.json``: per candidate sha256, the image made from it or why it is unusable."""
 
     def __init__(self, state_dir: Path, user: str):
+        self.state_dir, self.user = state_dir, user
         self.path = user_dir(state_dir, user) / "sybil.json"
 
     def load(self) -> dict[str, dict]:
@@ -92,6 +93,7 @@ class SybilRecord:
                               f"made are recognised again by their names in the output folder)") from None
 
     def save(self, entries: dict[str, dict]) -> None:
+        user_dir(self.state_dir, self.user, create=True)
         replace_file(self.path, json.dumps({"candidates": entries}, indent=1, sort_keys=True).encode())
 
 
@@ -239,7 +241,7 @@ def _read(run: _Run, path: Path) -> Original | None:
     except FileNotFoundError:
         return None  # removed since the listing
     except (RefusedFile, OSError) as e:  # not recorded: it cannot be hashed; said once by the caller
-        why = str(e) if isinstance(e, RefusedFile) else f"{path}: {e.strerror or e}"
+        why = str(e) if isinstance(e, RefusedFile) else os_error_text(e, path)
         run.outcome.refused.append((str(path), why))
         return None
 
@@ -274,8 +276,7 @@ def _write(run: _Run, result, original: Original) -> Made:
     """Deliver the image (atomic, never over a file, as the user), then record it."""
     target = run.output / f"{output_stem(original.sha256)}{result.extension}"
     try:
-        deliver.write_new(run.account, target, result.data, (original.mode & 0o666) | 0o600,
-                          tag=output_stem(original.sha256))
+        deliver.write_new(run.account, target, result.data, tag=output_stem(original.sha256))
         found = {}
     except FileExistsError:
         found = {"reason": "found already written"}
@@ -369,8 +370,7 @@ class SybilJob:
             self._say(user.name, logging.ERROR, f"no Sybil image: {e}")
             return None
         except OSError as e:  # e.g. the output folder is full or not writable: nothing recorded, tried again
-            where = f"{e.filename}: " if e.filename else ""
-            self._say(user.name, logging.ERROR, f"no Sybil image: {where}{e.strerror or e}")
+            self._say(user.name, logging.ERROR, f"no Sybil image: {os_error_text(e)}")
             return None
         finally:
             self._making.release()

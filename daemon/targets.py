@@ -5,7 +5,7 @@ cloaks towards different targets would pull the user's features in different dir
 each other. It changes only through an explicit ``cloakd target rotate``. The stored record keeps the
 target's centroid itself, so a later change of the bank cannot silently move it.
 
-Layout: ``STATE/users/NAME/target.json``, written atomically (temporary file, fsync, rename).
+Layout: ``STATE/users/NAME/target.json`` (daemon/state.py), written atomically (temporary file, fsync, rename).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,22 +22,14 @@ from cloakd.core.errors import CloakdError
 from cloakd.core.targets import DEFAULT_CANDIDATES, TargetBank, choose_target
 
 from .files import replace_file
+from .state import user_dir
 
+FILE_NAME = "target.json"
 ROTATE_WARNING = (
     "Rotating the target class weakens protection: photos already online were cloaked towards {old}, new "
     "ones will be cloaked towards {new}, and a tracker that collects both sees two directions that partly "
     "cancel. Rotate only if {old} has become unsuitable (e.g. it is known to the tracker)."
 )
-
-_USER_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}$")
-
-
-def user_dir(state_dir: Path, user: str) -> Path:
-    """``STATE/users/NAME``: where the service keeps what it knows about one user."""
-    if not _USER_RE.match(user) or user in (".", ".."):
-        raise CloakdError(f"invalid user name {user!r}")
-    return Path(state_dir) / "users" / user
-
 
 @dataclass(frozen=True)
 class StoredTarget:
@@ -78,8 +69,8 @@ class TargetStore:
             self._bank = TargetBank.load()
         return self._bank
 
-    def path(self, user: str) -> Path:
-        return user_dir(self.state_dir, user) / "target.json"
+    def path(self, user: str, *, create: bool = False) -> Path:
+        return user_dir(self.state_dir, user, create=create) / FILE_NAME
 
     def get(self, user: str) -> StoredTarget | None:
         p = self.path(user)
@@ -124,4 +115,4 @@ class TargetStore:
         return record
 
     def _write(self, user: str, record: StoredTarget) -> None:
-        replace_file(self.path(user), json.dumps(record.to_json(), indent=1).encode())
+        replace_file(self.path(user, create=True), json.dumps(record.to_json(), indent=1).encode())

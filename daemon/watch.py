@@ -29,6 +29,8 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
+from cloakd.core.errors import os_error_text
+
 from .config import Config, Folder
 from .privileges import Account, acting_as
 
@@ -112,8 +114,7 @@ def walk(account: Account, folder: Folder) -> list[str]:
     """
     found = []
     with acting_as(account):
-        for top, dirs, files in os.walk(folder.path, onerror=lambda e: log.warning("cannot list %s: %s",
-                                                                                  e.filename, e.strerror)):
+        for top, dirs, files in os.walk(folder.path, onerror=lambda e: log.warning("cannot list %s", os_error_text(e))):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if folder.recursive else []
             found += [os.path.join(top, name) for name in sorted(files) if not is_temporary(name)]
     return found
@@ -183,8 +184,8 @@ class Watcher:
                 observer.start()
                 return observer
             except OSError as e:  # e.g. the inotify watch limit (fs.inotify.max_user_watches) is reached
-                log.warning("%s: cannot watch %s with inotify (%s); polling it every %g s instead", user,
-                            folder.path, e.strerror or e, self.config.poll_seconds)
+                log.warning("%s: cannot watch with inotify (%s); polling it every %g s instead", user,
+                            os_error_text(e, folder.path), self.config.poll_seconds)
                 observer.stop()
         observer = PollingObserver(timeout=self.config.poll_seconds)
         observer.schedule(handler, str(folder.path), recursive=folder.recursive)

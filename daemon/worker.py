@@ -6,7 +6,8 @@ The order of durable steps for one photo (each ledger step is a committed transa
    held after ``retry.attempts`` tries instead of crashing it forever);
 2. read the original with the user's rights, record its sha256; content already delivered for this user
    is not cloaked again (the row points at the earlier output);
-3. protect (process.py); a photo that cannot be protected is held (step 6);
+3. protect (process.py); a photo that cannot be protected (core.errors.PhotoError) is held (step 6);
+   any other failure (a full disk, an unreadable state record) is retried later with back-off;
 4. plan the output name and hash in the ledger, write a hidden temporary file in the ready folder,
    fsync, rename without replacing, fsync the folder (deliver.py), then record ``delivered_at``;
 5. only then handle the original per policy (plan its archive name, move it; or delete it), and the
@@ -22,7 +23,6 @@ ledger knows each completed step, and a rename never replaces a file.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import threading
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from cloakd.core.errors import CloakdError
+from cloakd.core.errors import CloakdError, PhotoError, os_error_text
 
 from . import deliver
 from .config import Config, UserConfig
@@ -91,10 +91,10 @@ class Pipeline:
                 self._hold(row, user, account, f"gave up after {row.attempts - 1} attempts: {why}")
             else:
                 self._produce(row, user, account)
-        except Transient as e:
+        except (Transient, CloakdError) as e:  # not the photo's fault (PhotoError is handled where it arises)
             self._retry(row, config, str(e))
         except OSError as e:
-            self._retry(row, config, _os_message(e))
+            self._retry(row, config, os_error_text(e))
         except MemoryError:
             self._retry(row, config, "out of memory")
         except Exception as e:  # noqa: BLE001 - a bug must not stop the service; the row is retried, then held
@@ -130,24 +130,21 @@ class Pipeline:
             return
         try:
             result = self.engine(user, account, original)
-        except CloakdError as e:
+        except PhotoError as e:
             self._hold(row, user, account, str(e))
             return
-        if not result.ok or result.data is None:
-            self._hold(row, user, account, f"not protected: {result.reason or 'no output'}")
-            return
         output = self._deliver(row, account, user.ready / _relative(user, path).with_suffix(result.extension),
-                               result.data, original.mode)
+                               result.data)
         log.info("%s: delivered %s -> %s (%d faces, %.1f s)", row.user, path, output, result.faces, result.seconds)
         self._settle_original(self.ledger.get(row.id), user, account)
 
-    def _deliver(self, row: Row, account: Account, wanted: Path, data: bytes, mode: int) -> Path:
+    def _deliver(self, row: Row, account: Account, wanted: Path, data: bytes) -> Path:
         digest = hashlib.sha256(data).hexdigest()
         while True:
             output = deliver.free_name(account, wanted)
             self.ledger.plan_output(row.id, str(output), digest)
             try:
-                deliver.write_new(account, output, data, (mode & 0o666) | 0o600, tag=str(row.id))
+                deliver.write_new(account, output, data, tag=str(row.id))
                 break
             except FileExistsError:
                 continue  # the name was taken since free_name looked: take the next one
@@ -211,7 +208,7 @@ class Pipeline:
         if not deliver.exists(account, note):
             text = _reason_text(row, where, user)
             try:
-                deliver.write_new(account, deliver.free_name(account, note), text.encode(), 0o644, tag=f"{row.id}r")
+                deliver.write_new(account, deliver.free_name(account, note), text.encode(), tag=f"{row.id}r")
             except OSError:
                 config, _ = self._setup
                 if row.attempts <= config.retry_attempts:
@@ -259,13 +256,6 @@ class Pipeline:
 def _relative(user: UserConfig, path: Path) -> Path:
     folder = user.outbound_of(path)
     return path.relative_to(folder.path) if folder is not None else Path(path.name)
-
-
-def _os_message(e: OSError) -> str:
-    where = f"{e.filename}: " if e.filename else ""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"{where}the disk is full"
-    return f"{where}{e.strerror or e}"
 
 
 def _reason_text(row: Row, where: Path, user: UserConfig) -> str:

@@ -6,6 +6,7 @@ Models are loaded once per test session (session-scoped fixtures below).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (see daemon/cli/__init__.py)
@@ -14,6 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CLOAKD_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+#: the installed console command, beside the interpreter that runs the tests
+CLOAKD = Path(sys.executable).with_name("cloakd")
 
 
 @pytest.fixture(scope="session")

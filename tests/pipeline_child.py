@@ -23,7 +23,7 @@ from cloakd.daemon.worker import Pipeline
 
 def strip_only(user, account, original) -> ProcessResult:
     clean = strip_bytes(original.data, label=str(original.path))
-    return ProcessResult(True, clean.data, clean.extension)
+    return ProcessResult(clean.data, clean.extension)
 
 
 def main(config_path: str) -> None:

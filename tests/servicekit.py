@@ -21,11 +21,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import DATA, REPO
+from conftest import CLOAKD, DATA
 
 #: created by scripts/test.sh (useradd) or, when missing and we are root, by the fixture below
 SECOND_ACCOUNT = "cloakd-test-b"
-CLOAKD = REPO / ".venv" / "bin" / "cloakd"
 
 
 def second_account() -> pwd.struct_passwd:

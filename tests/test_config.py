@@ -142,7 +142,7 @@ def test_check_config_command(tree: Path, capsys):
     good.write_text("users:\n" + user_block())
     bad.write_text("users:\n" + user_block(ready="out"))
     assert main(["check-config", "--config", str(good)]) == 0
-    assert "OK (1 users, 1 outbound folders)" in capsys.readouterr().out
+    assert "OK (1 user, 1 outbound folder)" in capsys.readouterr().out
     assert main(["check-config", "--config", str(bad)]) == 2
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{bad}:6: user alice: the ready folder {tree / 'out'} is inside (or is) the outbound")

@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cloakd.daemon.cli import EXIT_ERROR
+from cloakd.daemon.cli.exits import Exit
+from conftest import CLOAKD
 from test_photo_bad_input import png_bomb
 
-CLOAKD = Path(sys.executable).with_name("cloakd")  # the console script installed beside this interpreter
 LABELLED_GROUP = "dlib_2007_007763.jpg"  # 500x375, seven faces with dlib's hand-labelled boxes
 LARGE_GROUP = "facenet-pytorch_multiface.jpg"  # 1200x630, six faces, carries EXIF and IPTC
 SAME_PERSON = ("Bill_Gates/Bill_Gates_0001.jpg", "Bill_Gates/Bill_Gates_0002.jpg")
@@ -74,7 +73,7 @@ def reports(json_run) -> dict[str, dict]:
 
 
 def test_every_good_photo_is_reported_and_the_exit_status_says_some_failed(json_run, reports, inputs):
-    assert json_run.returncode == EXIT_ERROR
+    assert json_run.returncode == Exit.FAILED
     assert list(reports) == inputs["good"]
 
 
@@ -128,7 +127,7 @@ def test_descriptors_tell_the_same_person_from_another(reports, inputs):
 @pytest.mark.parametrize("run", ["json_run", "text_run"])
 def test_each_bad_file_gets_one_specific_error_line(run, inputs, request):
     result = request.getfixturevalue(run)
-    assert result.returncode == EXIT_ERROR
+    assert result.returncode == Exit.FAILED
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == len(inputs["bad"]), result.stderr
@@ -161,7 +160,7 @@ def test_a_missing_model_package_is_one_line_naming_the_file_and_the_fix(package
     (tmp_path / package).mkdir()
     (tmp_path / package / "__init__.py").write_text("")
     result = run_cloakd("faces", str(data_dir / "faces" / SAME_PERSON[0]), pythonpath=tmp_path)
-    assert result.returncode == EXIT_ERROR
+    assert result.returncode == Exit.FAILED
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cloakd.core.errors import CloakdError, ProtectionError
 from cloakd.core.photo.decode import decode
 from cloakd.daemon import deliver
 from cloakd.daemon.config import load_config
@@ -123,6 +124,35 @@ def test_a_crash_between_rename_and_ledger_is_not_delivered_twice(account):
         pipeline.handle(pipeline.claim())
         assert files(folders["ready"]) == ["blue.jpg"] and files(folders["archive"]) == ["blue.jpg"]
         assert files(folders["out"]) == [] and ledger.get(row.id).state == DONE
+        ledger.close()
+
+
+def test_the_error_class_decides_hold_or_retry(account):
+    """core/errors.py: a PhotoError (here a cloak that did not verify) holds the photo with its reason; any
+    other CloakdError (here an unreadable state record) is not the photo's fault: it is retried later."""
+    def not_verified(user, acct, original):
+        raise ProtectionError("not protected: face 1: moved 0.10 (needs 0.25)")
+
+    def unreadable_record(user, acct, original):
+        raise CloakdError("/var/lib/cloakd/users/bee/target.json: unreadable target record")
+
+    with shared_tmp("cloakd-classes-") as base:
+        folders = user_tree(base, account)
+        config = load_config(write_config(base / "cloakd.yaml", folders, account.pw_name))
+        me = Account.lookup(account.pw_name)
+        ledger = Ledger(config.state_dir)
+        for name, engine in (("held.jpg", not_verified), ("retried.jpg", unreadable_record)):
+            photo = copy_as(DATA / "metadata" / "BlueSquare.jpg", folders["out"] / name, account)
+            st = photo.stat()
+            row_id = ledger.enqueue("bee", str(photo), st.st_size, st.st_mtime_ns)
+            pipeline = Pipeline(config, {"bee": me}, ledger, engine, lambda u, p: None, lambda at: None)
+            pipeline.handle(ledger.claim(["bee"]))
+            row = ledger.get(row_id)
+            if engine is not_verified:
+                assert row.state == HELD and "moved 0.10" in (folders["held"] / f"{name}{REASON_SUFFIX}").read_text()
+            else:
+                assert row.state == QUEUED and row.next_try > time.time() and "unreadable" in row.error
+                assert name in files(folders["out"]) and files(folders["ready"]) == []
         ledger.close()
 
 

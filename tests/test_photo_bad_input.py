@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -86,13 +87,31 @@ def test_the_bomb_is_refused_from_its_header():
         decode(png_bomb(30000, 30000))
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_our_pixel_limit_applies_below_pillows(data_dir):
+def test_our_pixel_limit_is_the_only_one_and_pillow_stays_silent(data_dir, recwarn):
+    """Far above Pillow's hard limit (179 MP) and between its warning (89.5 MP) and ours, the words are
+    cloakd's and Pillow warns nothing."""
+    with pytest.raises(ImageTooLargeError, match=r"60000x60000 = 3600 MP, above the 100 MP limit"):
+        decode(png_bomb(60000, 60000), label="huge.png")
     with pytest.raises(ImageTooLargeError, match="110 MP, above the 100 MP limit"):
         decode(png_bomb(11000, 10000))
+    with pytest.raises(ImageTooLargeError, match="120 MP, above the 100 MP limit"):
+        decode(png_bomb(12000, 10000))
     with pytest.raises(ImageTooLargeError):
         decode((data_dir / "metadata" / "DSCN0010.jpg").read_bytes(), max_pixels=640 * 480 - 1)
     assert decode((data_dir / "metadata" / "DSCN0010.jpg").read_bytes(), max_pixels=640 * 480).size == (640, 480)
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_inspect_says_a_bomb_is_too_large(tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb(60000, 60000))
+    assert main(["inspect", str(bomb)]) == 2
+    captured = capsys.readouterr()
+    assert "60000 x 60000 pixels" in captured.out and "cloakd cannot process it" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "3600 MP, above the 100 MP limit" in err[0]
+    assert main(["inspect", "--json", str(bomb)]) == 2
+    assert "above the 100 MP limit" in json.loads(capsys.readouterr().out)[0]["problem"]
 
 
 def _sha(path: Path) -> str:
@@ -110,8 +129,8 @@ def test_cli_strip_reports_one_line_per_bad_file_and_continues(bad_inputs, data_
     out = tmp_path / "out"
     paths = sorted(str(p) for p in inputs.iterdir())
     assert main(["strip", *paths, "--out", str(out)]) != 0
-    err_lines = capsys.readouterr().err.strip().splitlines()
-    assert len(err_lines) == len(bad_inputs)
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("cloakd: strip: ")]
+    assert len(err_lines) == len(bad_inputs)  # besides the progress lines
     assert all(line.startswith("cloakd: error: ") for line in err_lines)
     assert {p.name: _sha(p) for p in inputs.iterdir()} == before  # inputs untouched, none deleted
     assert sorted(p.name for p in out.iterdir()) == ["good.jpg"]  # the good file still got through

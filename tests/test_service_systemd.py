@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cloakd.daemon.sdnotify import notify, watchdog_period
-from conftest import REPO
+from conftest import CLOAKD, REPO
 
 UNIT = REPO / "systemd" / "cloakd.service"
 
@@ -29,10 +29,10 @@ def test_systemd_analyze_verify(tmp_path: Path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (scripts/test.sh installs the systemd package)")
-    # verify checks that ExecStart's program exists: point it at this checkout's cloakd instead of the
-    # installed /usr/local/bin/cloakd; nothing else of the unit changes
+    # verify checks that ExecStart's program exists: point it at the cloakd beside the tests' interpreter
+    # instead of /usr/local/bin/cloakd (tests/test_install.py verifies the unit as installed); nothing else changes
     unit = tmp_path / "cloakd.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/cloakd", str(REPO / ".venv" / "bin" / "cloakd")))
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/cloakd", str(CLOAKD)))
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     if "Failed to connect to bus" in result.stderr or "Failed to initialize manager" in result.stderr:
         pytest.skip(f"systemd-analyze cannot run in this container: {result.stderr.strip()[:200]}")

@@ -29,9 +29,9 @@ from cloakd.daemon.references import ReferenceStore
 from cloakd.daemon.sybil import SybilJob, SybilRecord, make_one, photos_waiting
 from cloakd.daemon.watch import Candidates
 from cloakd.daemon.worker import Pipeline
-from conftest import DATA
+from conftest import CLOAKD, DATA
 from pipeline_child import strip_only
-from servicekit import CLOAKD, Service, copy_as, files, second_account, shared_tmp, user_tree, wait_for, write_config
+from servicekit import Service, copy_as, files, second_account, shared_tmp, user_tree, wait_for, write_config
 
 USER_PHOTOS = [DATA / "faces" / "Bill_Gates" / f"Bill_Gates_000{i}.jpg" for i in range(1, 5)]
 CANDIDATE = DATA / "faces" / "Jackie_Chan" / "Jackie_Chan_0006.jpg"

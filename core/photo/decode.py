@@ -4,9 +4,9 @@ Policies (also the user-facing documentation):
 - Format from content (magic bytes), never from the file name: see formats.py for what is supported.
 - Pixel limit (decompression bombs): ``max_pixels`` (default 100 MP, i.e. 100,000,000 pixels: above every
   current phone's default output and 12,000 x 8,000 cameras) is checked from the header, before any pixel
-  is decoded. Pillow's own global bomb guard (``Image.MAX_IMAGE_PIXELS``, about 179 MP hard limit) still
-  applies and is reported the same way; we never change it. Between 89.5 and 100 MP Pillow emits a
-  DecompressionBombWarning that is harmless here.
+  is decoded. It is the only limit: the header is read through the format's Pillow plugin directly
+  (:func:`open_image`), so Pillow's own guard (a warning above 89.5 MP and an error above 179 MP, in its
+  own words) never speaks; ``Image.MAX_IMAGE_PIXELS`` is not changed.
 - Truncated or damaged files are errors (Pillow's LOAD_TRUNCATED_IMAGES stays False): no grey half-photos.
 - Animated images (GIF, WebP, APNG, HEIF sequences) and multi-page TIFFs: AnimatedImageError. A JPEG's
   MPF secondary images and a HEIF collection's non-primary images are not frames: only the primary
@@ -91,10 +91,10 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "i
     if damage:  # some decoders (libheif) fill missing data silently; the container walk does not
         raise TruncatedImageError(f"{label} is a truncated or damaged {fmt.name} file ({damage[0]})")
     with _pillow_errors(fmt, label):
-        image = Image.open(io.BytesIO(data), formats=[fmt.pillow_id])
+        image = open_image(data, fmt)
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageTooLargeError(_too_large(label, width, height, max_pixels))
+            raise ImageTooLargeError(too_large(label, width, height, max_pixels))
         frames = fmt.frame_count(image, blocks)
         if frames > 1:
             raise AnimatedImageError(f"{label} has {frames} frames or pages (animated or multi-page "
@@ -118,9 +118,27 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "i
     )
 
 
-def _too_large(label: str, width: int, height: int, limit: int) -> str:
-    return (f"{label} is {width}x{height} = {width * height / 1e6:.0f} MP, above the {limit / 1e6:.0f} MP limit "
-            f"(decompression-bomb guard): reduce its resolution first")
+def open_image(data: bytes, fmt: ImageFormat) -> Image.Image:
+    """Pillow's image of ``data`` through ``fmt``'s plugin: the header is read, no pixel is decoded yet.
+
+    What ``Image.open`` does, without its decompression-bomb check (see the module docstring): the
+    caller checks cloakd's own limit on ``size`` before decoding. UnidentifiedImageError for a header
+    the plugin cannot read, as from ``Image.open``.
+    """
+    Image.preinit()
+    if fmt.pillow_id not in Image.OPEN:
+        Image.init()
+    factory, _ = Image.OPEN[fmt.pillow_id]
+    try:
+        return factory(io.BytesIO(data), "")
+    except (SyntaxError, IndexError, TypeError, struct.error) as e:
+        raise UnidentifiedImageError(f"cannot read the {fmt.name} header: {e}") from e
+
+
+def too_large(label: str, width: int, height: int, limit: int) -> str:
+    """The message for an image above the pixel limit."""
+    return (f"{label} is too large: {width}x{height} = {width * height / 1e6:.0f} MP, above the "
+            f"{limit / 1e6:.0f} MP limit (decompression-bomb guard); reduce its resolution first")
 
 
 @contextmanager

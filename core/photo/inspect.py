@@ -3,18 +3,17 @@ dates, embedded previews, software, and any block nobody can read (which may hol
 
 Works on the container alone (no pixels are decoded), so it is fast and also reports on files too
 damaged to decode. The same per-format walkers as verification list the blocks; exif_facts, xmp and
-iptc read what the blocks say.
+iptc read what the blocks say. A header that claims more pixels than cloakd's limit (a decompression
+bomb) is reported as the problem that stops cloakd from processing the file.
 """
 
 from __future__ import annotations
 
-import io
 import struct
 
-from PIL import Image
-
 from .colour import profile_name
-from .container import Block, Kind
+from .container import Block, ImageFormat, Kind
+from .decode import DEFAULT_MAX_PIXELS, open_image, too_large
 from .exif_facts import exif_findings
 from .formats import detect
 from .iptc import iptc_findings
@@ -27,7 +26,7 @@ _PNG_KEYWORDS = {"title": PEOPLE, "author": PEOPLE, "description": PEOPLE, "copy
                  "disclaimer": OTHER, "warning": OTHER, "creation time": DATES, "software": SOFTWARE, "source": CAMERA}
 
 
-def inspect(data: bytes, *, label: str = "input") -> Report:
+def inspect(data: bytes, *, label: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS) -> Report:
     """Report on ``data``; NotAnImageError/UnsupportedFormatError if it is not a supported image."""
     fmt = detect(data, label=label)
     blocks = fmt.blocks(data)
@@ -41,8 +40,9 @@ def inspect(data: bytes, *, label: str = "input") -> Report:
         for finding in found:
             if not any(f.what == finding.what and f.value == finding.value for f in findings):
                 findings.append(finding)
-    return Report(format=fmt.name, size=_displayed_size(data, fmt.pillow_id, blocks, fmt.applies_exif_orientation()),
-                  findings=tuple(findings))
+    size = _displayed_size(data, fmt, blocks)
+    problem = too_large(label, *size, max_pixels) if size and size[0] * size[1] > max_pixels else ""
+    return Report(format=fmt.name, size=size, findings=tuple(findings), problem=problem)
 
 
 def _findings(block: Block) -> list[Finding]:
@@ -81,14 +81,14 @@ def _text(payload: bytes) -> str:
     return text if len(text) <= 500 else text[:500] + "..."
 
 
-def _displayed_size(data: bytes, pillow_id: str, blocks: list[Block], exif_orientation: bool) -> tuple[int, int] | None:
+def _displayed_size(data: bytes, fmt: ImageFormat, blocks: list[Block]) -> tuple[int, int] | None:
     """Width and height as a viewer shows them (EXIF orientations 5-8 swap them), from the header only."""
     try:
-        with Image.open(io.BytesIO(data), formats=[pillow_id]) as image:
+        with open_image(data, fmt) as image:
             width, height = image.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except (OSError, ValueError):
         return None
     exif = next((b.payload for b in blocks if b.kind is Kind.EXIF), None)
-    if exif_orientation and orientation_of(exif) >= 5:
+    if fmt.applies_exif_orientation() and orientation_of(exif) >= 5:
         width, height = height, width
     return width, height

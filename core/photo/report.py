@@ -27,11 +27,13 @@ class Finding:
 
 @dataclass(frozen=True)
 class Report:
-    """Everything ``inspect`` found in one file. ``size`` is (width, height) as displayed, if readable."""
+    """Everything ``inspect`` found in one file. ``size`` is (width, height) as displayed, if readable;
+    ``problem`` says why cloakd would refuse to process the file ("" if its header shows no reason)."""
 
     format: str
     size: tuple[int, int] | None
     findings: tuple[Finding, ...]
+    problem: str = ""
 
     @property
     def clean(self) -> bool:
@@ -41,6 +43,8 @@ class Report:
         """Plain-words summary: a heading per topic, one line per finding."""
         size = f", {self.size[0]} x {self.size[1]} pixels" if self.size else ""
         out = [f"{self.format}{size}"]
+        if self.problem:
+            out.append(f"  cloakd cannot process it: {self.problem}")
         if self.clean:
             out.append("  no metadata found: nothing beyond the picture itself")
             return out
@@ -53,4 +57,4 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"format": self.format, "size": list(self.size) if self.size else None,
-                "findings": [asdict(f) for f in self.findings]}
+                "findings": [asdict(f) for f in self.findings], "problem": self.problem}

@@ -1,7 +1,7 @@
-"""The ``cloakd`` command. Each sub-command lives in its own module with ``register(subparsers)``.
+"""The ``cloakd`` command: one module per sub-command (each has ``register(subparsers)``).
 
-Every expected failure is a :class:`cloakd.core.errors.CloakdError` and is printed as one line on stderr
-with a non-zero exit status; ``--debug`` shows tracebacks.
+Every expected failure (CloakdError, or an OSError about a file) is printed as one line on stderr and gives
+Exit.FAILED; anything else is a bug, printed as one line with Exit.INTERNAL (``--debug`` shows tracebacks).
 """
 
 from __future__ import annotations
@@ -15,18 +15,32 @@ import sys
 # soon as another process is busy on the other core (measured); passive waiting costs nothing otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cloakd.core.errors import CloakdError
+from cloakd.core.errors import CloakdError, os_error_text
+
+from .exits import Exit
 
 # Sub-command modules, in the order `cloakd --help` lists them.
-COMMAND_MODULES = ["faces", "photo", "targets", "enrol", "protect", "sybil", "evaluate", "service"]
+COMMAND_MODULES = ["faces", "photo", "targets", "enrol", "protect", "preview", "sybil", "evaluate", "service"]
 
-EXIT_ERROR = 2      # bad input or configuration
-EXIT_INTERNAL = 70  # a bug (EX_SOFTWARE)
+DESCRIPTION = """\
+cloakd protects the faces in your photos before they go online. It cloaks each face (the Fawkes method:
+small pixel changes that make a face-recognition model trained on your photos learn the wrong features)
+and strips the metadata (GPS position, camera serial numbers, captions, thumbnails). Everything runs on
+this computer, offline.
+
+Run `cloakd COMMAND --help` for a command's options and an example."""
+
+EPILOG = """\
+examples:
+  cloakd protect holiday.jpg --out ready          cloak and clean a photo into the folder ready
+  cloakd inspect holiday.jpg                      what a photo would tell about you
+  cloakd enrol --user me photos-of-me/            tell cloakd which face is yours"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cloakd", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser = argparse.ArgumentParser(prog="cloakd", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
@@ -37,20 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except CloakdError as e:
+        return int(args.func(args) or Exit.OK)
+    except (CloakdError, OSError) as e:
         if args.debug:
             raise
-        print(f"cloakd: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+        print(f"cloakd: error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+        return Exit.FAILED
     except KeyboardInterrupt:
         print("cloakd: interrupted", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a bug; still one line unless --debug
         if args.debug:
             raise
         print(f"cloakd: internal error: {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
-        return EXIT_INTERNAL
+        return Exit.INTERNAL
 
 
 if __name__ == "__main__":

@@ -10,43 +10,53 @@ deliberately with ``cloakd target rotate``).
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from pathlib import Path
 
 from cloakd.core.errors import CloakdError
 from cloakd.core.targets import TargetBank
 
+from .exits import Exit, skip
 from .models import load_analyzer
-from .targets import DEFAULT_STATE_DIR, photo_files
+from .options import add_command, add_state_options, state_dir
+from .progress import Progress
+from .targets import photo_files
 
 
 def register(sub) -> None:
-    p = sub.add_parser("enrol", help="enrol a user's reference photos (whose face is theirs) and choose their target",
-                       description=__doc__)
-    p.add_argument("photos", nargs="+", type=Path, metavar="PHOTOS_OR_DIR")
-    p.add_argument("--user", required=True)
+    p = add_command(sub, "enrol", summary="teach cloakd which face is yours, from photos of you alone",
+                    description="Describe photos of the user alone and keep their face descriptors (never the "
+                                "photos) in the state directory. From then on, in each photo only the user's "
+                                "face gets the targeted cloak, and the user's target class is chosen from these "
+                                "photos if it was not chosen yet. Enrolling again adds photos.",
+                    example="cloakd enrol --user alice ~/Pictures/me/")
+    p.add_argument("photos", nargs="+", type=Path, metavar="PHOTOS_OR_DIR",
+                   help="photos of the user alone, or folders of them")
+    p.add_argument("--user", required=True, help="the user's name, as in the configuration")
     p.add_argument("--replace", action="store_true", help="forget the user's earlier reference photos")
-    p.add_argument("--state-dir", type=Path, default=Path(os.environ.get("CLOAKD_STATE_DIR", DEFAULT_STATE_DIR)))
+    add_state_options(p)
     p.add_argument("--bank", type=Path, help="target bank file (default: the bank shipped with cloakd)")
     p.set_defaults(func=run)
 
 
 def describe_for_enrolment(analyzer, paths: list[Path]):
-    """Each readable photo as a :class:`Described` (its face count and, for one face, its descriptor)."""
+    """Each readable photo as a :class:`Described` (its face count and, for one face, its descriptor);
+    the others are skipped, each with one line on stderr."""
     from cloakd.daemon.identity import faces_in
     from cloakd.daemon.references import Described
 
     out = []
-    for path in paths:
-        data = path.read_bytes()
-        try:
-            faces = faces_in(analyzer, data, str(path))
-        except CloakdError as e:
-            print(f"cloakd: skipping {path}: {e}", file=sys.stderr)
-            continue
-        desc = faces[0].descriptor if len(faces) == 1 else None
-        out.append(Described(str(path), hashlib.sha256(data).hexdigest(), desc, len(faces)))
+    with Progress("enrol", len(paths)) as progress:
+        for path in paths:
+            try:
+                data = path.read_bytes()
+                faces = faces_in(analyzer, data, str(path))
+            except (CloakdError, OSError) as e:
+                skip(path, e)
+            else:
+                desc = faces[0].descriptor if len(faces) == 1 else None
+                out.append(Described(str(path), hashlib.sha256(data).hexdigest(), desc, len(faces)))
+            progress.advance()
     return out
 
 
@@ -54,11 +64,12 @@ def run(args) -> int:
     from cloakd.daemon.references import ReferenceStore
     from cloakd.daemon.targets import TargetStore
 
+    state = state_dir(args)
     paths = [p for item in args.photos for p in photo_files(item)]
     if not paths:
         raise CloakdError(f"no photos in {', '.join(map(str, args.photos))}")
     analyzer = load_analyzer()
-    store = ReferenceStore(args.state_dir, analyzer.extractor.name)
+    store = ReferenceStore(state, analyzer.extractor.name)
     offered = describe_for_enrolment(analyzer, paths)
     if not any(d.faces == 1 for d in offered):
         raise CloakdError(f"nothing enrolled for {args.user}: none of the {len(paths)} photos shows exactly one face")
@@ -66,7 +77,7 @@ def run(args) -> int:
     for r in refs.rejected:
         print(f"cloakd: not used: {r.label}: {r.reason}", file=sys.stderr)
     print(f"{args.user}: {len(refs.descriptors)} reference photos enrolled ({store.path(args.user)})")
-    targets = TargetStore(args.state_dir, TargetBank.load(args.bank) if args.bank else None)
+    targets = TargetStore(state, TargetBank.load(args.bank) if args.bank else None)
     current = targets.get(args.user)
     if current is None:
         t = targets.choose(args.user, refs.descriptors)
@@ -75,4 +86,4 @@ def run(args) -> int:
     else:
         print(f"{args.user}: target class {current.name} kept (chosen {current.chosen_at}; "
               "'cloakd target rotate' changes it deliberately)")
-    return 0
+    return Exit.OK

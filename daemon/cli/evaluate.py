@@ -31,25 +31,43 @@ from PIL import Image
 from cloakd.core.cloak.presets import DEFAULT_PRESET, PRESETS
 from cloakd.core.errors import CloakdError
 
+from ..config import MODES
+from .exits import Exit
 from .models import load_analyzer
+from .options import add_command, number
+from .progress import Progress
 from .targets import photo_files
 
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="measure protection on a folder of identity sub-folders", description=__doc__)
-    p.add_argument("dataset", type=Path, metavar="DATASET_DIR")
-    p.add_argument("--users", type=int, default=5, help="how many identities act as users (default %(default)s)")
-    p.add_argument("--train", type=int, default=8, help="user photos cloaked for the tracker (default %(default)s)")
-    p.add_argument("--mode", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    p.add_argument("--seed", type=int, default=0)
+    p = add_command(sub, "evaluate", summary="measure how well the cloak protects, on a folder of identities",
+                    description="Measure protection as the Fawkes paper does. Some identities of DATASET_DIR "
+                                "(one sub-folder of photos per person) act as users: their training photos are "
+                                "cloaked, a tracker trains a face recogniser on every identity's photos, and "
+                                "is then asked about the users' clean photos. Reported: the protection success "
+                                "rate (PSR: how often the tracker fails to recognise a user), its accuracy on "
+                                "everyone else, and how much the photos changed (DSSIM, PSNR); also with some "
+                                "of the user's photos leaked uncloaked, and with Sybil images. The tracker uses "
+                                "the feature extractor the cloak is made against: this is the best case.",
+                    example="cloakd evaluate ../shared/data/faces --users 5")
+    p.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="a folder with one sub-folder of photos "
+                   "per identity")
+    p.add_argument("--users", type=number(int, 1), default=5,
+                   help="how many identities act as users (default %(default)s)")
+    p.add_argument("--train", type=number(int, 1), default=8,
+                   help="user photos cloaked for the tracker (default %(default)s)")
+    p.add_argument("--mode", default=DEFAULT_PRESET, choices=MODES, help="cloak strength (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="which identities are users, and the cloaks' randomness "
+                   "(default %(default)s)")
     p.add_argument("--leaked", default="0,0.1,0.2,0.4", type=_ratios, metavar="R,R,...",
                    help="ratios of the user's training photos the tracker holds uncloaked (default %(default)s)")
     p.add_argument("--sybil-candidates", type=Path, metavar="DIR",
                    help="photos (one face each) to make Sybil images from; enables the Sybil columns")
-    p.add_argument("--sybil-images", type=int, help="Sybil images per user (default: as many as --train)")
-    p.add_argument("--sybil-tries", type=int, default=3, help="candidates cloaked per Sybil image, best kept "
+    p.add_argument("--sybil-images", type=number(int, 0), help="Sybil images per user (default: as many as --train)")
+    p.add_argument("--sybil-tries", type=number(int, 1), default=3,
+                   help="candidates cloaked per Sybil image, best kept "
                    "(default %(default)s)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(func=run)
 
 
@@ -94,7 +112,7 @@ def _descriptors(analyzer, data: bytes) -> dict[str, np.ndarray | None]:
             "uploaded": _main_descriptor(analyzer, _decode_rgb(upload_processing(data)))}
 
 
-def _sybil_images(analyzer, pool, train: np.ndarray, args, log) -> list[dict[str, np.ndarray | None]]:
+def _sybil_images(analyzer, pool, train: np.ndarray, args, log, progress) -> list[dict[str, np.ndarray | None]]:
     """Make the user's Sybil images from ``pool`` (each candidate used once); their descriptors."""
     from cloakd.core.sybil import make_sybil, sybil_target
 
@@ -104,6 +122,7 @@ def _sybil_images(analyzer, pool, train: np.ndarray, args, log) -> list[dict[str
         free = [c for c in pool if c.label not in used]
         res = make_sybil(analyzer, free, sybil_target(train, k), references=train, tries=args.sybil_tries,
                          mode=args.mode, seed=args.seed + k)
+        progress.advance()
         if not res.ok:
             log(f"cloakd: no Sybil image {k + 1}: {res.reason}")
             continue
@@ -124,6 +143,8 @@ def run(args) -> int:
         print(message, file=sys.stderr)
 
     t0 = time.perf_counter()
+    if not args.dataset.is_dir():
+        raise CloakdError(f"{args.dataset}: no such folder of identity sub-folders")
     analyzer = load_analyzer()
     people = {p.name: photo_files(p) for p in sorted(args.dataset.iterdir()) if p.is_dir()}
     people = {k: v for k, v in people.items() if len(v) >= args.train + 2}
@@ -137,9 +158,13 @@ def run(args) -> int:
         pool = describe_candidates(analyzer, [Candidate(str(f), f.read_bytes()) for f in files])
     # clean descriptors of every photo (the tracker's view of the world)
     clean: dict[str, list[tuple[Path, np.ndarray]]] = {}
-    for name, files in people.items():
-        rows = [(f, _main_descriptor(analyzer, _decode_rgb(f.read_bytes()))) for f in files]
-        clean[name] = [(f, d) for f, d in rows if d is not None]
+    with Progress("evaluate: describing", sum(map(len, people.values()))) as progress:
+        for name, files in people.items():
+            rows = []
+            for f in files:
+                rows.append((f, _main_descriptor(analyzer, _decode_rgb(f.read_bytes()))))
+                progress.advance()
+            clean[name] = [(f, d) for f, d in rows if d is not None]
     rng = np.random.default_rng(args.seed)
     eligible = sorted(n for n, rows in clean.items() if len(rows) >= args.train + 2)
     users = list(rng.choice(eligible, size=min(args.users, len(eligible)), replace=False))
@@ -148,50 +173,53 @@ def run(args) -> int:
     results = {(t, v): [] for t in TRACKERS for v in VARIANTS}
     leaked = {(t, v, r, sy): [] for t in TRACKERS for v in VARIANTS for r in args.leaked for sy in (False, True)}
     dssims, psnrs, held, cloaked_count, sybil_count = [], [], 0, 0, 0
-    for user in users:
-        train, test = clean[user][: args.train], clean[user][args.train :]
-        train_x = np.stack([d for _, d in train])
-        target = choose_target(bank, train_x, rng=np.random.default_rng([args.seed, len(user)]))
-        request = ProtectRequest(target=bank.point(target.name), mode=args.mode, seed=args.seed)
-        cloaked: list[dict[str, np.ndarray | None] | None] = []  # per training photo; None: held back
-        for path, _ in train:
-            original = path.read_bytes()
-            result = protect(analyzer, original, request, label=str(path))
-            if not result.ok:
-                held += 1  # the service would hold it back: the tracker never sees it
-                log(f"cloakd: held {path.name}: {result.reason}")
-                cloaked.append(None)
-                continue
-            cloaked_count += 1
-            dssims += [f.dssim for f in result.faces if f.role == "user"]
-            psnrs.append(psnr(_decode_rgb(original), _decode_rgb(result.data)))
-            cloaked.append(_descriptors(analyzer, result.data))
-        sybil = _sybil_images(analyzer, pool, train_x, args, log) if pool is not None else []
-        sybil_count += len(sybil)
-        others = [n for n in clean if n != user]
-        o_train = [(d, n) for n in others for _, d in clean[n][: args.train]]
-        o_test = [(d, n) for n in others for _, d in clean[n][args.train :]]
-        ux = np.stack([d for _, d in test])
-        ox, oy = np.stack([d for d, _ in o_test]), np.array([n for _, n in o_test])
+    sybil_per_user = (args.train if args.sybil_images is None else args.sybil_images) if pool is not None else 0
+    with Progress("evaluate: cloaking", len(users) * (args.train + sybil_per_user)) as progress:
+        for user in users:
+            train, test = clean[user][: args.train], clean[user][args.train :]
+            train_x = np.stack([d for _, d in train])
+            target = choose_target(bank, train_x, rng=np.random.default_rng([args.seed, len(user)]))
+            request = ProtectRequest(target=bank.point(target.name), mode=args.mode, seed=args.seed)
+            cloaked: list[dict[str, np.ndarray | None] | None] = []  # per training photo; None: held back
+            for path, _ in train:
+                original = path.read_bytes()
+                result = protect(analyzer, original, request, label=str(path))
+                progress.advance()
+                if not result.ok:
+                    held += 1  # the service would hold it back: the tracker never sees it
+                    log(f"cloakd: held {path.name}: {result.reason}")
+                    cloaked.append(None)
+                    continue
+                cloaked_count += 1
+                dssims += [f.dssim for f in result.faces if f.role == "user"]
+                psnrs.append(psnr(_decode_rgb(original), _decode_rgb(result.data)))
+                cloaked.append(_descriptors(analyzer, result.data))
+            sybil = _sybil_images(analyzer, pool, train_x, args, log, progress) if pool is not None else []
+            sybil_count += len(sybil)
+            others = [n for n in clean if n != user]
+            o_train = [(d, n) for n in others for _, d in clean[n][: args.train]]
+            o_test = [(d, n) for n in others for _, d in clean[n][args.train :]]
+            ux = np.stack([d for _, d in test])
+            ox, oy = np.stack([d for d, _ in o_test]), np.array([n for _, n in o_test])
 
-        def score(tracker: str, user_x: list[np.ndarray], sybil_x: list[np.ndarray]):
-            x = np.stack([d for d, _ in o_train] + user_x + sybil_x)
-            y = np.array([n for _, n in o_train] + [user] * len(user_x) + [f"{user} (Sybil)"] * len(sybil_x))
-            return score_tracker(tracker, x, y, user, ux, ox, oy)
+            def score(tracker: str, user_x: list[np.ndarray], sybil_x: list[np.ndarray]):
+                x = np.stack([d for d, _ in o_train] + user_x + sybil_x)
+                y = np.array([n for _, n in o_train] + [user] * len(user_x) + [f"{user} (Sybil)"] * len(sybil_x))
+                return score_tracker(tracker, x, y, user, ux, ox, oy)
 
-        for variant in VARIANTS:
-            mine = [c[variant] for c in cloaked if c is not None and c[variant] is not None]
-            syb = [s[variant] for s in sybil if s[variant] is not None]
-            for tracker in TRACKERS:
-                if mine:
-                    results[(tracker, variant)].append(score(tracker, mine, []))
-                for r in args.leaked:
-                    n_leak = int(round(r * len(train)))
-                    user_x = [d for _, d in train[:n_leak]]  # leaked: the same photos, uncloaked
-                    user_x += [c[variant] for c in cloaked[n_leak:] if c is not None and c[variant] is not None]
-                    leaked[(tracker, variant, r, False)].append(score(tracker, user_x, []))
-                    if syb:
-                        leaked[(tracker, variant, r, True)].append(score(tracker, user_x, syb))
+            for variant in VARIANTS:
+                mine = [c[variant] for c in cloaked if c is not None and c[variant] is not None]
+                syb = [s[variant] for s in sybil if s[variant] is not None]
+                for tracker in TRACKERS:
+                    if mine:
+                        results[(tracker, variant)].append(score(tracker, mine, []))
+                    for r in args.leaked:
+                        n_leak = int(round(r * len(train)))
+                        user_x = [d for _, d in train[:n_leak]]  # leaked: the same photos, uncloaked
+                        user_x += [c[variant] for c in cloaked[n_leak:] if c is not None and c[variant] is not None]
+                        leaked[(tracker, variant, r, False)].append(score(tracker, user_x, []))
+                        if syb:
+                            leaked[(tracker, variant, r, True)].append(score(tracker, user_x, syb))
 
     summary = {
         "users": users, "mode": args.mode, "train_per_user": args.train, "cloaked": cloaked_count, "held": held,
@@ -206,7 +234,7 @@ def run(args) -> int:
         print(json.dumps(summary, indent=1))
     else:
         _print_tables(summary, pool is not None)
-    return 0
+    return Exit.OK
 
 
 def _mean(scores) -> dict:

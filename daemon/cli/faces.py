@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from cloakd.core.errors import CloakdError
 
+from .exits import Exit, fail
 from .models import load_analyzer
+from .options import add_command
 
 
 def register(sub) -> None:
-    p = sub.add_parser("faces", help="find and describe the faces in photos", description=__doc__)
-    p.add_argument("photos", nargs="+", metavar="PHOTO")
+    p = add_command(sub, "faces", summary="show the faces cloakd finds in photos",
+                    description="Find the faces in each photo and show, per face, its box, how sure the detector "
+                                "is, and five landmarks (eyes, nose, mouth corners). With --json, also the "
+                                "128-number descriptor that face recognition compares.",
+                    example="cloakd faces group.jpg")
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos to look at")
     p.add_argument("--json", action="store_true", help="print JSON lines, with each face's descriptor")
     p.set_defaults(func=run)
 
@@ -25,10 +30,9 @@ def run(args) -> int:
     for path in args.photos:
         try:
             photo = decode_file(path)
-            faces = analyzer.analyse(photo.pixels)
-        except (CloakdError, OSError) as e:  # OSError: missing, unreadable or a folder; name the file, no errno
-            reason = f"{e.filename or path}: {e.strerror or e}" if isinstance(e, OSError) else str(e)
-            print(f"cloakd: error: {reason}", file=sys.stderr)
+            faces = analyzer.analyse(photo.rgb)
+        except (CloakdError, OSError) as e:  # OSError: missing, unreadable or a folder
+            fail(path, e)
             failed += 1
             continue
         if args.json:
@@ -41,4 +45,4 @@ def run(args) -> int:
             x1, y1, x2, y2 = f.box
             marks = " ".join(f"({x:.0f},{y:.0f})" for x, y in f.landmarks)
             print(f"  face {i}: box ({x1:.0f},{y1:.0f})-({x2:.0f},{y2:.0f}) score {f.score:.3f} landmarks {marks}")
-    return 2 if failed else 0
+    return Exit.FAILED if failed else Exit.OK

@@ -1,8 +1,8 @@
 """``cloakd inspect`` (what a photo would leak) and ``cloakd strip`` (write clean copies).
 
 Both take several files and keep going when one fails: each failure is one line on stderr, and the exit
-status is non-zero if any file failed. Inputs are only ever read; ``strip`` never overwrites anything:
-an output name that exists gets a numbered suffix, and files are created exclusively.
+status is Exit.FAILED if any file failed. Inputs are only ever read; ``strip`` never overwrites anything:
+an output name that exists gets a numbered suffix (daemon/files.py).
 """
 
 from __future__ import annotations
@@ -13,43 +13,40 @@ import sys
 from pathlib import Path
 
 from cloakd.core.errors import CloakdError
-from cloakd.core.photo.container import OutputOptions
 from cloakd.core.photo.decode import DEFAULT_MAX_PIXELS
 from cloakd.core.photo.inspect import inspect
-from cloakd.core.photo.keep import resolve
 from cloakd.core.photo.strip import strip_bytes
 from cloakd.daemon.files import write_new_file
 
-EXIT_SOME_FAILED = 2
+from .exits import Exit, fail
+from .options import add_command, add_output_options, number, output_folder, output_settings
+from .progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("inspect", help="show what photos would leak (location, camera, serials, captions...)",
-                              description="Show, in plain words, the metadata each photo carries.")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p = add_command(subparsers, "inspect", summary="show what photos would tell about you (place, camera, names...)",
+                    description="Show, in plain words, the metadata each photo carries: where it was taken, the "
+                                "camera and its serial number, dates, captions naming people, embedded previews. "
+                                "Nothing is changed.",
+                    example="cloakd inspect holiday.jpg")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="photos to look at")
     p.add_argument("--json", action="store_true", help="machine-readable output (a JSON list, one entry per file)")
+    p.add_argument("--max-megapixels", type=number(float, 0, inclusive=False), default=DEFAULT_MAX_PIXELS / 1e6,
+                   help="say when a photo is larger than cloakd processes (default %(default)g)")
     p.set_defaults(func=run_inspect)
 
-    s = subparsers.add_parser("strip", help="write metadata-free copies of photos",
-                              description="Re-encode each photo into a fresh file without metadata, verify it, "
-                                          "and write it to DIR (never overwriting anything).")
-    s.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    s.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the clean copies")
-    s.add_argument("--keep", action="append", default=[], metavar="TAG",
-                   help="EXIF tag to keep, e.g. DateTimeOriginal (repeatable; GPS and Orientation never)")
-    s.add_argument("--heic-as", choices=["jpeg", "heif"], default="jpeg", help="output format for HEIC inputs")
-    s.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
+    s = add_command(subparsers, "strip", summary="write copies of photos without metadata (no cloak)",
+                    description="Write a clean copy of each photo into a folder: the picture re-encoded into a "
+                                "fresh file with no metadata (no GPS position, camera serials, captions, "
+                                "thumbnails), checked after writing. Nothing existing is ever replaced: a name "
+                                "that is taken gets -1, -2, ... Faces are not cloaked: use 'cloakd protect' "
+                                "for that.",
+                    example="cloakd strip IMG_0001.jpg IMG_0002.heic --out clean")
+    s.add_argument("files", nargs="+", type=Path, metavar="FILE", help="photos to copy")
+    add_output_options(s, "the clean copies")
+    s.add_argument("--max-megapixels", type=number(float, 0, inclusive=False), default=DEFAULT_MAX_PIXELS / 1e6,
                    help="refuse larger images (decompression-bomb guard; default %(default)g)")
     s.set_defaults(func=run_strip)
-
-
-def _fail(path: Path, error: Exception) -> None:
-    """One line per failed file; OSError gets the file it concerns (input or output) and the system's reason."""
-    if isinstance(error, OSError):
-        message = f"{error.filename or path}: {error.strerror or error}"
-    else:
-        message = str(error)
-    print(f"cloakd: error: {message}", file=sys.stderr)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -57,12 +54,14 @@ def run_inspect(args: argparse.Namespace) -> int:
     results = []
     for path in args.files:
         try:
-            report = inspect(path.read_bytes(), label=str(path))
+            report = inspect(path.read_bytes(), label=str(path), max_pixels=int(args.max_megapixels * 1e6))
         except (CloakdError, OSError) as e:
             failed += 1
-            _fail(path, e)
-            results.append({"file": str(path), "error": str(e)})
+            results.append({"file": str(path), "error": fail(path, e)})
             continue
+        if report.problem:
+            failed += 1
+            print(f"cloakd: error: {report.problem}", file=sys.stderr)
         results.append({"file": str(path), **report.to_dict()})
         if not args.json:
             lines = report.lines()
@@ -70,23 +69,25 @@ def run_inspect(args: argparse.Namespace) -> int:
             print("\n".join(lines[1:]))
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
-    return EXIT_SOME_FAILED if failed else 0
+    return Exit.FAILED if failed else Exit.OK
 
 
 def run_strip(args: argparse.Namespace) -> int:
-    keep = resolve(args.keep)  # a bad tag name stops everything before any file is touched
-    options = OutputOptions(heif_as=args.heic_as.upper())
+    keep, options = output_settings(args)
     max_pixels = int(args.max_megapixels * 1e6)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out)
     failed = 0
-    for path in args.files:
-        try:
-            clean = strip_bytes(path.read_bytes(), keep=keep, options=options, max_pixels=max_pixels, label=str(path))
-            target = write_new_file(args.out, path.stem, clean.extension, clean.data)
-        except (CloakdError, OSError) as e:
-            failed += 1
-            _fail(path, e)
-            continue
-        kept = f", kept {', '.join(clean.kept)}" if clean.kept else ""
-        print(f"{path} -> {target} ({clean.format}{kept})")
-    return EXIT_SOME_FAILED if failed else 0
+    with Progress("strip", len(args.files)) as progress:
+        for path in args.files:
+            try:
+                clean = strip_bytes(path.read_bytes(), keep=keep, options=options, max_pixels=max_pixels,
+                                    label=str(path))
+                target = write_new_file(out, path.stem, clean.extension, clean.data)
+            except (CloakdError, OSError) as e:
+                failed += 1
+                fail(path, e)
+            else:
+                kept = f", kept {', '.join(clean.kept)}" if clean.kept else ""
+                print(f"{path} -> {target} ({clean.format}{kept})")
+            progress.advance()
+    return Exit.FAILED if failed else Exit.OK

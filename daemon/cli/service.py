@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from cloakd.core.errors import CloakdError
 
-from ..config import DEFAULT_CONFIG, ConfigError, folder_problems, load_config, parse_config
+from ..config import folder_problems, load_config, parse_config, read_config_text
+from .exits import Exit
+from .options import add_command, add_config_option
+from .words import count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    def add(name: str, help_text: str, handler) -> argparse.ArgumentParser:
-        p = subparsers.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE",
-                       help="configuration file (default: %(default)s)")
+    commands = [
+        ("run", run, "run the service in the foreground",
+         "Run the service in the foreground: watch every user's outbound folders, protect each photo that "
+         "arrives and deliver it to the user's ready folder. systemd runs this (systemd/cloakd.service); "
+         "stop it with Ctrl-C.",
+         "sudo cloakd run --config /etc/cloakd/cloakd.yaml"),
+        ("status", status, "show what the service is doing, per user",
+         "Show per user: photos queued, in progress, done and held, enrolled reference photos, the target "
+         "class, Sybil images made and candidates left, and the last error.",
+         "sudo cloakd status"),
+        ("check-config", check_config, "check the configuration file",
+         "Check the configuration file and list every problem with its line and how to fix it (unknown keys, "
+         "wrong values, missing or shared folders...).",
+         "cloakd check-config --config /etc/cloakd/cloakd.yaml"),
+    ]
+    for name, handler, summary, description, example in commands:
+        p = add_command(subparsers, name, summary=summary, description=description, example=example)
+        add_config_option(p)
         p.set_defaults(func=handler)
-        return p
-
-    add("run", "run the service in the foreground: watch the outbound folders, protect, deliver", run)
-    add("status", "show per user: queued, in progress, done, held, references, target class, Sybil images, "
-        "last error", status)
-    add("check-config", "validate the configuration file: every problem with its line and a fix", check_config)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,21 +41,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    try:
-        text = args.config.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{args.config}: cannot read the configuration: {e}; fix: pass --config FILE"]) from None
-    config, problems = parse_config(text, args.config.resolve())
+    config, problems = parse_config(read_config_text(args.config), args.config.resolve())
     if config is not None:
         problems = folder_problems(config)
     for line in problems:
         print(line)
     if problems:
-        print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {args.config}")
-        return 2
+        print(f"{count(len(problems), 'problem')} in {args.config}")
+        return Exit.FAILED
     folders = sum(len(u.outbound) for u in config.users.values())
-    print(f"{args.config}: OK ({len(config.users)} users, {folders} outbound folders)")
-    return 0
+    print(f"{args.config}: OK ({count(len(config.users), 'user')}, {count(folders, 'outbound folder')})")
+    return Exit.OK
 
 
 def status(args: argparse.Namespace) -> int:
@@ -78,7 +84,7 @@ def status(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for r in [header, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
-    return 0
+    return Exit.OK
 
 
 def _references(config, user, extractor: str) -> str:

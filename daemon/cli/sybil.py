@@ -9,27 +9,34 @@ enrolled first (``cloakd enrol``): the images are pulled towards the user's own 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from cloakd.core.errors import CloakdError
+from cloakd.core.cloak.presets import DEFAULT_PRESET
+from cloakd.core.errors import CloakdError, os_error_text
 
 from ..config import MODES
+from .exits import Exit
 from .models import load_analyzer
-from .targets import DEFAULT_STATE_DIR
+from .options import add_command, add_out_option, add_state_options, number, output_folder, state_dir
+from .progress import Progress
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sybil", help="make Sybil images for a user from candidate photos (paper section 7.2)",
-                       description=__doc__)
-    p.add_argument("--user", required=True)
+    p = add_command(sub, "sybil", summary="make Sybil images for a user (for a second account; Fawkes section 7.2)",
+                    description="Make Sybil images for an enrolled user: photos of other faces (one consenting "
+                                "person, or generated faces), cloaked towards the user's own features, to be "
+                                "uploaded from a second account. They help when clean photos of the user are "
+                                "already online. Each candidate photo is used once.",
+                    example="cloakd sybil --user alice --candidates ~/sybil-candidates --out ~/sybil-account "
+                            "--count 3")
+    p.add_argument("--user", required=True, help="the enrolled user's name (cloakd enrol)")
     p.add_argument("--candidates", type=Path, required=True, metavar="DIR",
                    help="photos of one face each (one consenting person or generated faces)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the Sybil images")
-    p.add_argument("--count", type=int, default=1, metavar="N", help="images to make (default %(default)s)")
-    p.add_argument("--mode", default="mid", choices=MODES, help="cloak strength (default %(default)s)")
-    p.add_argument("--state-dir", type=Path, default=Path(os.environ.get("CLOAKD_STATE_DIR", DEFAULT_STATE_DIR)))
+    add_out_option(p, "the Sybil images")
+    p.add_argument("--count", type=number(int, 1), default=1, metavar="N", help="images to make (default %(default)s)")
+    p.add_argument("--mode", default=DEFAULT_PRESET, choices=MODES, help="cloak strength (default %(default)s)")
+    add_state_options(p)
     p.set_defaults(func=run)
 
 
@@ -38,37 +45,39 @@ def run(args) -> int:
     from cloakd.daemon.references import ReferenceStore
     from cloakd.daemon.sybil import SybilRecord, make_one
 
-    if args.count < 1:
-        raise CloakdError(f"--count {args.count}: make at least 1 image")
-    if not ReferenceStore(args.state_dir, "").path(args.user).exists():  # before the models take seconds to load
-        raise CloakdError(f"user {args.user!r} is not enrolled in {args.state_dir}: Sybil images are pulled towards "
+    state = state_dir(args)
+    if not ReferenceStore(state, "").path(args.user).exists():  # before the models take seconds to load
+        raise CloakdError(f"user {args.user!r} is not enrolled in {state}: Sybil images are pulled towards "
                           f"the user's own features; run 'cloakd enrol --user {args.user} PHOTOS' first")
     if not args.candidates.is_dir():
         raise CloakdError(f"{args.candidates}: no such folder of candidate photos")
+    output_folder(args.out)
     analyzer = load_analyzer()
-    references = ReferenceStore(args.state_dir, analyzer.extractor.name).get(args.user)
+    references = ReferenceStore(state, analyzer.extractor.name).get(args.user)
     if references is None:
         raise CloakdError(f"user {args.user!r} has no enrolled reference photos; run 'cloakd enrol --user "
                           f"{args.user} PHOTOS' first")
-    record = SybilRecord(args.state_dir, args.user)
+    record = SybilRecord(state, args.user)
     candidates, out = args.candidates.absolute(), args.out.absolute()  # the record outlives this directory
     made, told = 0, set()
-    while made < args.count:
-        try:
-            outcome = make_one(analyzer, Account.current(), candidates, out, references, record, mode=args.mode)
-        except OSError as e:  # e.g. the output folder is not writable; what was made so far is recorded
-            raise CloakdError(f"{e.filename or out}: {e.strerror or e} ({made} Sybil images made)") from None
-        for refused in outcome.refused:
-            if refused not in told:  # an unreadable candidate is met again by every run
-                told.add(refused)
-                print(f"cloakd: not used: {refused[0]}: {refused[1]}", file=sys.stderr)
-        if outcome.made is not None:
-            made += 1
-            m = outcome.made
-            print(f"{m.candidate} -> {m.output}: distance to {args.user}'s features {m.distances()}")
-        elif outcome.exhausted:
-            break
+    with Progress("sybil", args.count) as progress:
+        while made < args.count:
+            try:
+                outcome = make_one(analyzer, Account.current(), candidates, out, references, record, mode=args.mode)
+            except OSError as e:  # e.g. the output folder is not writable; what was made so far is recorded
+                raise CloakdError(f"{os_error_text(e, out)} ({made} Sybil images made)") from None
+            for refused in outcome.refused:
+                if refused not in told:  # an unreadable candidate is met again by every run
+                    told.add(refused)
+                    print(f"cloakd: not used: {refused[0]}: {refused[1]}", file=sys.stderr)
+            if outcome.made is not None:
+                made += 1
+                m = outcome.made
+                print(f"{m.candidate} -> {m.output}: distance to {args.user}'s features {m.distances()}")
+                progress.advance()
+            elif outcome.exhausted:
+                break
     if made < args.count:
         print(f"cloakd: error: {made} of {args.count} Sybil images made: {outcome.reason}", file=sys.stderr)
-        return 2
-    return 0
+        return Exit.FAILED
+    return Exit.OK

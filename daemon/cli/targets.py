@@ -7,7 +7,6 @@ changes it deliberately and says what that costs.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,27 +15,41 @@ import numpy as np
 from cloakd.core.errors import CloakdError
 from cloakd.core.targets import DEFAULT_CANDIDATES, TargetBank
 
+from .exits import Exit, skip
 from .models import load_analyzer
+from .options import add_command, add_state_options, number, state_dir
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".tif", ".tiff"}
-DEFAULT_STATE_DIR = "/var/lib/cloakd"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("targets", help="build a target bank from a folder of identities")
+    p = add_command(sub, "targets", summary="build a target bank from a folder of identities",
+                    description="Describe every identity sub-folder of DIR (one folder per person, a few photos "
+                                "each) into a bank file: the identities a user's target class is chosen from. "
+                                "cloakd ships a bank; build your own only to use other identities.",
+                    example="cloakd targets build identities/ --out bank.npz")
     tsub = p.add_subparsers(dest="targets_command", metavar="ACTION", required=True)
-    b = tsub.add_parser("build", help="describe every identity sub-folder of DIR into a bank file")
-    b.add_argument("dir", type=Path, metavar="DIR")
-    b.add_argument("--out", type=Path, required=True, help="bank file to write (.npz)")
+    b = add_command(tsub, "build", summary="describe every identity sub-folder of DIR into a bank file",
+                    description="Describe every identity sub-folder of DIR into a bank file.",
+                    example="cloakd targets build identities/ --out bank.npz")
+    b.add_argument("dir", type=Path, metavar="DIR", help="a folder with one sub-folder of photos per identity")
+    b.add_argument("--out", type=Path, required=True, metavar="BANK", help="bank file to write (.npz)")
     b.set_defaults(func=build)
 
-    t = sub.add_parser("target", help="show, choose or rotate a user's persistent target class")
-    t.add_argument("action", choices=["show", "choose", "rotate"])
-    t.add_argument("--user", required=True)
-    t.add_argument("--photos", type=Path, help="the user's reference photos (file or folder), for choose/rotate")
-    t.add_argument("--state-dir", type=Path, default=Path(os.environ.get("CLOAKD_STATE_DIR", DEFAULT_STATE_DIR)))
+    t = add_command(sub, "target", summary="show, choose or rotate a user's persistent target class",
+                    description="A user's photos are cloaked towards one target class (another identity), "
+                                "chosen once from the user's own photos and kept for good: 'show' tells which, "
+                                "'choose' picks it (enrolling does this too), 'rotate' changes it on purpose, "
+                                "which weakens the protection of photos already online.",
+                    example="cloakd target show --user alice")
+    t.add_argument("action", choices=["show", "choose", "rotate"], help="what to do")
+    t.add_argument("--user", required=True, help="the user's name, as in the configuration")
+    t.add_argument("--photos", type=Path, metavar="FILE_OR_DIR", help="photos of the user, for choose and rotate")
+    add_state_options(t)
     t.add_argument("--bank", type=Path, help="target bank file (default: the bank shipped with cloakd)")
-    t.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES, help="K of eq. 3 (default %(default)s)")
+    t.add_argument("--candidates", type=number(int, 1), default=DEFAULT_CANDIDATES,
+                   help="how many random identities of the bank are compared (K of the Fawkes paper's eq. 3; "
+                        "default %(default)s)")
     t.set_defaults(func=target)
 
 
@@ -49,7 +62,8 @@ def photo_files(path: Path) -> list[Path]:
 
 
 def describe_photos(analyzer, paths: list[Path], *, warn=True) -> np.ndarray:
-    """One descriptor per photo (its main face); photos without a face or unreadable ones are skipped."""
+    """One descriptor per photo (its main face); photos without a face, missing or unreadable ones are skipped
+    (said on stderr with ``warn``)."""
     from cloakd.core.faces import main_face
     from cloakd.core.photo.decode import decode_file
 
@@ -57,9 +71,9 @@ def describe_photos(analyzer, paths: list[Path], *, warn=True) -> np.ndarray:
     for p in paths:
         try:
             photo = decode_file(p)
-        except CloakdError as e:
+        except (CloakdError, OSError) as e:
             if warn:
-                print(f"cloakd: skipping {p}: {e}", file=sys.stderr)
+                skip(p, e)
             continue
         face = main_face(analyzer.analyse(photo.rgb))
         if face is None:
@@ -103,24 +117,24 @@ def build(args) -> int:
     args.out.write_bytes(bank.to_bytes())
     print(f"{args.out}: {len(names)} identities, {sum(len(d) for d in primary_descriptors)} photos, extractor "
           f"{primary}" + (f" (also described by {', '.join(spaces)})" if spaces else ""))
-    return 0
+    return Exit.OK
 
 
 def target(args) -> int:
     from cloakd.daemon.targets import TargetStore
 
     bank = TargetBank.load(args.bank) if args.bank else None
-    store = TargetStore(args.state_dir, bank)
+    store = TargetStore(state_dir(args), bank)
     if args.action == "show":
         t = store.get(args.user)
         if t is None:
             print(f"{args.user}: no target class chosen yet")
-            return 1
+            return Exit.NOTHING
         print(f"{args.user}: target class {t.name} (chosen {t.chosen_at}, min distance to the user's photos "
               f"{t.min_distance:.3f}, extractor {t.extractor}, bank {t.bank})")
         if t.previous:
             print(f"  previous targets: {', '.join(t.previous)}")
-        return 0
+        return Exit.OK
     if args.photos is None:
         raise CloakdError(f"'cloakd target {args.action}' needs the user's reference photos: --photos FILE_OR_DIR")
     refs = describe_photos(load_analyzer(), photo_files(args.photos))
@@ -132,4 +146,4 @@ def target(args) -> int:
         t, warning = store.rotate(args.user, refs, k=args.candidates)
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.user}: target class {t.name} (min distance to {len(refs)} reference photos {t.min_distance:.3f})")
-    return 0
+    return Exit.OK

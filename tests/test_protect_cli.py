@@ -1,0 +1,95 @@
+"""`cloakd protect` says what it did to each photo, and pictures of the cloak (`--preview`, `cloakd preview`)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cloakd.core.photo.decode import decode_file
+from cloakd.core.preview import SMALL_FACE
+from cloakd.daemon.cli import main
+from cloakd.daemon.references import Described, ReferenceStore
+from cloakd.daemon.targets import TargetStore
+
+
+def _enrol_a_stranger(state, user: str) -> None:
+    """References of nobody in the test photos (random descriptors of one 'person'), and a target class."""
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=128).astype(np.float32)
+    base *= 0.5 / np.linalg.norm(base)
+    photos = []
+    for i in range(3):
+        d = (base + rng.normal(scale=0.01, size=128)).astype(np.float32)
+        photos.append(Described(f"ref{i}.jpg", hashlib.sha256(d.tobytes()).hexdigest(), d, 1))
+    refs = ReferenceStore(state, "dlib_resnet").enrol(user, photos, 0.6)
+    TargetStore(state).choose(user, refs.descriptors)
+
+
+def test_others_leave_without_the_users_face_says_nothing_was_cloaked(data_dir, tmp_path, capsys):
+    state, out = tmp_path / "state", tmp_path / "out"
+    _enrol_a_stranger(state, "zoe")
+    group = data_dir / "groups" / "dlib_2008_002470.jpg"
+    assert main(["protect", str(group), "--user", "zoe", "--others", "leave", "--state-dir", str(state),
+                 "--out", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"{group} -> {out / group.name}: 6 faces, none cloaked (none is zoe's and --others leave): "
+                           "metadata stripped only"), line
+    assert "protected" not in line
+
+
+def _panel_pixels(picture: Image.Image, colour: tuple[int, int, int]) -> int:
+    return int(np.all(np.asarray(picture) == colour, axis=2).sum())
+
+
+@pytest.mark.parametrize("face_width, zoom", [(160, 1), (60, 3)])
+def test_the_picture_shows_original_cloaked_and_the_amplified_difference(face_width, zoom):
+    from cloakd.core.preview import GAIN, ShownFace, crop_box, picture
+
+    assert (face_width < SMALL_FACE) == (zoom == 3)
+    original = np.empty((400, 500, 3), np.uint8)
+    original[:] = (10, 200, 60)  # a colour no grey label text makes
+    cloaked = original.copy()
+    box = (200.0, 100.0, 200.0 + face_width, 100.0 + face_width)
+    cloaked[120:140, 220:240, 0] += 3  # a 20 x 20 patch inside the face, red channel only
+    shown = picture(original, cloaked, [ShownFace(box, "face 1: DSSIM 0.0100, feature shift 0.500")], "test")
+    left, top, right, bottom = crop_box(original.shape, box)
+    assert shown.width >= 3 * (right - left) * zoom and shown.height > (bottom - top) * zoom
+    area = 20 * 20 * zoom * zoom
+    assert _panel_pixels(shown, (3 * GAIN, 0, 0)) == area  # the difference panel, amplified
+    assert _panel_pixels(shown, (13, 200, 60)) == area  # the cloaked panel
+    assert _panel_pixels(shown, (10, 200, 60)) == 2 * (right - left) * (bottom - top) * zoom * zoom - area
+
+
+def test_without_a_cloaked_face_the_whole_photo_is_shown_scaled_down():
+    from cloakd.core.preview import WHOLE_PHOTO_SIDE, picture
+
+    original = np.zeros((1000, 2000, 3), np.uint8)
+    shown = picture(original, original, [], "no face")
+    assert 3 * WHOLE_PHOTO_SIDE <= shown.width < 3 * WHOLE_PHOTO_SIDE + 100
+
+
+@pytest.mark.slow
+def test_protect_preview_and_the_preview_command_make_the_same_picture(analyzer, data_dir, tmp_path, capsys):
+    from cloakd.daemon.cli.preview import faces_shown
+
+    photo = data_dir / "faces" / "Bill_Gates" / "Bill_Gates_0003.jpg"
+    out, pictures = tmp_path / "out", tmp_path / "pictures"
+    assert main(["protect", str(photo), "--out", str(out), "--preview", str(pictures), "--mode", "low"]) == 0
+    assert f"preview: {pictures / 'Bill_Gates_0003-preview.png'}" in capsys.readouterr().out
+    made = Image.open(pictures / "Bill_Gates_0003-preview.png")
+    again = tmp_path / "again.png"
+    assert main(["preview", str(photo), str(out / photo.name), "--out", str(again)]) == 0
+    remade = Image.open(again)
+    assert made.format == remade.format == "PNG" and made.size == remade.size
+    before, after = decode_file(photo).rgb, decode_file(out / photo.name).rgb
+    [face] = faces_shown(analyzer, before, after)  # the one cloaked face, with its measures
+    assert face.box[2] - face.box[0] < SMALL_FACE
+    shift = float(re.search(r"feature shift (\d\.\d+)", face.label)[1])
+    assert shift >= 0.25  # what protect verified
+    assert made.width >= 3 * 3 * (face.box[2] - face.box[0])  # three panels, at 3x
+    assert main(["preview", str(photo), str(out / photo.name), "--out", str(again)]) == 2  # never replaced
+    assert "exists already" in capsys.readouterr().err
