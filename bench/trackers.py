@@ -123,3 +123,27 @@ class HumanTrackers:
             face = faces[_central([fc["box"] for fc in faces], sizes[f])]
             out[row["model"]][f] = _normalise(face["embedding"])
         return out
+
+
+class OwnExtractors:
+    """cloakd's own extractors through cloakd's own pipeline (MTCNN + each one's alignment): the
+    recognisers the cloak is optimised against, i.e. white-box trackers, the best case. Labelled
+    ``white-box:NAME`` so no table mistakes them for transfer."""
+
+    def __init__(self, analyzer) -> None:
+        self.analyzer = analyzer
+        self.names = [f"white-box:{e.name}" for e in analyzer.cloak_extractors]
+
+    def embed(self, files: list[Path]) -> dict[str, dict[str, np.ndarray | None]]:
+        out: dict[str, dict[str, np.ndarray | None]] = {n: {} for n in self.names}
+        for f in files:
+            rgb, faces = self.analyzer.read(f.read_bytes(), str(f))
+            if not faces:
+                for n in self.names:
+                    out[n][str(f)] = None
+                continue
+            boxes = [(x1, y1, x2 - x1, y2 - y1) for x1, y1, x2, y2 in (fc.box for fc in faces)]
+            face = faces[_central(boxes, (rgb.shape[1], rgb.shape[0]))]
+            for name, desc in zip(self.names, self.analyzer.describe_all(rgb, [face]).values()):
+                out[name][str(f)] = _normalise(desc[0])
+        return out

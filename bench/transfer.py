@@ -42,8 +42,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common import DATA, machine  # noqa: E402
-from trackers import BLACK_BOX, DlibPipeline, HumanTrackers  # noqa: E402
+from common import DATA, machine, preset_variant  # noqa: E402
+from trackers import BLACK_BOX, DlibPipeline, HumanTrackers, OwnExtractors  # noqa: E402
 
 TRAIN = 6  # photos of each identity that train the tracker (the user's are cloaked); the rest test it
 CLASSIFIERS = ("linear", "centroid", "1nn")
@@ -71,10 +71,11 @@ class Trackers:
     keyed by path, size and mtime, so re-runs skip the 480 clean photos and a rewritten file is embedded
     again)."""
 
-    def __init__(self, human: Path | None, cache: Path | None):
+    def __init__(self, human: Path | None, cache: Path | None, own: OwnExtractors | None = None):
         self.dlib = DlibPipeline()
         self.human = HumanTrackers(human) if human is not None else None
-        self.names = ["dlib"] + (list(BLACK_BOX) if human is not None else [])
+        self.own = own
+        self.names = ["dlib"] + (list(BLACK_BOX) if human is not None else []) + (own.names if own else [])
         self.path = cache
         self.cache: dict[str, np.ndarray | None] = {}
         if cache is not None and cache.exists():
@@ -92,8 +93,10 @@ class Trackers:
             return
         for f, e in self.dlib.embed(todo).items():
             self.cache[self._key("dlib", Path(f))] = e
-        if self.human is not None:
-            for model, rows in self.human.embed(todo).items():
+        for source in (self.human, self.own):
+            if source is None:
+                continue
+            for model, rows in source.embed(todo).items():
                 for f, e in rows.items():
                     self.cache[self._key(model, Path(f))] = e
         if self.path is not None:
@@ -134,12 +137,15 @@ def psr_for_user(trackers: Trackers, tracker: str, classifier: str, user: str, u
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=10)
-    ap.add_argument("--modes", default="none,mid", help=f"cloak modes to compare ({NO_CLOAK!r}: uncloaked)")
+    ap.add_argument("--modes", default="none,mid", help=f"cloak modes to compare ({NO_CLOAK!r}: uncloaked; "
+                    "MODE:FIELD=VALUE:... changes preset fields for an experiment)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--human", type=Path, default=Path(os.environ.get("CLOAKD_HUMAN", "/tmp/human")),
                     help="installed copy of ../shared/trackers/human (default %(default)s)")
     ap.add_argument("--no-human", action="store_true", help="gray-box tracker only")
+    ap.add_argument("--white-box", action="store_true",
+                    help="also cloakd's own extractors as trackers (the best case, labelled white-box)")
     ap.add_argument("--sybil", action="store_true", help="leaked-photo and Sybil table (first mode only)")
     ap.add_argument("--work", type=Path, help="keep work files here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON")
@@ -161,11 +167,12 @@ def main() -> None:
     clean = {p.name: sorted(p.glob("*.jpg")) for p in sorted((DATA / "faces").iterdir()) if p.is_dir()}
     rng = np.random.default_rng(args.seed)
     users = sorted(rng.choice(sorted(clean), size=min(args.users, len(clean)), replace=False).tolist())
-    modes = [m for m in args.modes.split(",") if m]
-    trackers = Trackers(None if args.no_human else args.human, args.cache)
+    modes = [m if m == NO_CLOAK else preset_variant(m) for m in args.modes.split(",") if m]
+    analyzer = FaceAnalyzer()
+    trackers = Trackers(None if args.no_human else args.human, args.cache,
+                        OwnExtractors(analyzer) if args.white_box else None)
     log(f"users: {', '.join(users)}; embedding {sum(map(len, clean.values()))} clean photos")
     trackers.embed([f for fs in clean.values() for f in fs])
-    analyzer = FaceAnalyzer()
 
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "users": users,
                "command": " ".join(["bench/transfer.py"] + sys.argv[1:]), "modes": {}}

@@ -187,8 +187,8 @@ def _verify_written(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest
             target = targets.get(extractor.name) if report.role == "user" else None
             report.checks[extractor.name] = _judge(extractor, report.role, origin[k], least_moved, target)
     for report in reports:
-        primary = report.checks[analyzer.extractor.name]
-        report.moved = primary["moved"]
+        primary = report.checks.get(analyzer.extractor.name, {})
+        report.moved = primary.get("moved")
         report.to_target_after = primary.get("to_target_after")
         failed = [f"{name}: {c['reason']}" for name, c in report.checks.items() if not c["verified"]]
         report.verified = not failed

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cloakd.core.evaluate import LinearClassifier, NearestCentroid, psnr, score_tracker
+from cloakd.core.evaluate import TRACKERS, LinearClassifier, NearestCentroid, psnr, score_tracker
 
 from conftest import REPO
 
@@ -68,7 +68,7 @@ def test_evaluate_cli_reports_protection_on_real_photos(data_dir, tmp_path):
     # the leaked-photos experiment: every ratio, without and with the Sybil images
     assert s["sybil_images"] == 4
     leaked = {(e["tracker"], e["files"], e["r"], e["sybil"]): e for e in s["leaked"]}
-    assert len(leaked) == 2 * 2 * 2 * 2
+    assert len(leaked) == len(TRACKERS) * 2 * 2 * 2  # classifiers x files x ratios x with/without Sybil
     for (tracker, files, r, sybil), e in leaked.items():
         assert 0 <= e["psr"] <= 1 and e["normal_accuracy"] >= 0.9
         if r == 0 and not sybil:  # no leak, no Sybil: the main measurement itself

@@ -184,6 +184,7 @@ class _Face:
         if self.s != 1.0:
             crop, local = _resize_uint8(crop, self.s), [_scaled(tf, self.s) for tf in local]
         self.transforms = local
+        self.chip_pixel = min(tf.scale for tf in local)  # working pixels per pixel of the finest chip
         self.work_box = _region_box(local, crop.shape[:2], margin)
         wl, wt, wr, wb = self.work_box
         self.base = _to_tensor(crop[wt:wb, wl:wr])
@@ -224,18 +225,20 @@ class _Face:
                 return False
         return True
 
-    def feature_loss(self, embs: list[torch.Tensor], preset: CloakPreset, weights: Sequence[float]) -> torch.Tensor:
-        """Per view: the weighted sum over extractors of the squared distance to the target (in thresholds)
-        and of the push away from the face's own descriptor until ``preset.away_margin`` thresholds."""
-        total = 0.0
+    def feature_losses(self, embs: list[torch.Tensor], preset: CloakPreset) -> list[torch.Tensor]:
+        """Per extractor, per view: the squared distance to the target (in the extractor's units) plus the push
+        away from the face's own descriptor until ``preset.away_margin`` units."""
+        out = []
         for k, emb in enumerate(embs):
             away = F.relu(preset.away_margin - self._distances(k, emb, self.origins[k])).pow(2)
             if self.targets[k] is None:
                 loss = away
             else:
                 loss = self._distances(k, emb, self.targets[k]).pow(2) + preset.away_weight * away
-            total = total + weights[k] * loss
-        return total
+            if preset.balance == "log":  # each extractor's relative progress counts the same
+                loss = torch.log(loss + 1e-3)
+            out.append(loss)
+        return out
 
 
 def cloak(
@@ -273,6 +276,7 @@ def cloak(
     nets = [e.bfloat16_twin() if use_bf16 else e for e in extractors]
 
     opt = _Adam([f.delta for f in faces])
+    noise_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     history: list[list[float]] = [[] for _ in faces]
     for step in range(preset.steps):
         per_extractor: list[list[torch.Tensor]] = [[] for _ in nets]
@@ -282,22 +286,28 @@ def cloak(
             vs = [IDENTITY] + [views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
                                for k in range(preset.views_per_step - 1)]
             for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.transforms, vs)):
+                if preset.chip_noise:  # random views see the chip through Gaussian noise (a smoothed extractor)
+                    noise = torch.randn(chips.shape, generator=noise_gen) * preset.chip_noise
+                    noise[0] = 0
+                    chips = chips + noise
                 per_extractor[k].append(chips)
             counts.append(len(vs))
         embs = [net(torch.cat(chips)).split(counts) for net, chips in zip(nets, per_extractor)]
-        loss = torch.zeros(())
+        losses = [torch.zeros(()) for _ in nets]  # per extractor, summed over faces
         done: list[bool] = []
         for i, f in enumerate(faces):
             mine = [e[i] for e in embs]
-            fl = f.feature_loss(mine, preset, weights)
-            history[i].append(float(fl[0].detach()))
+            per_extractor_loss = f.feature_losses(mine, preset)
+            history[i].append(float(sum(w * fl[0].detach() for w, fl in zip(weights, per_extractor_loss))))
             done.append(f.converged([e.detach() for e in mine], preset))
-            loss = loss + fl.mean()
+            for k, fl in enumerate(per_extractor_loss):
+                losses[k] = losses[k] + fl.mean()
         if all(done):  # every face already where it should be, in every view of this step: stop early
             break
-        for f in faces:
-            f.delta.grad = None
-        loss.backward()
+        _gradients(faces, losses, weights, preset.balance == "grad")
+        if preset.smooth:
+            for f in faces:
+                f.delta.grad = _gaussian_blur(f.delta.grad, preset.smooth * f.chip_pixel)
         opt.step(preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / preset.steps))))  # cosine decay
         _project_to_budget(faces, preset.rho)
 
@@ -305,6 +315,41 @@ def cloak(
     for res, hist in zip(results, history):
         res.loss = [hist[0], hist[-1]] if hist else []
     return CloakResult(out, results, time.perf_counter() - t0, steps=len(history[0]))
+
+
+def _gradients(faces: list[_Face], losses: list[torch.Tensor], weights: Sequence[float], equal_say: bool) -> None:
+    """Set each face's ``delta.grad``: of the weighted sum of the extractors' losses, or (``equal_say``) the
+    weighted sum of each extractor's own gradient scaled to unit length per face, so that a brittle extractor
+    with large gradients does not alone decide the direction."""
+    deltas = [f.delta for f in faces]
+    if not equal_say:
+        for f in faces:
+            f.delta.grad = None
+        sum(w * loss for w, loss in zip(weights, losses)).backward()
+        return
+    total = [torch.zeros_like(d) for d in deltas]
+    for k, (w, loss) in enumerate(zip(weights, losses)):
+        grads = torch.autograd.grad(loss, deltas, retain_graph=k < len(losses) - 1, allow_unused=True)
+        for acc, g in zip(total, grads):
+            if g is not None:
+                acc.add_(g, alpha=w / max(float(g.norm()), 1e-12))
+    for f, g in zip(faces, total):
+        f.delta.grad = g
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Same-size separable Gaussian blur of C x H x W (reflect padding)."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(2.5 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    c = x.shape[0]
+    y = F.pad(x[None], (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.conv2d(y, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return y[0]
 
 
 class _Adam:

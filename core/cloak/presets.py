@@ -31,6 +31,9 @@ class CloakPreset:
     #: distances below are in units of each extractor's same-person threshold (dlib's: 0.6)
     away_margin: float = 1.0 / 0.6  # push away from the face's own features until this far
     stop_at: float | None = None  # stop once every targeted face's views are on average this close to T
+    balance: str = "sum"  # how extractors' losses combine: "sum", or "log" (each one's relative progress)
+    chip_noise: float = 0.0  # Gaussian noise (sigma, 0-255) on the chips of random views: a smoothed extractor
+    smooth: float = 0.0  # Gaussian smoothing of the gradient (sigma, in chip pixels): low-frequency cloaks
 
     def with_overrides(self, **changes) -> "CloakPreset":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,145 @@
+"""How far cloaks move face recognisers: the fast, continuous proxy of PSR used to choose cloak settings.
+
+    .venv/bin/python bench/shift.py --cloak dlib_resnet,sface --held-out omz_reid [--photos 16] [--mode mid]
+
+PSR over a handful of users moves in steps of whole photos; this measures, per photo, how far the cloak
+moved each recogniser's description of the face, in that recogniser's own same-person thresholds:
+``moved`` (from the clean photo's descriptor) and ``gained`` (closer to the target class's centroid), on
+the file as written and after JPEG 75. A recogniser the cloak is optimised against shows the white-box
+best case; a *held-out* one (an extractor of ours left out of the cloak, or dlib's real pipeline) shows
+transfer. Settings are chosen on held-out extractors of our own, never on ../shared/trackers (its rules).
+
+Photos: the first 2 photos of 8 identities of ../shared/data/faces (16 photos), each user's target class
+chosen by eq. 3 from its first 6 photos, as bench/transfer.py does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from common import DATA, preset_variant  # noqa: E402
+
+
+def jpeg75(data: bytes) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(buf, "JPEG", quality=75)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cloak", default="dlib_resnet,sface,omz_reid", help="extractors the cloak optimises against")
+    ap.add_argument("--held-out", default="", help="extractors of ours only measured")
+    ap.add_argument("--photos", type=int, default=16)
+    ap.add_argument("--mode", default="mid")
+    ap.add_argument("--rho", type=float)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--robust", type=Path, metavar="PATH",
+                    help="dlib ResNet weights from scripts/train_robust.py, as extractor dlib_resnet_robust "
+                    "(targets: dlib's bank space)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a field of the mode's preset (e.g. smooth=2), for experiments")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cloakd.core.extractors import load_extractor
+    from cloakd.core.faces import FaceAnalyzer, main_face
+    from cloakd.core.protect import ProtectRequest, protect
+    from cloakd.core.targets import TargetBank, choose_target
+
+    args.mode = preset_variant(":".join([args.mode, *args.set]))
+    cloak_names = [n for n in args.cloak.split(",") if n]
+    held = [n for n in args.held_out.split(",") if n]
+    primary = load_extractor("dlib_resnet")
+    def build(name: str):
+        if name == "dlib_resnet":
+            return primary
+        if name == "dlib_resnet_robust":
+            model = load_extractor("dlib_resnet")
+            model.load_state_dict({k: v.float() for k, v in torch.load(args.robust, weights_only=True).items()})
+            model.name = name
+            return model
+        return load_extractor(name)
+
+    extractors = {n: build(n) for n in cloak_names + held}
+    analyzer = FaceAnalyzer(extractor=primary, cloak_extractors=[extractors[n] for n in cloak_names])
+    measured = FaceAnalyzer(detector=analyzer.detector, extractor=primary, cloak_extractors=list(extractors.values()))
+    bank = TargetBank.load()
+    people = sorted(p for p in (DATA / "faces").iterdir() if p.is_dir())
+    rng = np.random.default_rng(args.seed)
+    users = [people[i] for i in sorted(rng.choice(len(people), size=max(1, args.photos // 2), replace=False))]
+
+    rows: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in extractors}
+    seconds, held_back, dssims = [], 0, []
+    for k, person in enumerate(users):
+        photos = sorted(person.glob("*.jpg"))
+        refs = np.stack([main_face(analyzer.analyse(np.asarray(Image.open(f).convert("RGB")))).descriptor
+                         for f in photos[:6]])
+        choice = choose_target(bank, refs, rng=np.random.default_rng([args.seed, k]))
+        point = bank.point(choice.name)
+        point["dlib_resnet_robust"] = point["dlib_resnet"]
+        request = ProtectRequest(target=point, references=refs, mode=args.mode, rho=args.rho, steps=args.steps,
+                                 seed=args.seed)
+        for f in photos[:2]:
+            data = f.read_bytes()
+            res = protect(analyzer, data, request, label=str(f))
+            seconds.append(res.seconds)
+            if not res.ok:
+                held_back += 1
+                print(f"held {f.name}: {res.reason}", file=sys.stderr)
+                continue
+            dssims += [r.dssim for r in res.faces if r.role == "user"]
+            rgb, faces = measured.read(data)
+            face = main_face(faces)
+            before = measured.describe_all(rgb, [face])
+            views = []
+            for img in (np.asarray(Image.open(io.BytesIO(res.data)).convert("RGB")), jpeg75(res.data)):
+                found = measured.analyse(img)
+                if not found:
+                    views.append(None)
+                    continue
+                near = min(found, key=lambda g: np.linalg.norm((g.box - face.box)))
+                views.append(measured.describe_all(img, [near]))
+            for name, e in extractors.items():
+                if name not in point or any(v is None for v in views):
+                    continue
+                unit = e.match_threshold
+                b, t = before[name][0], point[name]
+                out = []
+                for v in views:
+                    a = v[name][0]
+                    out += [np.linalg.norm(a - b) / unit, (np.linalg.norm(b - t) - np.linalg.norm(a - t)) / unit]
+                rows[name].append(tuple(out))
+        print(f"{person.name} -> {choice.name}: {statistics.median(seconds):.1f} s per photo so far", file=sys.stderr)
+
+    print(f"\ncloak against {', '.join(cloak_names)}; mode {args.mode} {' '.join(args.set)} rho {args.rho or '-'} "
+          f"steps {args.steps or '-'}; "
+          f"{len(seconds) - held_back} photos, {held_back} held; median DSSIM {statistics.median(dssims):.4f}; "
+          f"{statistics.median(seconds):.1f} s per photo; {time.strftime('%Y-%m-%d %H:%M')}")
+    print("| extractor | role | moved | gained | moved after JPEG 75 | gained after JPEG 75 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, r in rows.items():
+        if not r:
+            continue
+        med = np.median(np.array(r), axis=0)
+        role = "optimised (white-box)" if name in cloak_names else "held out"
+        print(f"| {name} | {role} | " + " | ".join(f"{v:.2f}" for v in med) + " |")
+
+
+if __name__ == "__main__":
+    main()
