@@ -21,6 +21,8 @@ def machine() -> str:
 def preset_variant(spec: str) -> str:
     """A mode, optionally with preset fields changed for an experiment: ``mid`` or ``mid:rho=0.03:steps=60``.
     The variant is registered under ``spec`` in cloakd's presets (this process only); returns its name."""
+    from dataclasses import replace
+
     from cloakd.core.cloak.presets import PRESETS
 
     name, *changes = spec.split(":")
@@ -29,7 +31,27 @@ def preset_variant(spec: str) -> str:
     preset = PRESETS[name]
     for change in changes:
         field, value = change.split("=", 1)
+        if field.startswith("views."):  # a range of the random views, e.g. views.zoom=0.15
+            sub = field.split(".", 1)[1]
+            preset = preset.with_overrides(views=replace(preset.views, **{sub: float(value)}))
+            continue
         kind = type(getattr(preset, field))
-        preset = preset.with_overrides(**{field: kind(value) if kind in (str, int) else float(value)})
+        cast = {str: str, int: int, bool: lambda v: v.lower() in ("1", "true", "yes")}.get(kind, float)
+        preset = preset.with_overrides(**{field: cast(value)})
     PRESETS[spec] = preset
     return spec
+
+
+def butteraugli(original: Path, cloaked: Path | bytes) -> float:
+    """butteraugli distance (Debian package ``butteraugli``) between two image files (or a file and the bytes
+    of another): the independent judge of visibility (< 1: invisible; the cloak optimises DSSIM instead)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as tmp:
+        if isinstance(cloaked, bytes):
+            tmp.write(cloaked)
+            tmp.flush()
+            cloaked = Path(tmp.name)
+        out = subprocess.run(["butteraugli", str(original), str(cloaked)], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[0])

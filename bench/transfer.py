@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common import DATA, machine, preset_variant  # noqa: E402
+from common import DATA, butteraugli, machine, preset_variant  # noqa: E402
 from trackers import BLACK_BOX, DlibPipeline, HumanTrackers, OwnExtractors  # noqa: E402
 
 TRAIN = 6  # photos of each identity that train the tracker (the user's are cloaked); the rest test it
@@ -59,11 +58,6 @@ def upload(data: bytes, long_side: int = 1080, quality: int = 75) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-def butteraugli(a: Path, b: Path) -> float:
-    out = subprocess.run(["butteraugli", str(a), str(b)], capture_output=True, text=True, check=True)
-    return float(out.stdout.split()[0])
 
 
 class Trackers:

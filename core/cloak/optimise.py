@@ -169,7 +169,8 @@ class _Face:
     pixels, ``work_box`` the same region in the working crop's pixels.
     """
 
-    def __init__(self, task: FaceTask, scales: Sequence[float], image: np.ndarray, work_side: int, margin: float):
+    def __init__(self, task: FaceTask, scales: Sequence[float], image: np.ndarray, work_side: int, margin: float,
+                 luma_only: bool = False):
         h, w = image.shape[:2]
         self.task = task
         full_transforms = [g.transform for g in task.goals]
@@ -190,7 +191,8 @@ class _Face:
         self.base = _to_tensor(crop[wt:wb, wl:wr])
         self.long_side = max(h, w) * self.s  # the photo's long side at this face's working resolution
         self.mask = torch.stack([chip_to_box(_feather(tf.size), tf, self.work_box).float() for tf in local]).amax(0)
-        self.delta = torch.zeros(3, wb - wt, wr - wl, requires_grad=True)
+        channels = 1 if luma_only else 3  # one perturbation for R, G and B: brightness only, no colour
+        self.delta = torch.zeros(channels, wb - wt, wr - wl, requires_grad=True)
         self.scales = list(scales)
         self.targets = [None if g.target is None else torch.as_tensor(np.asarray(g.target, np.float32))
                         for g in task.goals]
@@ -268,15 +270,23 @@ def cloak(
     weights = [1.0] * len(extractors) if weights is None else list(weights)
     if any(len(t.goals) != len(extractors) for t in tasks) or len(weights) != len(extractors):
         raise ValueError("every face task needs one goal (and the loss one weight) per extractor")
-    views = views if views is not None else ViewDistribution()
+    views = views if views is not None else preset.views
     rng = np.random.default_rng(seed)
     scales = [e.match_threshold for e in extractors]
-    faces = [_Face(t, scales, image, work_side, margin) for t in tasks]
+    faces = [_Face(t, scales, image, work_side, margin, preset.luma_only) for t in tasks]
     use_bf16 = bf16_supported() if bf16 is None else bf16
     nets = [e.bfloat16_twin() if use_bf16 else e for e in extractors]
 
     opt = _Adam([f.delta for f in faces])
     noise_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    hooks = []
+    if preset.feature_dropout:  # DFANet (Zhong and Deng 2020): dropout in the conv layers, a new model each step
+        keep = 1 - preset.feature_dropout
+
+        def drop(module, inputs, output):
+            return output * (torch.rand(output.shape, generator=noise_gen) < keep).to(output.dtype) / keep
+
+        hooks = [m.register_forward_hook(drop) for net in nets for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     history: list[list[float]] = [[] for _ in faces]
     for step in range(preset.steps):
         per_extractor: list[list[torch.Tensor]] = [[] for _ in nets]
@@ -311,6 +321,8 @@ def cloak(
         opt.step(preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / preset.steps))))  # cosine decay
         _project_to_budget(faces, preset.rho)
 
+    for h in hooks:
+        h.remove()
     out, results = _apply_at_full_resolution(image, faces, preset.rho)
     for res, hist in zip(results, history):
         res.loss = [hist[0], hist[-1]] if hist else []

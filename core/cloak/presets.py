@@ -17,7 +17,9 @@ search once every view of every targeted face is on average within that distance
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+
+from .views import ViewDistribution
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class CloakPreset:
     stop_at: float | None = None  # stop once every targeted face's views are on average this close to T
     balance: str = "sum"  # how extractors' losses combine: "sum", or "log" (each one's relative progress)
     chip_noise: float = 0.0  # Gaussian noise (sigma, 0-255) on the chips of random views: a smoothed extractor
+    views: ViewDistribution = field(default_factory=ViewDistribution)  # the random views' ranges
+    feature_dropout: float = 0.0  # dropout on the extractors' conv outputs in the search (model diversity)
+    luma_only: bool = False  # perturb brightness only (the same change in R, G and B)
     smooth: float = 0.0  # Gaussian smoothing of the gradient (sigma, in chip pixels): low-frequency cloaks
 
     def with_overrides(self, **changes) -> "CloakPreset":
