@@ -24,7 +24,7 @@ from cloakd.core.errors import ProtectionError
 from cloakd.core.photo.container import OutputOptions
 
 from .config import UserConfig
-from .identity import UserReferences, faces_in
+from .identity import UserReferences
 from .privileges import Account, Original
 
 if TYPE_CHECKING:  # torch-heavy: the rest of the service (and its tests) run without loading it
@@ -64,7 +64,7 @@ class ProcessContext:
                 return choice
             basis = references
             if basis is None:
-                faces = faces_in(self.analyzer, photo, label)
+                _, faces = self.analyzer.read(photo, label)
                 basis = np.stack([f.descriptor for f in faces]) if faces else None
             if basis is None:
                 return None
