@@ -120,7 +120,7 @@ def _sybil_images(analyzer, pool, train: np.ndarray, args, log, progress) -> lis
     out, used = [], set()
     for k in range(count):
         free = [c for c in pool if c.label not in used]
-        res = make_sybil(analyzer, free, sybil_target(train, k), references=train, tries=args.sybil_tries,
+        res = make_sybil(analyzer, free, sybil_target(train), references=train, tries=args.sybil_tries,
                          mode=args.mode, seed=args.seed + k)
         progress.advance()
         if not res.ok:
