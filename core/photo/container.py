@@ -58,7 +58,7 @@ class OutputOptions:
     """How clean files are written. Defaults are the documented product policy (see encode.py).
 
     heif_as: "JPEG" (default: every browser and upload form takes it) or "HEIF" to keep HEIC as HEIC.
-    jpeg_quality: 95 with 4:4:4 chroma (no colour bleeding at edges; about 1.5x the size of 4:2:0).
+    jpeg_quality: 95 with 4:4:4 chroma (no colour bleeding at edges; larger files than 4:2:0).
     webp_quality: for lossy WebP inputs; lossless WebP inputs stay lossless.
     heif_quality: pillow-heif/x265 quality when heif_as="HEIF" (its default of 50 is visibly soft).
     """
