@@ -244,7 +244,8 @@ def evaluate(analyzer: FaceAnalyzer, people: Mapping[str, Sequence[Photo]], sett
     fewer than 3 identities can take part."""
     people = {name: photos for name, photos in people.items() if len(photos) >= settings.min_photos}
     if len(people) < 3:
-        raise CloakdError(f"needs at least 3 identities with {settings.min_photos}+ photos each")
+        raise CloakdError(f"the dataset needs at least 3 identities with {settings.min_photos}+ photos each "
+                          f"(it has {len(people)})")
     bank = TargetBank.load() if bank is None else bank
     pool = None if candidates is None else describe_candidates(analyzer, candidates)
     clean = _describe(analyzer, people, progress, note)
