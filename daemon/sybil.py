@@ -15,7 +15,9 @@ Both the service and the one-shot command make it through :func:`make_one`:
    where the images are pulled (core.sybil.sybil_target: the centroid of the references); the closest
    ``TRIES`` are cloaked one by one (core.sybil.make_sybil, the verified protect() pipeline, seeded by the
    candidate's hash) and the verified one that ends closest is kept. Only the bytes of the closest
-   ``TRIES`` (and of the one being described) are held at a time, and at most ``RANK_AT_MOST`` usable candidates are described per run;
+   ``TRIES`` (and of the one being described) are held at a time, and at most ``RANK_AT_MOST`` usable
+   candidates are described per run; the unusable ones and those whose cloak did not verify are recorded
+   when the run ends;
 4. it is written atomically and never over a file (deliver.write_new) into the output folder, with the
    user's rights, and then recorded.
 
