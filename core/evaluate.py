@@ -223,7 +223,8 @@ class _Tally:
 
     def __post_init__(self) -> None:
         self.scores = {(t, v): [] for t in TRACKERS for v in VARIANTS}
-        self.leaks = {(t, v, r, sy): [] for t in TRACKERS for v in VARIANTS for r in self.leaked for sy in (False, True)}
+        self.leaks = {(t, v, r, sy): []
+                      for t in TRACKERS for v in VARIANTS for r in self.leaked for sy in (False, True)}
 
     def result(self, users: list[str], settings: Settings) -> Evaluation:
         return Evaluation(

@@ -70,6 +70,9 @@ class Ranking:
     stopped: str = ""
 
 
+LOOKS_LIKE_THE_USER = "looks like the user: it would leak the user, not protect them"
+
+
 def _go_on() -> str:
     return ""
 
@@ -127,7 +130,7 @@ def rank_candidates(analyzer: FaceAnalyzer, candidates: Iterable[Candidate], tow
         if c.refusal:
             ranking.refused.append(Tried(c.label, None, c.refusal))
         elif references is not None and len(references) and distances(c.descriptor, references)[0] < threshold:
-            ranking.refused.append(Tried(c.label, None, "looks like the user: it would leak the user, not protect them"))
+            ranking.refused.append(Tried(c.label, None, LOOKS_LIKE_THE_USER))
         else:
             ranking.usable += 1
             ranking.ranked.append((float(np.linalg.norm(c.descriptor - toward)), c))

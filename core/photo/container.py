@@ -129,8 +129,8 @@ class ImageFormat(abc.ABC):
     def text_finding(self, block: Block) -> Finding:
         """What a TEXT block of this format tells, for inspection. Its name is "<where> <key>" or "<key>"."""
         key = block.name.split(" ", 1)[1] if " " in block.name else block.name
-        return Finding(self.text_topic(key), f"text {key!r}", text_value(block.payload) or f"{len(block.payload)} bytes",
-                       block.name)
+        value = text_value(block.payload) or f"{len(block.payload)} bytes"
+        return Finding(self.text_topic(key), f"text {key!r}", value, block.name)
 
     def encode(self, image: Image.Image, *, exif: bytes | None, lossless: bool, options: OutputOptions) -> bytes:
         """Write ``image`` (whose ``info`` is empty: nothing of the source travels along) as this format."""
