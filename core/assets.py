@@ -7,7 +7,6 @@ found with ``importlib.util.find_spec``, which does not execute ``__init__``. No
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -33,10 +32,3 @@ def package_file(package: str, relative: str) -> Path:
         raise ModelMissingError(f"model file {path} is missing (reinstall with: {hint})")
     return path
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -44,10 +44,9 @@ def distances(descriptors: np.ndarray, references: np.ndarray) -> np.ndarray:
     return np.linalg.norm(descriptors[:, None, :] - references[None, :, :], axis=2).min(axis=1)
 
 
-#: The user's face must lie within (same-person threshold - MATCH_MARGIN) of the references' centroid.
-#: Measured on ../shared/data (40 LFW users, 4 references each, 318 other photos of them against the 37
-#: faces of the group photos): centroid distance below 0.55 kept 98.8% of the user's faces and matched
-#: 0.8% of strangers' faces; the nearest single reference below 0.6 kept 99.1% but matched 2.2%.
+#: The user's face must lie within (same-person threshold - MATCH_MARGIN) of the references' centroid
+#: (rather than near any single reference, which matches more strangers): chosen and measured with
+#: bench/whose_face.py, results in README.md, "Measured" / "Identity".
 MATCH_MARGIN = 0.05
 
 

@@ -13,6 +13,7 @@ publishing them would leak the user, not protect them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -21,19 +22,20 @@ from .errors import CloakdError
 from .faces import FaceAnalyzer
 from .identity import distances
 from .photo.container import OutputOptions
-from .photo.decode import decode
 from .protect import ProtectRequest, protect
 
 
 @dataclass(frozen=True)
 class Candidate:
     """A candidate photo. ``descriptor`` (its one face) or ``refusal`` are filled by
-    :func:`describe_candidates`; a pool described once can serve many Sybil images."""
+    :func:`describe_candidates`; a pool described once can serve many Sybil images. ``seed``: the seed of
+    this candidate's cloak (None: the one :func:`make_sybil` is given)."""
 
     label: str
     data: bytes
     descriptor: np.ndarray | None = None
     refusal: str = ""
+    seed: int | None = None
 
 
 @dataclass
@@ -51,69 +53,114 @@ class SybilResult:
     label: str = ""  # the candidate kept
     distance: float | None = None  # kept face's distance to the user's features, on the written bytes
     start: float | None = None  # the same candidate's distance before cloaking
-    tried: list[Tried] = field(default_factory=list)
+    tried: list[Tried] = field(default_factory=list)  # every candidate refused or cloaked, in that order
     reason: str = ""
+    usable: int = 0  # candidates that could serve (one face, not the user), cloaked or not
+    stopped: str = ""  # why it stopped before the end (``busy``), "" when it went through
 
 
-def sybil_target(references: np.ndarray, index: int = 0) -> np.ndarray:
-    """Where the ``index``-th Sybil image of a user is pulled: the centroid of the user's reference
-    descriptors (their uncloaked features), which is where a tracker's leaked clean photos of the user
-    concentrate. ``index`` is part of the interface so that the rule can spread images later."""
+@dataclass
+class Ranking:
+    """Usable candidates by their clean distance to where they are pulled (closest first), the refused ones
+    with why, how many were usable, and why the ranking stopped early ("" when every candidate was seen)."""
+
+    ranked: list[tuple[float, Candidate]]
+    refused: list[Tried]
+    usable: int = 0
+    stopped: str = ""
+
+
+LOOKS_LIKE_THE_USER = "looks like the user: it would leak the user, not protect them"
+
+
+def _go_on() -> str:
+    return ""
+
+
+def sybil_target(references: np.ndarray) -> np.ndarray:
+    """Where a user's Sybil images are pulled: the centroid of the user's reference descriptors (their
+    uncloaked features), which is where a tracker's leaked clean photos of the user concentrate."""
     references = np.atleast_2d(np.asarray(references, np.float32))
     if len(references) == 0:
         raise CloakdError("Sybil images need the user's reference descriptors: enrol the user first")
-    del index
     return references.mean(axis=0)
 
 
-def describe_candidates(analyzer: FaceAnalyzer, candidates: list[Candidate]) -> list[Candidate]:
+def describe_candidate(analyzer: FaceAnalyzer, candidate: Candidate) -> Candidate:
+    """The candidate with the descriptor of its one face, or with why it cannot serve (described once:
+    a candidate that has either already is returned as it is)."""
+    if candidate.descriptor is not None or candidate.refusal:
+        return candidate
+    try:
+        _, faces = analyzer.read(candidate.data, candidate.label)
+    except CloakdError as e:
+        return replace(candidate, refusal=str(e))
+    if len(faces) != 1:
+        return replace(candidate, refusal=f"{len(faces)} faces: a Sybil candidate must show one face")
+    return replace(candidate, descriptor=faces[0].descriptor)
+
+
+def describe_candidates(analyzer: FaceAnalyzer, candidates: Iterable[Candidate]) -> list[Candidate]:
     """Each candidate with the descriptor of its one face, or with why it cannot serve."""
-    out = []
-    for c in candidates:
-        if c.descriptor is not None or c.refusal:
-            out.append(c)
-            continue
-        try:
-            pixels = decode(c.data, label=c.label).rgb
-        except CloakdError as e:
-            out.append(replace(c, refusal=str(e)))
-            continue
-        faces = analyzer.analyse(pixels)
-        if len(faces) != 1:
-            out.append(replace(c, refusal=f"{len(faces)} faces: a Sybil candidate must show one face"))
-        else:
-            out.append(replace(c, descriptor=faces[0].descriptor))
-    return out
+    return [describe_candidate(analyzer, c) for c in candidates]
 
 
-def rank_candidates(analyzer: FaceAnalyzer, candidates: list[Candidate], toward: np.ndarray,
-                    references: np.ndarray | None = None) -> tuple[list[tuple[float, Candidate]], list[Tried]]:
-    """Usable candidates by their clean distance to ``toward`` (closest first: the cloak has the least way
-    to go), and the refused ones with why."""
+def rank_candidates(analyzer: FaceAnalyzer, candidates: Iterable[Candidate], toward: np.ndarray,
+                    references: np.ndarray | None = None, *, keep: int | None = None, at_most: int | None = None,
+                    busy: Callable[[], str] = _go_on) -> Ranking:
+    """Describe the candidates (in the order given, each once) and rank the usable ones by their clean
+    distance to ``toward``, closest first: the cloak has the least way to go. A candidate within the
+    same-person threshold of ``references`` is refused: publishing it would leak the user.
+
+    ``keep``: only the ``keep`` closest are kept (a large pool then holds the bytes of ``keep`` photos at a
+    time); ``at_most``: stop after that many usable candidates; ``busy`` is asked before each candidate and
+    returns why to stop now ("" to go on).
+    """
     threshold = analyzer.extractor.match_threshold
-    ranked, refused = [], []
-    for c in describe_candidates(analyzer, candidates):
+    ranking = Ranking([], [])
+    pending = iter(candidates)  # taken one at a time: a lazy pool reads no candidate it does not get to
+    while at_most is None or ranking.usable < at_most:
+        if why := busy():
+            ranking.stopped = why
+            break
+        c = next(pending, None)
+        if c is None:
+            break
+        c = describe_candidate(analyzer, c)
         if c.refusal:
-            refused.append(Tried(c.label, None, c.refusal))
+            ranking.refused.append(Tried(c.label, None, c.refusal))
         elif references is not None and len(references) and distances(c.descriptor, references)[0] < threshold:
-            refused.append(Tried(c.label, None, "looks like the user: it would leak the user, not protect them"))
+            ranking.refused.append(Tried(c.label, None, LOOKS_LIKE_THE_USER))
         else:
-            ranked.append((float(np.linalg.norm(c.descriptor - toward)), c))
-    ranked.sort(key=lambda item: item[0])
-    return ranked, refused
+            ranking.usable += 1
+            ranking.ranked.append((float(np.linalg.norm(c.descriptor - toward)), c))
+            ranking.ranked.sort(key=lambda item: item[0])
+            if keep is not None:
+                del ranking.ranked[keep:]
+    return ranking
 
 
-def make_sybil(analyzer: FaceAnalyzer, candidates: list[Candidate], toward: np.ndarray, *,
-               references: np.ndarray | None = None, tries: int = 3, mode: str = "mid", seed: int = 0,
-               options: OutputOptions = OutputOptions()) -> SybilResult:
+def make_sybil(analyzer: FaceAnalyzer, candidates: Iterable[Candidate], toward: np.ndarray, *,
+               references: np.ndarray | None = None, tries: int = 3, at_most: int | None = None, mode: str = "mid",
+               seed: int = 0, options: OutputOptions = OutputOptions(),
+               busy: Callable[[], str] = _go_on) -> SybilResult:
     """Cloak up to ``tries`` of the closest candidates towards ``toward`` (the user's uncloaked features)
-    and keep the verified one that ends closest. Metadata is stripped as for any protected photo."""
+    and keep the verified one that ends closest. Metadata is stripped as for any protected photo.
+
+    Each candidate is described once (none again that :func:`describe_candidates` described already);
+    ``at_most`` and ``busy`` as for :func:`rank_candidates`, ``busy`` also before each cloak: a run stopped
+    then keeps the best image made so far.
+    """
     toward = np.asarray(toward, np.float32)
-    ranked, tried = rank_candidates(analyzer, candidates, toward, references)
+    ranking = rank_candidates(analyzer, candidates, toward, references, keep=max(1, tries), at_most=at_most,
+                              busy=busy)
+    tried, stopped = list(ranking.refused), ranking.stopped
     best: SybilResult | None = None
-    for start, c in ranked[: max(1, tries)]:
-        result = protect(analyzer, c.data, ProtectRequest(target=toward, mode=mode, seed=seed, options=options),
-                         label=c.label)
+    for start, c in [] if stopped else ranking.ranked:
+        if stopped := busy():
+            break
+        request = ProtectRequest(target=toward, mode=mode, seed=seed if c.seed is None else c.seed, options=options)
+        result = protect(analyzer, c.data, request, label=c.label)
         face = result.faces[0] if result.faces else None
         if not result.ok or face is None or face.to_target_after is None:
             tried.append(Tried(c.label, None, result.reason or "no face after cloaking"))
@@ -123,9 +170,10 @@ def make_sybil(analyzer: FaceAnalyzer, candidates: list[Candidate], toward: np.n
             best = SybilResult(True, result.data, result.extension, c.label, face.to_target_after, start)
     if best is None:
         reasons = "; ".join(f"{t.label}: {t.reason}" for t in tried) or "no candidates"
-        return SybilResult(False, tried=tried, reason=f"no Sybil image could be made ({reasons})")
-    best.tried = tried
+        best = SybilResult(False, reason=stopped or f"no Sybil image could be made ({reasons})")
+    best.tried, best.usable, best.stopped = tried, ranking.usable, stopped
     return best
 
 
-__all__ = ["Candidate", "SybilResult", "Tried", "describe_candidates", "make_sybil", "rank_candidates", "sybil_target"]
+__all__ = ["Candidate", "Ranking", "SybilResult", "Tried", "describe_candidate", "describe_candidates", "make_sybil",
+           "rank_candidates", "sybil_target"]

@@ -24,7 +24,6 @@ import numpy as np
 
 from cloakd.core.errors import CloakdError, os_error_text
 from cloakd.core.identity import select_references
-from cloakd.core.photo.decode import decode
 
 from .config import UserConfig
 from .privileges import Account, acting_as, read_photo
@@ -35,11 +34,6 @@ if TYPE_CHECKING:  # torch-heavy: the rest of the service (and its tests) run wi
     from cloakd.core.faces import FaceAnalyzer
 
 log = logging.getLogger("cloakd.identity")
-
-
-def faces_in(analyzer: "FaceAnalyzer", data: bytes, label: str) -> list:
-    """Every face of a photo's bytes, described (greyscale photos as RGB)."""
-    return analyzer.analyse(decode(data, label=label).rgb)
 
 
 class UserReferences:
@@ -99,7 +93,7 @@ class UserReferences:
                 path = user.references / name
                 try:
                     photo = read_photo(account, path, [user.references], "references folder")
-                    faces = faces_in(self.analyzer, photo.data, str(path))
+                    _, faces = self.analyzer.read(photo.data, str(path))
                 except (CloakdError, OSError) as e:
                     why = os_error_text(e, path) if isinstance(e, OSError) else str(e)
                     log.warning("%s: reference photo not used: %s", user.name, why)

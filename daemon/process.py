@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,8 +24,8 @@ from cloakd.core.errors import ProtectionError
 from cloakd.core.photo.container import OutputOptions
 
 from .config import UserConfig
-from .identity import UserReferences, faces_in
-from .privileges import Account, Original, read_photo
+from .identity import UserReferences
+from .privileges import Account, Original
 
 if TYPE_CHECKING:  # torch-heavy: the rest of the service (and its tests) run without loading it
     from cloakd.core.faces import FaceAnalyzer
@@ -44,7 +43,6 @@ class ProcessResult:
     extension: str
     faces: int = 0
     seconds: float = 0.0
-    target: str | None = None
 
 
 @dataclass
@@ -66,7 +64,7 @@ class ProcessContext:
                 return choice
             basis = references
             if basis is None:
-                faces = faces_in(self.analyzer, photo, label)
+                _, faces = self.analyzer.read(photo, label)
                 basis = np.stack([f.descriptor for f in faces]) if faces else None
             if basis is None:
                 return None
@@ -103,11 +101,4 @@ def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, or
         extension=result.extension,
         faces=len(result.faces),
         seconds=time.perf_counter() - t0,
-        target=None if choice is None else choice.name,
     )
-
-
-def process_photo(ctx: ProcessContext, user: UserConfig, account: Account, path: Path) -> ProcessResult:
-    """Read ``path`` with ``account``'s rights (within ``user``'s outbound folders) and protect it."""
-    original = read_photo(account, path, [f.path for f in user.outbound])
-    return protect_original(ctx, user, account, original)

@@ -11,10 +11,13 @@ Both the service and the one-shot command make it through :func:`make_one`:
    so a bad candidate is not tried again at every tick. The output name comes from the candidate's hash
    (``sybil-<12 hex>.jpg``): an output that already exists means the candidate was used, so a crash
    between writing the image and the record never makes a second image of it;
-3. the unused candidates are ranked by their distance to where this image is pulled
-   (core.sybil.sybil_target, from the references and the number of images made so far), and the closest
+3. the unused candidates are read one at a time and each is described once, then ranked by its distance to
+   where the images are pulled (core.sybil.sybil_target: the centroid of the references); the closest
    ``TRIES`` are cloaked one by one (core.sybil.make_sybil, the verified protect() pipeline, seeded by the
-   candidate's hash); the verified one that ends closest is kept;
+   candidate's hash) and the verified one that ends closest is kept. Only the bytes of the closest
+   ``TRIES`` (and of the one being described) are held at a time, and at most ``RANK_AT_MOST`` usable
+   candidates are described per run; the unusable ones and those whose cloak did not verify are recorded
+   when the run ends;
 4. it is written atomically and never over a file (deliver.write_new) into the output folder, with the
    user's rights, and then recorded.
 
@@ -33,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +54,7 @@ from .watch import walk
 
 if TYPE_CHECKING:  # torch-heavy: imported where an image is made, so `cloakd status` stays light
     from cloakd.core.faces import FaceAnalyzer
+    from cloakd.core.sybil import Candidate
 
     from .identity import UserReferences
     from .ledger import Ledger
@@ -161,6 +165,10 @@ class _Run:
     record: SybilRecord
     entries: dict[str, dict]
     outcome: Outcome = field(default_factory=Outcome)
+    read: dict[str, Original] = field(default_factory=dict)  # candidates offered, by label (bytes let go)
+
+    def hashes(self) -> set[str]:
+        return {original.sha256 for original in self.read.values()}
 
     def note(self, original: Original, state: str, **values) -> None:
         name = str(original.path.relative_to(self.candidates))
@@ -178,61 +186,44 @@ def make_one(analyzer: "FaceAnalyzer", account: Account, candidates: Path, outpu
     ``references``: the user's uncloaked descriptors. ``busy`` returns why to stop now ("" to go on).
     CloakdError for a missing candidates folder or an unreadable record.
     """
-    from cloakd.core.sybil import sybil_target
+    from cloakd.core.sybil import make_sybil, sybil_target
 
     run = _Run(account, candidates, output, record, record.load())
-    toward = sybil_target(references, len(made(run.entries)))
-    ranked = _rank(analyzer, run, toward, references, busy)
-    if run.outcome.reason:
-        return run.outcome
-    if not ranked:
+    result = make_sybil(analyzer, _unused(run), sybil_target(references), references=references, tries=TRIES,
+                        at_most=RANK_AT_MOST, mode=mode, busy=busy)
+    for tried in result.tried:
+        if tried.reason:  # no face, several, looks like the user, or its cloak did not verify
+            run.note(run.read[tried.label], REFUSED, reason=tried.reason)
+    if result.ok:
+        run.outcome.made = _write(run, result, run.read[result.label])
+    if result.stopped:
+        run.outcome.reason = result.stopped
+    elif not result.usable:
         run.outcome.exhausted = True
         run.outcome.reason = f"all Sybil candidates used: add more to {candidates}"
-        return run.outcome
-    best = None
-    for _, path, sha in ranked[:TRIES]:
-        if why := busy():
-            run.outcome.reason = why
-            break
-        result, original = _cloak(analyzer, run, path, sha, toward, references, mode)
-        if result is not None and (best is None or result.distance < best[0].distance):
-            best = (result, original)
-    if best is not None:
-        run.outcome.made = _write(run, *best)
-    elif not run.outcome.reason:
+    elif not result.ok:
         run.outcome.reason = "no candidate tried could be made into a verified Sybil image"
     return run.outcome
 
 
-def _rank(analyzer: "FaceAnalyzer", run: _Run, toward: np.ndarray, references: np.ndarray,
-          busy: Callable[[], str]) -> list[tuple[float, Path, str]]:
-    """The unused candidates (distance to ``toward``, path, sha256), closest first. Unusable ones are
-    recorded; one whose output exists already is recorded as made."""
-    from cloakd.core.sybil import Candidate, rank_candidates
+def _unused(run: _Run) -> Iterator["Candidate"]:
+    """The unused candidates, read one at a time as they are asked for, each seeded by its content's hash.
+    A candidate whose output exists already is recorded as made instead; what was read is kept (without
+    its bytes) in ``run.read`` under the candidate's label."""
+    from cloakd.core.sybil import Candidate
 
     written = _written(run.account, run.output)
-    ranked = []
     for path in unrecorded(run.account, run.candidates, run.entries):
-        if len(ranked) >= RANK_AT_MOST:
-            break
-        if why := busy():
-            run.outcome.reason = why
-            break
         original = _read(run, path)
-        if original is None or original.sha256 in run.entries or original.sha256 in {r[2] for r in ranked}:
+        if original is None or original.sha256 in run.entries or original.sha256 in run.hashes():
             continue  # unreadable, used under another name, or the same content twice
         stem = output_stem(original.sha256)
         if stem in written:
             run.note(original, MADE, output=str(run.output / written[stem]), before=None, after=None,
                      reason="found already written")
             continue
-        usable, refused = rank_candidates(analyzer, [Candidate(str(path), original.data)], toward, references)
-        if refused:
-            run.note(original, REFUSED, reason=refused[0].reason)
-        else:
-            ranked.append((usable[0][0], path, original.sha256))
-    ranked.sort(key=lambda item: item[0])
-    return ranked
+        run.read[str(path)] = replace(original, data=b"")
+        yield Candidate(str(path), original.data, seed=int(original.sha256[:8], 16))
 
 
 def _read(run: _Run, path: Path) -> Original | None:
@@ -254,22 +245,6 @@ def _written(account: Account, folder: Path) -> dict[str, str]:
         except FileNotFoundError:
             return {}
     return {os.path.splitext(n)[0]: n for n in names if n.startswith(OUTPUT_PREFIX)}
-
-
-def _cloak(analyzer, run: _Run, path: Path, sha: str, toward: np.ndarray, references: np.ndarray, mode: str):
-    """(SybilResult, Original) for one candidate, or (None, None) when it could not be made (recorded)."""
-    from cloakd.core.sybil import Candidate, make_sybil
-
-    original = _read(run, path)
-    if original is None or original.sha256 != sha:
-        return None, None  # changed since it was ranked: looked at again next time
-    result = make_sybil(analyzer, [Candidate(str(path), original.data)], toward, references=references, tries=1,
-                        mode=mode, seed=int(sha[:8], 16))
-    if not result.ok:
-        why = next((t.reason for t in result.tried if t.reason), result.reason)
-        run.note(original, REFUSED, reason=why)
-        return None, None
-    return result, original
 
 
 def _write(run: _Run, result, original: Original) -> Made:

@@ -1,4 +1,5 @@
-"""The paper's protection measurement, end to end through `cloakd evaluate` on real photos."""
+"""The paper's protection measurement: the trackers, the experiment in core on a small real case, and
+`cloakd evaluate` end to end on real photos."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from cloakd.core.evaluate import TRACKERS, LinearClassifier, NearestCentroid, psnr, score_tracker
+from cloakd.core.errors import CloakdError
+from cloakd.core.evaluate import (TRACKERS, VARIANTS, LinearClassifier, NearestCentroid, Settings, evaluate, psnr,
+                                  score_tracker, upload_processing)
+from cloakd.core.photo.decode import decode
+from cloakd.core.sybil import Candidate
 
 from conftest import REPO
 
@@ -44,6 +49,47 @@ def test_psnr():
     a = np.zeros((4, 4, 3), np.uint8)
     assert psnr(a, a) == float("inf")
     assert psnr(a, a + 1) == pytest.approx(20 * np.log10(255))
+
+
+@pytest.mark.slow  # about 50 s on one thread: 6 photos cloaked
+def test_experiment_on_two_users_with_leaks_and_a_sybil_image(analyzer, data_dir):
+    """evaluate() on 4 identities x 4 photos, 2 of them users with 2 cloaked training photos each, one Sybil
+    image per user: every photo is accounted for, progress covers both stages, and the leaked-photos table
+    agrees with the main one where nothing leaked."""
+    people = {p.name: [(f.name, f.read_bytes()) for f in sorted(p.glob("*.jpg"))[:4]]
+              for p in sorted((data_dir / "faces").iterdir())[:4]}
+    candidates = [Candidate(p.name, sorted(p.glob("*.jpg"))[0].read_bytes())
+                  for p in sorted((data_dir / "targets").iterdir())[:2]]
+    calls, notes = [], []
+    settings = Settings(users=2, train=2, leaked=(0.0, 0.5), sybil_images=1, sybil_tries=1)
+    e = evaluate(analyzer, people, settings, candidates=candidates,
+                 progress=lambda *call: calls.append(call), note=notes.append)
+    assert len(e.users) == 2 and set(e.users) <= set(people) and e.cloaked + e.held == 4
+    assert calls[0] == ("describing", 0, 16) and calls[16] == ("describing", 16, 16)
+    assert calls[17:] == [("cloaking", k, 6) for k in range(7)]
+    assert e.cloaked and e.median_dssim <= e.rho + 1e-9 and e.median_psnr > 30
+    assert e.sybil_images == sum("Sybil image" in n and "no Sybil" not in n for n in notes)
+    assert set(e.trackers) == {f"{t}/{v}" for t in TRACKERS for v in VARIANTS}
+    leaked = {(x["tracker"], x["files"], x["r"], x["sybil"]): x for x in e.leaked}
+    assert len(leaked) == len(TRACKERS) * len(VARIANTS) * 2 * (2 if e.sybil_images else 1)
+    for (tracker, files, r, sybil), x in leaked.items():
+        assert 0 <= x["psr"] <= 1 and x["normal_accuracy"] >= 0.75
+        if r == 0 and not sybil:  # no leak, no Sybil: the main measurement itself
+            assert x == {"tracker": tracker, "files": files, "r": r, "sybil": sybil, **e.trackers[f"{tracker}/{files}"]}
+
+
+def test_experiment_needs_three_identities_with_enough_photos(analyzer, data_dir):
+    photos = [(f.name, f.read_bytes()) for f in sorted((data_dir / "faces" / "Bill_Gates").glob("*.jpg"))[:4]]
+    with pytest.raises(CloakdError, match="at least 3 identities with 4\\+ photos"):
+        evaluate(analyzer, {"a": photos, "b": photos, "c": photos[:3]}, Settings(train=2))
+
+
+def test_upload_processing_downscales_and_recompresses_upright(data_dir):
+    photo = data_dir / "metadata" / "portrait_6.jpg"  # EXIF orientation 6: shown rotated
+    shown = decode(photo.read_bytes())
+    uploaded = decode(upload_processing(photo.read_bytes(), long_side=200))
+    assert uploaded.format == "JPEG" and max(uploaded.size) == 200
+    assert (uploaded.size[0] > uploaded.size[1]) == (shown.size[0] > shown.size[1])
 
 
 @pytest.mark.slow

@@ -135,7 +135,7 @@ def test_enrol_cli_persists_references_and_target(data_dir, tmp_path):
     row.write_bytes(_jpeg(_row([data_dir / "faces" / "Keanu_Reeves" / "Keanu_Reeves_0003.jpg",
                                 sorted(faces_dir.glob("*.jpg"))[9]])))
     run = subprocess.run([sys.executable, "-m", "cloakd.daemon.cli", "protect", str(row), "--user", "jen",
-                          "--others", "leave", "--out", str(tmp_path / "out"), "--json", "--steps", "20",
+                          "--others", "leave", "--out", str(tmp_path / "out"), "--json",
                           "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert run.returncode == 0, run.stderr
     faces = json.loads(run.stdout.splitlines()[0])["faces"]

@@ -15,7 +15,9 @@ import piexif
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
+from cloakd.core.photo.container import ImageFormat, OutputOptions
 from cloakd.core.photo.decode import decode, decode_file
+from cloakd.core.photo.formats import FORMATS, by_name
 from cloakd.core.photo.strip import strip_and_verify
 
 T = Image.Transpose
@@ -215,3 +217,14 @@ def test_mpo_secondary_images_are_not_frames(upright):
     photo = decode(data)
     assert photo.format == "JPEG" and photo.size == upright.size
     assert np.abs(photo.pixels.astype(int) - np.asarray(upright)).mean() < 3
+
+
+def test_each_format_class_carries_its_own_rules():
+    """The container interface is abstract, and what differs between formats is asked of the format's class."""
+    with pytest.raises(TypeError):
+        ImageFormat()
+    written_as = {f.name: f.output_name(OutputOptions()) for f in FORMATS}
+    assert written_as == {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "HEIF": "JPEG", "TIFF": "TIFF"}
+    assert by_name("HEIF").output_name(OutputOptions(heif_as="HEIF")) == "HEIF"
+    assert [f.name for f in FORMATS if f.exif_structure_tags] == ["TIFF"]  # the TIFF file is its EXIF structure
+    assert [f.name for f in FORMATS if not f.applies_exif_orientation()] == ["HEIF"]

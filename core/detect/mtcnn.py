@@ -38,7 +38,7 @@ _CELL, _STRIDE = 12, 2
 #: NMS IoU thresholds: within one pyramid level, across levels, after RNet; ONet's uses intersection/min.
 _NMS_LEVEL, _NMS_PYRAMID, _NMS_RNET, _NMS_ONET = 0.5, 0.7, 0.7, 0.7
 #: Crops per RNet/ONet forward pass. Small chunks keep activations in cache; one pass over a thousand crops
-#: allocates hundreds of MB and runs 2-3x slower on CPU.
+#: allocates far more memory and runs slower on CPU (bench/faces.py times detection).
 _CHUNK = 64
 
 

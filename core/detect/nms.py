@@ -20,8 +20,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, overlap: Overla
     A box is dropped when its overlap with an already kept, higher-scoring box exceeds ``threshold``.
     Greedy NMS is sequential, but finding which boxes overlap is not: a sort-and-sweep on x lists the
     intersecting pairs in NumPy, so the Python walk only reads precomputed neighbour lists. This keeps the
-    thousands of PNet windows of a textured 12-megapixel photo at a few ms, where one NumPy pass per kept
-    box takes tens of ms and a full N x N overlap matrix hundreds.
+    thousands of PNet windows of a textured 12-megapixel photo cheap, where one NumPy pass per kept box,
+    or a full N x N overlap matrix, costs many times more (bench/faces.py times detection).
     """
     n = len(boxes)
     order = np.argsort(-np.asarray(scores), kind="stable")

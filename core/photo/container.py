@@ -2,12 +2,15 @@
 
 Modelled in spirit on mat2's libmat2: one small class per format (jpeg.py, png.py, webp.py, heif.py, tiff.py)
 knows how to recognise its magic bytes, how to list every block of its container (so verification and
-inspection share one parser per format), and how to write a fresh file with Pillow. formats.py holds the
-registry that picks the class from the content, never from a file name.
+inspection share one parser per format), and how to write a fresh file with Pillow; and it carries its own
+rules (what it refuses despite its signature, which EXIF tags are its structure, what it is written as, what
+its text blocks mean), so no code elsewhere asks for a format by name. formats.py holds the registry that
+picks the class from the content, never from a file name.
 """
 
 from __future__ import annotations
 
+import abc
 import enum
 import io
 from dataclasses import dataclass
@@ -15,6 +18,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
+
+from .report import OTHER, Finding, text_value
 
 
 class Kind(enum.Enum):
@@ -53,7 +58,7 @@ class OutputOptions:
     """How clean files are written. Defaults are the documented product policy (see encode.py).
 
     heif_as: "JPEG" (default: every browser and upload form takes it) or "HEIF" to keep HEIC as HEIC.
-    jpeg_quality: 95 with 4:4:4 chroma (no colour bleeding at edges; about 1.5x the size of 4:2:0).
+    jpeg_quality: 95 with 4:4:4 chroma (no colour bleeding at edges; larger files than 4:2:0).
     webp_quality: for lossy WebP inputs; lossless WebP inputs stay lossless.
     heif_quality: pillow-heif/x265 quality when heif_as="HEIF" (its default of 50 is visibly soft).
     """
@@ -71,22 +76,31 @@ class OutputOptions:
                 raise ValueError(f"{name} must be within 1..100")
 
 
-class ImageFormat:
-    """Base class: one subclass per supported format; the registry in formats.py holds one instance each."""
+class ImageFormat(abc.ABC):
+    """One subclass per supported format; the registry in formats.py holds one instance each."""
 
     name: ClassVar[str]  # our name: "JPEG", "PNG", "WEBP", "HEIF", "TIFF"
     pillow_id: ClassVar[str]  # Pillow plugin id, so Image.open never falls through to another plugin
     extension: ClassVar[str]  # for output file names
     has_alpha: ClassVar[bool] = True
     has_grey: ClassVar[bool] = True
+    #: EXIF tags that are image structure in this format, allowed in a written file's EXIF block
+    exif_structure_tags: ClassVar[frozenset[int]] = frozenset()
 
+    @abc.abstractmethod
     def sniff(self, head: bytes) -> bool:
         """True if the first bytes are this format's signature."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def blocks(self, data: bytes) -> list[Block]:
         """Every block of the container, in file order. Never raises on damaged data: the damage is a block."""
-        raise NotImplementedError
+
+    @abc.abstractmethod
+    def save_options(self, *, lossless: bool, options: OutputOptions) -> dict[str, Any]:
+        """Pillow save() keyword arguments for a fresh file of this format."""
+
+    def check_supported(self, data: bytes, label: str) -> None:
+        """Raise UnsupportedFormatError for a file with this format's signature that cloakd does not process."""
 
     def frame_count(self, image: Image.Image, blocks: list[Block]) -> int:
         """Frames of the picture (animation, pages); more than one is refused by decode.py."""
@@ -104,9 +118,19 @@ class ImageFormat:
         """Whether the source compression is lossless (decides lossy/lossless output where a format has both)."""
         return True
 
-    def save_options(self, *, lossless: bool, options: OutputOptions) -> dict[str, Any]:
-        """Pillow save() keyword arguments for a fresh file of this format."""
-        raise NotImplementedError
+    def output_name(self, options: OutputOptions) -> str:
+        """The name of the format a photo of this format is written in (its own, unless ``options`` say)."""
+        return self.name
+
+    def text_topic(self, key: str) -> str:
+        """The topic of a text block named ``key`` (a report.py topic)."""
+        return OTHER
+
+    def text_finding(self, block: Block) -> Finding:
+        """What a TEXT block of this format tells, for inspection. Its name is "<where> <key>" or "<key>"."""
+        key = block.name.split(" ", 1)[1] if " " in block.name else block.name
+        value = text_value(block.payload) or f"{len(block.payload)} bytes"
+        return Finding(self.text_topic(key), f"text {key!r}", value, block.name)
 
     def encode(self, image: Image.Image, *, exif: bytes | None, lossless: bool, options: OutputOptions) -> bytes:
         """Write ``image`` (whose ``info`` is empty: nothing of the source travels along) as this format."""

@@ -23,7 +23,7 @@ from .formats import by_name
 
 def output_format(source_format: str, options: OutputOptions = OutputOptions()) -> str:
     """The format a photo decoded from ``source_format`` is written in."""
-    return options.heif_as if source_format == "HEIF" else source_format
+    return by_name(source_format).output_name(options)
 
 
 def encode(

@@ -307,5 +307,8 @@ class Heif(ImageFormat):
     def is_lossless(self, blocks: list[Block]) -> bool:
         return False
 
+    def output_name(self, options: OutputOptions) -> str:
+        return options.heif_as  # JPEG by default: every browser and upload form takes it
+
     def save_options(self, *, lossless: bool, options: OutputOptions) -> dict[str, Any]:
         return {"quality": options.heif_quality}

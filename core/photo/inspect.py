@@ -9,8 +9,6 @@ bomb) is reported as the problem that stops cloakd from processing the file.
 
 from __future__ import annotations
 
-import struct
-
 from .colour import profile_name
 from .container import Block, ImageFormat, Kind
 from .decode import DEFAULT_MAX_PIXELS, open_image, too_large
@@ -18,13 +16,8 @@ from .exif_facts import exif_findings
 from .formats import detect
 from .iptc import iptc_findings
 from .orient import orientation_of
-from .report import CAMERA, DATES, OTHER, PEOPLE, PREVIEWS, SOFTWARE, Finding, Report
+from .report import OTHER, PEOPLE, PREVIEWS, Finding, Report, text_value
 from .xmp import xmp_findings
-
-# The PNG specification's predefined text keywords (case-insensitive here).
-_PNG_KEYWORDS = {"title": PEOPLE, "author": PEOPLE, "description": PEOPLE, "copyright": PEOPLE, "comment": PEOPLE,
-                 "disclaimer": OTHER, "warning": OTHER, "creation time": DATES, "software": SOFTWARE, "source": CAMERA}
-
 
 def inspect(data: bytes, *, label: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS) -> Report:
     """Report on ``data``; NotAnImageError/UnsupportedFormatError if it is not a supported image."""
@@ -32,7 +25,7 @@ def inspect(data: bytes, *, label: str = "input", max_pixels: int = DEFAULT_MAX_
     blocks = fmt.blocks(data)
     findings: list[Finding] = []
     for block in blocks:
-        found = _findings(block)
+        found = _findings(fmt, block)
         if not found and block.kind is not Kind.STRUCTURE:
             # A carrier with nothing we recognise is still a carrier: say so rather than "clean".
             found = [Finding(OTHER, f"{block.kind.value} block", f"{len(block.payload)} bytes, "
@@ -45,7 +38,7 @@ def inspect(data: bytes, *, label: str = "input", max_pixels: int = DEFAULT_MAX_
     return Report(format=fmt.name, size=size, findings=tuple(findings), problem=problem)
 
 
-def _findings(block: Block) -> list[Finding]:
+def _findings(fmt: ImageFormat, block: Block) -> list[Finding]:
     kind, name, payload = block.kind, block.name, block.payload
     if kind is Kind.EXIF:
         return exif_findings(payload)
@@ -56,15 +49,9 @@ def _findings(block: Block) -> list[Finding]:
     if kind is Kind.ICC:
         return [Finding(OTHER, "colour profile", profile_name(payload) or "unnamed ICC profile", name)]
     if kind is Kind.COMMENT:
-        return [Finding(PEOPLE, "comment", _text(payload), name)] if _text(payload) else []
+        return [Finding(PEOPLE, "comment", text_value(payload), name)] if text_value(payload) else []
     if kind is Kind.TEXT:
-        if name.startswith("tIME") and len(payload) == 7:
-            year, month, day, hour, minute, second = struct.unpack(">HBBBBB", payload)
-            return [Finding(DATES, "last modified", f"{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}",
-                            name)]
-        key = name.split(" ", 1)[1] if " " in name else name
-        topic = _PNG_KEYWORDS.get(key.lower(), DATES if key.lower().startswith("date:") else OTHER)
-        return [Finding(topic, f"text {key!r}", _text(payload) or f"{len(payload)} bytes", name)]
+        return [fmt.text_finding(block)]
     if kind is Kind.PREVIEW:
         return [Finding(PREVIEWS, "embedded image", f"{len(payload)} bytes" if payload else "present", name)]
     if kind is Kind.TRAILER:
@@ -74,11 +61,6 @@ def _findings(block: Block) -> list[Finding]:
     if kind is Kind.DAMAGED:
         return [Finding(OTHER, "damaged or truncated file", name, "container")]
     return []
-
-
-def _text(payload: bytes) -> str:
-    text = payload.decode("utf-8", "replace").strip("\x00 \r\n\t")
-    return text if len(text) <= 500 else text[:500] + "..."
 
 
 def _displayed_size(data: bytes, fmt: ImageFormat, blocks: list[Block]) -> tuple[int, int] | None:

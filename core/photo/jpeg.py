@@ -67,60 +67,64 @@ def _merge_icc(blocks: list[Block]) -> list[Block]:
 def walk(data: bytes) -> list[Block]:
     """All segments of a JPEG, plus anything after EOI."""
     blocks = [Block(Kind.STRUCTURE, "SOI")]
-    pos = 2
-    n = len(data)
-    while True:
-        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
-            pos += 1  # fill bytes before a marker
-        if pos + 2 > n:
-            blocks.append(Block(Kind.DAMAGED, f"file ends at byte {n} before the end-of-image marker"))
-            break
-        if data[pos] != 0xFF:
-            # Junk between segments: decoders skip to the next marker (libjpeg warns), so do we, but the
-            # bytes are reported, since they can carry anything.
-            nxt = data.find(b"\xff", pos)
-            nxt = n if nxt < 0 else nxt
-            blocks.append(Block(Kind.UNKNOWN, f"{nxt - pos} stray bytes at byte {pos}", data[pos:nxt]))
-            pos = nxt
-            continue
-        marker = data[pos + 1]
-        if marker == 0xD9:  # EOI
-            blocks.append(Block(Kind.STRUCTURE, "EOI"))
-            trailer = data[pos + 2:]
-            if trailer:
-                kind = Kind.PREVIEW if b"\xff\xd8\xff" in trailer else Kind.TRAILER
-                blocks.append(Block(kind, f"{len(trailer)} bytes after end of image", trailer))
-            break
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn / TEM: no length
-            pos += 2
-            continue
-        if pos + 4 > n:
-            blocks.append(Block(Kind.DAMAGED, f"segment header cut at byte {pos}"))
-            break
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
-        end = pos + 2 + length
-        if length < 2 or end > n:
-            blocks.append(Block(Kind.DAMAGED, f"segment 0x{marker:02X} at byte {pos} runs past the end of the file"))
-            break
-        payload = data[pos + 4:end]
-        if 0xE0 <= marker <= 0xEF:
-            blocks.append(_app_block(marker, payload))
-        elif marker == 0xFE:
-            blocks.append(Block(Kind.COMMENT, "COM", payload))
-        elif marker == 0xDA:  # SOS: header, then entropy-coded data up to the next real marker
-            blocks.append(Block(Kind.STRUCTURE, "SOS"))
-            found = _NEXT_MARKER.search(data, end)
-            if found is None:
-                blocks.append(Block(Kind.DAMAGED, "scan data runs to the end of the file (no end-of-image marker)"))
-                break
-            pos = found.start()
-            continue
-        elif marker in _STRUCTURE:
-            blocks.append(Block(Kind.STRUCTURE, f"0x{marker:02X}"))
-        else:
-            blocks.append(Block(Kind.UNKNOWN, f"marker 0x{marker:02X}", payload))
-        pos = end
+    pos: int | None = 2
+    while pos is not None:
+        found, pos = _segment(data, pos)
+        blocks += found
     return _merge_icc(blocks)
+
+
+def _segment(data: bytes, pos: int) -> tuple[list[Block], int | None]:
+    """The blocks of the segment (or stray bytes) at ``pos``, and where the next one starts (None: the walk
+    ends: end of image, or damage)."""
+    n = len(data)
+    while pos + 1 < n and data[pos] == 0xFF and data[pos + 1] == 0xFF:
+        pos += 1  # fill bytes before a marker
+    if pos + 2 > n:
+        return [Block(Kind.DAMAGED, f"file ends at byte {n} before the end-of-image marker")], None
+    if data[pos] != 0xFF:
+        # Junk between segments: decoders skip to the next marker (libjpeg warns), so do we, but the
+        # bytes are reported, since they can carry anything.
+        nxt = data.find(b"\xff", pos)
+        nxt = n if nxt < 0 else nxt
+        return [Block(Kind.UNKNOWN, f"{nxt - pos} stray bytes at byte {pos}", data[pos:nxt])], nxt
+    marker = data[pos + 1]
+    if marker == 0xD9:  # EOI
+        return [Block(Kind.STRUCTURE, "EOI")] + _after_end(data[pos + 2:]), None
+    if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn / TEM: no length
+        return [], pos + 2
+    if pos + 4 > n:
+        return [Block(Kind.DAMAGED, f"segment header cut at byte {pos}")], None
+    (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+    end = pos + 2 + length
+    if length < 2 or end > n:
+        return [Block(Kind.DAMAGED, f"segment 0x{marker:02X} at byte {pos} runs past the end of the file")], None
+    if marker == 0xDA:  # SOS: header, then entropy-coded data up to the next real marker
+        found = _NEXT_MARKER.search(data, end)
+        if found is None:
+            return [Block(Kind.STRUCTURE, "SOS"),
+                    Block(Kind.DAMAGED, "scan data runs to the end of the file (no end-of-image marker)")], None
+        return [Block(Kind.STRUCTURE, "SOS")], found.start()
+    return [_marker_block(marker, data[pos + 4:end])], end
+
+
+def _after_end(trailer: bytes) -> list[Block]:
+    """What follows EOI: nothing, another JPEG (MPF images, maker previews) or other data."""
+    if not trailer:
+        return []
+    kind = Kind.PREVIEW if b"\xff\xd8\xff" in trailer else Kind.TRAILER
+    return [Block(kind, f"{len(trailer)} bytes after end of image", trailer)]
+
+
+def _marker_block(marker: int, payload: bytes) -> Block:
+    """A segment with a length other than a scan."""
+    if 0xE0 <= marker <= 0xEF:
+        return _app_block(marker, payload)
+    if marker == 0xFE:
+        return Block(Kind.COMMENT, "COM", payload)
+    if marker in _STRUCTURE:
+        return Block(Kind.STRUCTURE, f"0x{marker:02X}")
+    return Block(Kind.UNKNOWN, f"marker 0x{marker:02X}", payload)
 
 
 class Jpeg(ImageFormat):

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .container import Block, ImageFormat, Kind, OutputOptions
+from .report import CAMERA, DATES, OTHER, PEOPLE, SOFTWARE, Finding
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Critical chunks, transparency, colour rendering hints, physical size, animation control: no free text.
@@ -27,6 +28,9 @@ _STRUCTURE = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"s
               b"mDCV", b"cLLI", b"pHYs", b"bKGD", b"hIST", b"sPLT", b"acTL", b"fcTL", b"fdAT"}
 _RAW_PROFILES = {"exif": Kind.EXIF, "app1": Kind.EXIF, "xmp": Kind.XMP, "iptc": Kind.IPTC,
                  "8bim": Kind.IPTC, "icc": Kind.ICC, "icm": Kind.ICC}
+# The PNG specification's predefined text keywords (case-insensitive here); ImageMagick adds "date:*" keys.
+_KEYWORDS = {"title": PEOPLE, "author": PEOPLE, "description": PEOPLE, "copyright": PEOPLE, "comment": PEOPLE,
+             "disclaimer": OTHER, "warning": OTHER, "creation time": DATES, "software": SOFTWARE, "source": CAMERA}
 # Little-endian rawmodes that, applied to big-endian 16-bit data, yield the low byte of every sample.
 _LOW_BYTES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 
@@ -130,6 +134,16 @@ class Png(ImageFormat):
             raw = np.asarray(_decode_as(data, "RGBA"), dtype=np.uint16)
             return np.stack([raw[..., 0] << 8 | raw[..., 1], raw[..., 2] << 8 | raw[..., 3]], axis=-1)
         return None
+
+    def text_topic(self, key: str) -> str:
+        return _KEYWORDS.get(key.lower(), DATES if key.lower().startswith("date:") else OTHER)
+
+    def text_finding(self, block: Block) -> Finding:
+        if block.name.startswith("tIME") and len(block.payload) == 7:
+            year, month, day, hour, minute, second = struct.unpack(">HBBBBB", block.payload)
+            return Finding(DATES, "last modified", f"{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}",
+                           block.name)
+        return super().text_finding(block)
 
     def save_options(self, *, lossless: bool, options: OutputOptions) -> dict[str, Any]:
         return {}  # a fresh image has no text, ICC or EXIF in its info: Pillow writes IHDR, IDAT, IEND only

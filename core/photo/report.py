@@ -15,6 +15,12 @@ OTHER = "other metadata"
 TOPICS = (LOCATION, PEOPLE, CAMERA, DATES, PREVIEWS, SOFTWARE, OTHER)
 
 
+def text_value(payload: bytes) -> str:
+    """A block's text as shown in a finding: decoded leniently, trimmed, at most 500 characters."""
+    text = payload.decode("utf-8", "replace").strip("\x00 \r\n\t")
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
 @dataclass(frozen=True)
 class Finding:
     """One thing the file tells: ``what`` ("GPS position"), its ``value`` in plain text, and where it sits."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..errors import UnsupportedFormatError
 from .container import Block, ImageFormat, Kind, OutputOptions
 from .tiffdir import TiffReader
 
@@ -29,6 +30,20 @@ _CARRIERS = {700: (Kind.XMP, "XMP tag"), 33723: (Kind.IPTC, "IPTC tag"), 34377: 
 _NAMES = {270: "ImageDescription", 271: "Make", 272: "Model", 274: "Orientation", 305: "Software",
           306: "DateTime", 315: "Artist", 316: "HostComputer", 33432: "Copyright", 34665: "EXIF directory",
           34853: "GPS directory"}
+
+
+def is_camera_raw(data: bytes) -> bool:
+    """TIFF-based raw files (DNG, CR2, NEF, ARW...): IFD0 is only a preview of the real picture."""
+    if data[8:10] == b"CR":
+        return True
+    try:
+        reader = TiffReader(data)
+        ifd0 = reader.directory(reader.first_offset)
+    except ValueError:
+        return False
+    subfile = ifd0.entries.get(254)
+    reduced = bool(subfile and subfile.ints() and subfile.ints()[0] & 1)
+    return reduced or 50706 in ifd0.entries  # NewSubfileType "reduced resolution", or DNGVersion
 
 
 def walk(data: bytes) -> list[Block]:
@@ -57,6 +72,11 @@ class Tiff(ImageFormat):
     name = "TIFF"
     pillow_id = "TIFF"
     extension = ".tif"
+    exif_structure_tags = STRUCTURE_TAGS  # the whole file is the EXIF structure: its pixel tags are allowed
+
+    def check_supported(self, data: bytes, label: str) -> None:
+        if is_camera_raw(data):
+            raise UnsupportedFormatError(f"{label} is a camera raw file: export it as JPEG or TIFF first")
 
     def sniff(self, head: bytes) -> bool:
         return head[:4] in (b"II*\x00", b"MM\x00*")

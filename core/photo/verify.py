@@ -14,7 +14,6 @@ from ..errors import CloakdError, MetadataError
 from .container import Kind
 from .formats import detect
 from .keep import unexpected_tags
-from .tiff import STRUCTURE_TAGS
 
 
 def leftovers(data: bytes, *, kept: Iterable[str] = ()) -> list[str]:
@@ -31,8 +30,8 @@ def leftovers(data: bytes, *, kept: Iterable[str] = ()) -> list[str]:
         if block.kind is Kind.STRUCTURE:
             continue
         if block.kind is Kind.EXIF and kept and len(exif_blocks) == 1:
-            structural = STRUCTURE_TAGS if fmt.name == "TIFF" else frozenset()
-            problems += [f"{block.name}: {tag}" for tag in unexpected_tags(block.payload, kept, structural=structural)]
+            unexpected = unexpected_tags(block.payload, kept, structural=fmt.exif_structure_tags)
+            problems += [f"{block.name}: {tag}" for tag in unexpected]
             continue
         problems.append(f"{block.kind.value} ({block.name})")
     return problems

@@ -11,8 +11,9 @@ import importlib
 import os
 import sys
 
-# Before torch is imported anywhere: with OpenMP's default busy-waiting, 2 threads run 20-50x slower as
-# soon as another process is busy on the other core (measured); passive waiting costs nothing otherwise.
+# Before torch is imported anywhere: with OpenMP's default busy-waiting, 2 threads run many times slower as
+# soon as another process is busy on the other core (README.md, "Measured"); passive waiting costs nothing
+# otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cloakd.core.errors import CloakdError, os_error_text

@@ -42,7 +42,6 @@ def register(sub) -> None:
 def describe_for_enrolment(analyzer, paths: list[Path]):
     """Each readable photo as a :class:`Described` (its face count and, for one face, its descriptor);
     the others are skipped, each with one line on stderr."""
-    from cloakd.daemon.identity import faces_in
     from cloakd.daemon.references import Described
 
     out = []
@@ -50,7 +49,7 @@ def describe_for_enrolment(analyzer, paths: list[Path]):
         for path in paths:
             try:
                 data = path.read_bytes()
-                faces = faces_in(analyzer, data, str(path))
+                _, faces = analyzer.read(data, str(path))
             except (CloakdError, OSError) as e:
                 skip(path, e)
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from cloakd.core.errors import CloakdError
 
@@ -23,23 +24,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from cloakd.core.photo.decode import decode_file
-
     analyzer = load_analyzer()
     failed = 0
     for path in args.photos:
         try:
-            photo = decode_file(path)
-            faces = analyzer.analyse(photo.rgb)
+            file = Path(path)
+            rgb, faces = analyzer.read(file.read_bytes(), str(file))
         except (CloakdError, OSError) as e:  # OSError: missing, unreadable or a folder
             fail(path, e)
             failed += 1
             continue
+        h, w = rgb.shape[:2]
         if args.json:
-            print(json.dumps({"photo": path, "size": list(photo.size),
+            print(json.dumps({"photo": path, "size": [w, h],
                               "faces": [f.as_dict(with_descriptor=True) for f in faces]}))
             continue
-        w, h = photo.size
         print(f"{path}: {w}x{h}, {len(faces)} face{'s' if len(faces) != 1 else ''}")
         for i, f in enumerate(faces, 1):
             x1, y1, x2, y2 = f.box

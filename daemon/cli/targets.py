@@ -65,17 +65,16 @@ def describe_photos(analyzer, paths: list[Path], *, warn=True) -> np.ndarray:
     """One descriptor per photo (its main face); photos without a face, missing or unreadable ones are skipped
     (said on stderr with ``warn``)."""
     from cloakd.core.faces import main_face
-    from cloakd.core.photo.decode import decode_file
 
     out = []
     for p in paths:
         try:
-            photo = decode_file(p)
+            _, faces = analyzer.read(p.read_bytes(), str(p))
         except (CloakdError, OSError) as e:
             if warn:
                 skip(p, e)
             continue
-        face = main_face(analyzer.analyse(photo.rgb))
+        face = main_face(faces)
         if face is None:
             if warn:
                 print(f"cloakd: skipping {p}: no face found", file=sys.stderr)
