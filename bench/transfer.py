@@ -42,22 +42,13 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from common import DATA, butteraugli, machine, preset_variant  # noqa: E402
+from cloakd.core.evaluate import upload_processing  # noqa: E402
 from trackers import BLACK_BOX, DlibPipeline, HumanTrackers, OwnExtractors  # noqa: E402
 
 TRAIN = 6  # photos of each identity that train the tracker (the user's are cloaked); the rest test it
 CLASSIFIERS = ("linear", "centroid", "1nn")
 VARIANTS = {"written": "as written", "uploaded": "after JPEG 75 + 1080 px"}
 NO_CLOAK = "none"  # a pseudo-mode: the user's photos published uncloaked (what each tracker does unprotected)
-
-
-def upload(data: bytes, long_side: int = 1080, quality: int = 75) -> bytes:
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    scale = long_side / max(img.size)
-    if scale < 1:
-        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
 
 
 class Trackers:
@@ -250,7 +241,7 @@ def _cloak(analyzer, users, clean, mode, work, seed, log):
 
 def _write(work: Path, mode: str, user: str, name: str, data: bytes) -> None:
     """A published file as written, and as an upload platform would serve it."""
-    for variant, content in (("written", data), ("uploaded", upload(data))):
+    for variant, content in (("written", data), ("uploaded", upload_processing(data))):
         out = work / mode / variant / user / name
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(content)
@@ -274,7 +265,7 @@ def _sybil_table(analyzer, trackers, users, clean, mode, work, seed, log) -> dic
         sybils = []
         for k in range(TRAIN):
             free = [c for c in pool if c.label not in used]
-            res = make_sybil(analyzer, free, sybil_target(refs, k), references=refs, mode=mode, seed=seed + k)
+            res = make_sybil(analyzer, free, sybil_target(refs), references=refs, mode=mode, seed=seed + k)
             if not res.ok:
                 log(f"  no Sybil image {k + 1} for {user}: {res.reason}")
                 continue
