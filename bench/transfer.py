@@ -26,7 +26,6 @@ Work files (cloaked photos, embeddings) go to --work (default: a temporary folde
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
