@@ -3,7 +3,7 @@
     .venv/bin/python bench/shift.py --cloak dlib_resnet,sface --held-out omz_reid [--photos 16] [--mode mid]
 
 PSR over a handful of users moves in steps of whole photos; this measures, per photo, how far the cloak
-moved each recogniser's description of the face, in that recogniser's own same-person thresholds:
+moved each recogniser's description of the face, in that recogniser's own identity gaps (different-person minus same-person median distance):
 ``moved`` (from the clean photo's descriptor) and ``gained`` (closer to the target class's centroid), on
 the file as written and after JPEG 75. A recogniser the cloak is optimised against shows the white-box
 best case; a *held-out* one (an extractor of ours left out of the cloak, or dlib's real pipeline) shows
@@ -135,7 +135,7 @@ def main() -> None:
             for name, e in extractors.items():
                 if name not in point or any(v is None for v in views):
                     continue
-                unit = e.match_threshold
+                unit = e.identity_gap
                 t = point[name]
                 out = []
                 for j, v in enumerate(views):

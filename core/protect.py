@@ -24,12 +24,13 @@ from .photo.container import OutputOptions
 from .photo.decode import DEFAULT_MAX_PIXELS, decode
 from .photo.strip import strip_and_verify
 
-#: Verification margins, in units of each extractor's same-person threshold (dlib's is 0.6, where they are
-#: 0.15 and 0.25): a targeted face must end at least TOWARDS_MARGIN closer to the target than it started
-#: and at least MOVED_MARGIN away from its original descriptor; an untargeted face at least MOVED_MARGIN
-#: away. They hold for every extractor the cloak is optimised against.
-TOWARDS_MARGIN = 0.15 / 0.6
-MOVED_MARGIN = 0.25 / 0.6
+#: Verification margins, in units of each extractor's identity gap (median different-person minus median
+#: same-person distance; dlib's is 0.386, where they are 0.15 and 0.25 as they were in dlib's own units):
+#: a targeted face must end at least TOWARDS_MARGIN closer to the target than it started and at least
+#: MOVED_MARGIN away from its original descriptor; an untargeted face at least MOVED_MARGIN away. They
+#: hold for every extractor the cloak is optimised against.
+TOWARDS_MARGIN = 0.4
+MOVED_MARGIN = 0.65
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def _task(analyzer: FaceAnalyzer, face: Face, role: str, targets: dict[str, np.n
 
 def _judge(extractor, role: str, original: np.ndarray, written: np.ndarray, target: np.ndarray | None) -> dict:
     """One extractor's verdict on one written face, distances in its own units."""
-    unit = extractor.match_threshold
+    unit = extractor.identity_gap
     check = {"moved": float(np.linalg.norm(written - original))}
     ok = check["moved"] >= MOVED_MARGIN * unit
     why = f"moved {check['moved']:.2f} from its own features (needs {MOVED_MARGIN * unit:.2f})"

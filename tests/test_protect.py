@@ -34,12 +34,12 @@ def test_protected_photo_is_cloaked_clean_and_verified(analyzer, data_dir, targe
     verify_clean(res.data)
     [face] = [f for f in res.faces if f.role == "user"]
     assert face.verified and face.mode == "mid" and face.dssim <= PRESETS["mid"].rho + 1e-9
-    unit = analyzer.extractor.match_threshold  # the margins are in same-person thresholds
+    unit = analyzer.extractor.identity_gap  # the margins are in identity gaps
     assert face.moved >= MOVED_MARGIN * unit
     assert face.to_target_before - face.to_target_after >= TOWARDS_MARGIN * unit
     for extractor in analyzer.cloak_extractors:  # every extractor the cloak was optimised against agrees
         check = face.checks[extractor.name]
-        assert check["verified"] and check["moved"] >= MOVED_MARGIN * extractor.match_threshold
+        assert check["verified"] and check["moved"] >= MOVED_MARGIN * extractor.identity_gap
     again = protect(analyzer, data, ProtectRequest(target=target, steps=40, seed=1))
     assert again.data == res.data  # same seed, input, mode and target: identical bytes
 

@@ -8,8 +8,10 @@ each seeing the face through its own alignment. The loss of a face is
 
     sum over extractors k of  w_k * mean over views v of  (|| Phi_k(chip_kv(x + delta)) - t_k || / s_k)^2
 
-plus a push away from the face's own descriptors. ``s_k`` is extractor k's same-person threshold, so
-every extractor's loss is counted in the same unit (a move of one threshold weighs the same in each).
+plus a push away from the face's own descriptors and a hinge that insists on a minimum gain towards the
+target in every extractor (the verification checks each). ``s_k`` is extractor k's identity gap (median
+different-person minus median same-person distance), so every extractor's loss is counted in the same
+unit: a move of one gap weighs the same in each.
 The views are the tracker's exact alignment plus random upload processing (JPEG, downscale, alignment
 jitter, blur; see views.py). ``t_k`` is the target descriptor in extractor k's space (towards a target
 class or, for a Sybil image, towards the user); an untargeted cloak only pushes the face away from
@@ -169,8 +171,7 @@ class _Face:
     pixels, ``work_box`` the same region in the working crop's pixels.
     """
 
-    def __init__(self, task: FaceTask, scales: Sequence[float], image: np.ndarray, work_side: int, margin: float,
-                 luma_only: bool = False):
+    def __init__(self, task: FaceTask, scales: Sequence[float], image: np.ndarray, work_side: int, margin: float):
         h, w = image.shape[:2]
         self.task = task
         full_transforms = [g.transform for g in task.goals]
@@ -185,18 +186,18 @@ class _Face:
         if self.s != 1.0:
             crop, local = _resize_uint8(crop, self.s), [_scaled(tf, self.s) for tf in local]
         self.transforms = local
-        self.chip_pixel = min(tf.scale for tf in local)  # working pixels per pixel of the finest chip
         self.work_box = _region_box(local, crop.shape[:2], margin)
         wl, wt, wr, wb = self.work_box
         self.base = _to_tensor(crop[wt:wb, wl:wr])
         self.long_side = max(h, w) * self.s  # the photo's long side at this face's working resolution
         self.mask = torch.stack([chip_to_box(_feather(tf.size), tf, self.work_box).float() for tf in local]).amax(0)
-        channels = 1 if luma_only else 3  # one perturbation for R, G and B: brightness only, no colour
-        self.delta = torch.zeros(channels, wb - wt, wr - wl, requires_grad=True)
+        self.delta = torch.zeros(3, wb - wt, wr - wl, requires_grad=True)
         self.scales = list(scales)
         self.targets = [None if g.target is None else torch.as_tensor(np.asarray(g.target, np.float32))
                         for g in task.goals]
         self.origins = [torch.as_tensor(np.asarray(g.origin, np.float32)) for g in task.goals]
+        #: where each extractor starts, in its gaps from the target
+        self.start = [None if t is None else float((o - t).norm()) / u for o, t, u in zip(self.origins, self.targets, scales)]
 
     def pixels(self) -> torch.Tensor:
         return (self.base + self.mask * self.delta).clamp(0, 255)
@@ -212,13 +213,13 @@ class _Face:
         return _resample_box(d, self.work_box, box_in_crop, self.s)
 
     def _distances(self, k: int, emb: torch.Tensor, to: torch.Tensor) -> torch.Tensor:
-        """Distances of extractor k's descriptors ``emb`` (views x D) to ``to``, in thresholds of k."""
+        """Distances of extractor k's descriptors ``emb`` (views x D) to ``to``, in identity gaps of k."""
         return (emb - to).pow(2).sum(-1).clamp_min(1e-12).sqrt() / self.scales[k]
 
     def converged(self, embs: list[torch.Tensor], preset: CloakPreset) -> bool:
         """Whether this step's views (before the step) show every extractor's goal reached: a target on
-        average within ``preset.stop_at`` thresholds, or (untargeted) every view at least
-        ``preset.away_margin`` thresholds from the face's own descriptor."""
+        average within ``preset.stop_at`` gaps, or (untargeted) every view at least
+        ``preset.away_margin`` gaps from the face's own descriptor."""
         for k, emb in enumerate(embs):
             if self.targets[k] is not None:
                 if preset.stop_at is None or float(self._distances(k, emb, self.targets[k]).mean()) > preset.stop_at:
@@ -228,17 +229,18 @@ class _Face:
         return True
 
     def feature_losses(self, embs: list[torch.Tensor], preset: CloakPreset) -> list[torch.Tensor]:
-        """Per extractor, per view: the squared distance to the target (in the extractor's units) plus the push
-        away from the face's own descriptor until ``preset.away_margin`` units."""
+        """Per extractor, per view, in gaps: the squared distance to the target, the push away from the
+        face's own descriptor until ``preset.away_margin``, and the hinge on a gain towards the target short
+        of ``preset.gain_goal``."""
         out = []
         for k, emb in enumerate(embs):
             away = F.relu(preset.away_margin - self._distances(k, emb, self.origins[k])).pow(2)
             if self.targets[k] is None:
                 loss = away
             else:
-                loss = self._distances(k, emb, self.targets[k]).pow(2) + preset.away_weight * away
-            if preset.balance == "log":  # each extractor's relative progress counts the same
-                loss = torch.log(loss + 1e-3)
+                to_target = self._distances(k, emb, self.targets[k])
+                short = F.relu(preset.gain_goal - (self.start[k] - to_target)).pow(2)
+                loss = to_target.pow(2) + preset.away_weight * away + preset.gain_weight * short
             out.append(loss)
         return out
 
@@ -272,21 +274,12 @@ def cloak(
         raise ValueError("every face task needs one goal (and the loss one weight) per extractor")
     views = views if views is not None else preset.views
     rng = np.random.default_rng(seed)
-    scales = [e.match_threshold for e in extractors]
-    faces = [_Face(t, scales, image, work_side, margin, preset.luma_only) for t in tasks]
+    scales = [e.identity_gap for e in extractors]
+    faces = [_Face(t, scales, image, work_side, margin) for t in tasks]
     use_bf16 = bf16_supported() if bf16 is None else bf16
     nets = [e.bfloat16_twin() if use_bf16 else e for e in extractors]
 
     opt = _Adam([f.delta for f in faces])
-    noise_gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    hooks = []
-    if preset.feature_dropout:  # DFANet (Zhong and Deng 2020): dropout in the conv layers, a new model each step
-        keep = 1 - preset.feature_dropout
-
-        def drop(module, inputs, output):
-            return output * (torch.rand(output.shape, generator=noise_gen) < keep).to(output.dtype) / keep
-
-        hooks = [m.register_forward_hook(drop) for net in nets for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     history: list[list[float]] = [[] for _ in faces]
     for step in range(preset.steps):
         per_extractor: list[list[torch.Tensor]] = [[] for _ in nets]
@@ -296,10 +289,6 @@ def cloak(
             vs = [IDENTITY] + [views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
                                for k in range(preset.views_per_step - 1)]
             for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.transforms, vs)):
-                if preset.chip_noise:  # random views see the chip through Gaussian noise (a smoothed extractor)
-                    noise = torch.randn(chips.shape, generator=noise_gen) * preset.chip_noise
-                    noise[0] = 0
-                    chips = chips + noise
                 per_extractor[k].append(chips)
             counts.append(len(vs))
         embs = [net(torch.cat(chips)).split(counts) for net, chips in zip(nets, per_extractor)]
@@ -314,54 +303,16 @@ def cloak(
                 losses[k] = losses[k] + fl.mean()
         if all(done):  # every face already where it should be, in every view of this step: stop early
             break
-        _gradients(faces, losses, weights, preset.balance == "grad")
-        if preset.smooth:
-            for f in faces:
-                f.delta.grad = _gaussian_blur(f.delta.grad, preset.smooth * f.chip_pixel)
+        for f in faces:
+            f.delta.grad = None
+        sum(w * loss for w, loss in zip(weights, losses)).backward()
         opt.step(preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / preset.steps))))  # cosine decay
         _project_to_budget(faces, preset.rho)
 
-    for h in hooks:
-        h.remove()
     out, results = _apply_at_full_resolution(image, faces, preset.rho)
     for res, hist in zip(results, history):
         res.loss = [hist[0], hist[-1]] if hist else []
     return CloakResult(out, results, time.perf_counter() - t0, steps=len(history[0]))
-
-
-def _gradients(faces: list[_Face], losses: list[torch.Tensor], weights: Sequence[float], equal_say: bool) -> None:
-    """Set each face's ``delta.grad``: of the weighted sum of the extractors' losses, or (``equal_say``) the
-    weighted sum of each extractor's own gradient scaled to unit length per face, so that a brittle extractor
-    with large gradients does not alone decide the direction."""
-    deltas = [f.delta for f in faces]
-    if not equal_say:
-        for f in faces:
-            f.delta.grad = None
-        sum(w * loss for w, loss in zip(weights, losses)).backward()
-        return
-    total = [torch.zeros_like(d) for d in deltas]
-    for k, (w, loss) in enumerate(zip(weights, losses)):
-        grads = torch.autograd.grad(loss, deltas, retain_graph=k < len(losses) - 1, allow_unused=True)
-        for acc, g in zip(total, grads):
-            if g is not None:
-                acc.add_(g, alpha=w / max(float(g.norm()), 1e-12))
-    for f, g in zip(faces, total):
-        f.delta.grad = g
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Same-size separable Gaussian blur of C x H x W (reflect padding)."""
-    if sigma <= 0:
-        return x
-    r = max(1, int(math.ceil(2.5 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
-    g = torch.exp(-(t**2) / (2 * sigma**2))
-    g = g / g.sum()
-    c = x.shape[0]
-    y = F.pad(x[None], (r, r, r, r), mode="reflect")
-    y = F.conv2d(y, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    y = F.conv2d(y, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return y[0]
 
 
 class _Adam:

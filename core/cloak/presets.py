@@ -30,15 +30,12 @@ class CloakPreset:
     lr: float = 1.0  # Adam step size, in 0-255 pixel units
     views_per_step: int = 2  # chips per face per step: the exact view plus random upload views
     away_weight: float = 0.0  # weight of the push away from the face's own features (targeted cloaks)
-    #: distances below are in units of each extractor's same-person threshold (dlib's: 0.6)
-    away_margin: float = 1.0 / 0.6  # push away from the face's own features until this far
+    #: distances below are in units of each extractor's identity gap (dlib's: 0.386)
+    away_margin: float = 1.5  # push away from the face's own features until this far (dlib: 0.58)
+    gain_weight: float = 4.0  # weight of the hinge on a gain towards the target below ``gain_goal``
+    gain_goal: float = 0.6  # in every extractor (the verification needs 0.4)
     stop_at: float | None = None  # stop once every targeted face's views are on average this close to T
-    balance: str = "sum"  # how extractors' losses combine: "sum", or "log" (each one's relative progress)
-    chip_noise: float = 0.0  # Gaussian noise (sigma, 0-255) on the chips of random views: a smoothed extractor
     views: ViewDistribution = field(default_factory=ViewDistribution)  # the random views' ranges
-    feature_dropout: float = 0.0  # dropout on the extractors' conv outputs in the search (model diversity)
-    luma_only: bool = False  # perturb brightness only (the same change in R, G and B)
-    smooth: float = 0.0  # Gaussian smoothing of the gradient (sigma, in chip pixels): low-frequency cloaks
 
     def with_overrides(self, **changes) -> "CloakPreset":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -46,7 +43,7 @@ class CloakPreset:
 
 PRESETS: dict[str, CloakPreset] = {
     "low": CloakPreset("low", rho=0.007, steps=60, views_per_step=4, away_weight=1.0),
-    "mid": CloakPreset("mid", rho=0.015, steps=35, lr=1.5, views_per_step=4, away_weight=1.0, stop_at=0.28 / 0.6),
+    "mid": CloakPreset("mid", rho=0.015, steps=35, lr=1.5, views_per_step=4, away_weight=1.0, stop_at=0.73),
     "high": CloakPreset("high", rho=0.017, steps=100, views_per_step=4, away_weight=1.0),
 }
 PRESETS["paper"] = replace(PRESETS["low"], name="paper", steps=1000)

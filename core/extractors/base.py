@@ -54,6 +54,16 @@ class Extractor(nn.Module):
     dim: int
     #: distance under which two descriptors are taken to be the same person (model's own threshold)
     match_threshold: float
+    #: median distances between two photos of one person and of two different people on
+    #: ../shared/data/train (scripts/calibrate_extractors.py): the extractor's identity scale
+    same_person: float
+    other_person: float
+
+    @property
+    def identity_gap(self) -> float:
+        """The unit in which the cloak counts this extractor's distances: a move of one gap is the
+        difference between looking like another photo of the same person and like someone else."""
+        return self.other_person - self.same_person
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
