@@ -36,7 +36,7 @@ def preset_variant(spec: str) -> str:
             preset = preset.with_overrides(views=replace(preset.views, **{sub: float(value)}))
             continue
         kind = type(getattr(preset, field))
-        cast = {str: str, int: int, bool: lambda v: v.lower() in ("1", "true", "yes")}.get(kind, float)
+        cast = {str: str, int: int, bool: lambda v: v.lower() in ("1", "true", "yes")}.get(kind, _number)
         preset = preset.with_overrides(**{field: cast(value)})
     PRESETS[spec] = preset
     return spec
@@ -55,3 +55,7 @@ def butteraugli(original: Path, cloaked: Path | bytes) -> float:
             cloaked = Path(tmp.name)
         out = subprocess.run(["butteraugli", str(original), str(cloaked)], capture_output=True, text=True, check=True)
     return float(out.stdout.split()[0])
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)

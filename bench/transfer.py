@@ -205,15 +205,13 @@ def main() -> None:
 def _cloak(analyzer, users, clean, mode, work, seed, log):
     """Protect every user's training photos once; returns ({user: [True|None per photo]}, held, seconds,
     DSSIMs). Written files go to work/MODE/written/USER/, their uploaded copies to work/MODE/uploaded/USER/."""
-    from cloakd.core.faces import main_face
     from cloakd.core.protect import ProtectRequest, protect
     from cloakd.core.targets import TargetBank, choose_target
 
     bank = TargetBank.load()
     cloaked, held, seconds, dssims = {}, 0, [], []
     for k, user in enumerate(users):
-        refs = np.stack([main_face(analyzer.analyse(np.asarray(Image.open(f).convert("RGB")))).descriptor
-                         for f in clean[user][:TRAIN]])
+        refs = _references(analyzer, clean[user][:TRAIN])[analyzer.extractor.name]
         target = choose_target(bank, refs, rng=np.random.default_rng([seed, k]))
         request = ProtectRequest(target=bank.point(target.name), references=refs, mode=mode, seed=seed)
         cloaked[user] = []
@@ -238,6 +236,17 @@ def _cloak(analyzer, users, clean, mode, work, seed, log):
     return cloaked, held, seconds, dssims or [0.0]
 
 
+def _references(analyzer, files: list[Path]) -> dict[str, np.ndarray]:
+    """The user's enrolment: the main face of each photo, described by every extractor of the cloak."""
+    from cloakd.core.faces import main_face
+
+    rows = []
+    for f in files:
+        rgb, faces = analyzer.read(f.read_bytes(), str(f))
+        rows.append(analyzer.describe_all(rgb, [main_face(faces)]))
+    return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+
 def _write(work: Path, mode: str, user: str, name: str, data: bytes) -> None:
     """A published file as written, and as an upload platform would serve it."""
     for variant, content in (("written", data), ("uploaded", upload_processing(data))):
@@ -248,7 +257,6 @@ def _write(work: Path, mode: str, user: str, name: str, data: bytes) -> None:
 
 def _sybil_table(analyzer, trackers, users, clean, mode, work, seed, log) -> dict:
     """PSR with r = 0.2 of the user's training photos leaked uncloaked, without and with Sybil images."""
-    from cloakd.core.faces import main_face
     from cloakd.core.sybil import Candidate, describe_candidates, make_sybil, sybil_target
 
     files = sorted((DATA / "targets").glob("*/*.jpg"))
@@ -259,12 +267,12 @@ def _sybil_table(analyzer, trackers, users, clean, mode, work, seed, log) -> dic
     used: set[str] = set()
     per_user: dict[str, tuple[list[Path], list[Path]]] = {}
     for user in users:
-        refs = np.stack([main_face(analyzer.analyse(np.asarray(Image.open(f).convert("RGB")))).descriptor
-                         for f in clean[user][:TRAIN]])
+        spaces = _references(analyzer, clean[user][:TRAIN])
+        refs = spaces[analyzer.extractor.name]
         sybils = []
         for k in range(TRAIN):
             free = [c for c in pool if c.label not in used]
-            res = make_sybil(analyzer, free, sybil_target(refs), references=refs, mode=mode, seed=seed + k)
+            res = make_sybil(analyzer, free, sybil_target(spaces), references=refs, mode=mode, seed=seed + k)
             if not res.ok:
                 log(f"  no Sybil image {k + 1} for {user}: {res.reason}")
                 continue

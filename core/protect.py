@@ -25,7 +25,7 @@ from .photo.decode import DEFAULT_MAX_PIXELS, decode
 from .photo.strip import strip_and_verify
 
 #: Verification margins, in units of each extractor's identity gap (median different-person minus median
-#: same-person distance; dlib's is 0.386, where they are 0.15 and 0.25 as they were in dlib's own units):
+#: same-person distance; dlib's is 0.384, where they are 0.15 and 0.25 as they were in dlib's own units):
 #: a targeted face must end at least TOWARDS_MARGIN closer to the target than it started and at least
 #: MOVED_MARGIN away from its original descriptor; an untargeted face at least MOVED_MARGIN away. They
 #: hold for every extractor the cloak is optimised against.

@@ -13,7 +13,7 @@ publishing them would leak the user, not protect them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -77,9 +77,13 @@ def _go_on() -> str:
     return ""
 
 
-def sybil_target(references: np.ndarray) -> np.ndarray:
+def sybil_target(references: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
     """Where a user's Sybil images are pulled: the centroid of the user's reference descriptors (their
-    uncloaked features), which is where a tracker's leaked clean photos of the user concentrate."""
+    uncloaked features), which is where a tracker's leaked clean photos of the user concentrate. Given the
+    references by extractor name, the centroid in each extractor's space (the cloak then pulls towards the
+    user in every one of them)."""
+    if isinstance(references, Mapping):
+        return {name: sybil_target(r) for name, r in references.items()}
     references = np.atleast_2d(np.asarray(references, np.float32))
     if len(references) == 0:
         raise CloakdError("Sybil images need the user's reference descriptors: enrol the user first")
@@ -140,26 +144,28 @@ def rank_candidates(analyzer: FaceAnalyzer, candidates: Iterable[Candidate], tow
     return ranking
 
 
-def make_sybil(analyzer: FaceAnalyzer, candidates: Iterable[Candidate], toward: np.ndarray, *,
+def make_sybil(analyzer: FaceAnalyzer, candidates: Iterable[Candidate],
+               toward: np.ndarray | Mapping[str, np.ndarray], *,
                references: np.ndarray | None = None, tries: int = 3, at_most: int | None = None, mode: str = "mid",
                seed: int = 0, options: OutputOptions = OutputOptions(),
                busy: Callable[[], str] = _go_on) -> SybilResult:
-    """Cloak up to ``tries`` of the closest candidates towards ``toward`` (the user's uncloaked features)
+    """Cloak up to ``tries`` of the closest candidates towards ``toward`` (the user's uncloaked features:
+    the primary extractor's descriptor, or descriptors by extractor name as :func:`sybil_target` gives them)
     and keep the verified one that ends closest. Metadata is stripped as for any protected photo.
 
     Each candidate is described once (none again that :func:`describe_candidates` described already);
     ``at_most`` and ``busy`` as for :func:`rank_candidates`, ``busy`` also before each cloak: a run stopped
     then keeps the best image made so far.
     """
-    toward = np.asarray(toward, np.float32)
-    ranking = rank_candidates(analyzer, candidates, toward, references, keep=max(1, tries), at_most=at_most,
-                              busy=busy)
+    target = ProtectRequest(target=toward).targets(analyzer.extractor.name)
+    ranking = rank_candidates(analyzer, candidates, target[analyzer.extractor.name], references, keep=max(1, tries),
+                              at_most=at_most, busy=busy)
     tried, stopped = list(ranking.refused), ranking.stopped
     best: SybilResult | None = None
     for start, c in [] if stopped else ranking.ranked:
         if stopped := busy():
             break
-        request = ProtectRequest(target=toward, mode=mode, seed=seed if c.seed is None else c.seed, options=options)
+        request = ProtectRequest(target=target, mode=mode, seed=seed if c.seed is None else c.seed, options=options)
         result = protect(analyzer, c.data, request, label=c.label)
         face = result.faces[0] if result.faces else None
         if not result.ok or face is None or face.to_target_after is None:

@@ -283,15 +283,14 @@ def cloak(
     history: list[list[float]] = [[] for _ in faces]
     for step in range(preset.steps):
         per_extractor: list[list[torch.Tensor]] = [[] for _ in nets]
-        counts = []
+        seen = [_views_seen(k, step, preset) for k in range(len(nets))]
         for f in faces:
             phase = (int(rng.integers(0, JPEG_PHASES)), int(rng.integers(0, JPEG_PHASES)))  # one per step
             vs = [IDENTITY] + [views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
                                for k in range(preset.views_per_step - 1)]
             for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.transforms, vs)):
-                per_extractor[k].append(chips)
-            counts.append(len(vs))
-        embs = [net(torch.cat(chips)).split(counts) for net, chips in zip(nets, per_extractor)]
+                per_extractor[k].append(chips[seen[k]])
+        embs = [net(torch.cat(chips)).split(len(seen[k])) for k, (net, chips) in enumerate(zip(nets, per_extractor))]
         losses = [torch.zeros(()) for _ in nets]  # per extractor, summed over faces
         done: list[bool] = []
         for i, f in enumerate(faces):
@@ -313,6 +312,17 @@ def cloak(
     for res, hist in zip(results, history):
         res.loss = [hist[0], hist[-1]] if hist else []
     return CloakResult(out, results, time.perf_counter() - t0, steps=len(history[0]))
+
+
+def _views_seen(k: int, step: int, preset: CloakPreset) -> list[int]:
+    """Which of a step's views extractor ``k`` sees: the first extractor all of them, the others the exact
+    view and ``preset.ensemble_views - 1`` of the random ones, in turn (each view costs every extractor
+    that sees it a forward and backward pass; over the steps each still sees every kind of view)."""
+    n = preset.views_per_step
+    if k == 0 or preset.ensemble_views is None or preset.ensemble_views >= n:
+        return list(range(n))
+    start = step * (preset.ensemble_views - 1) + k
+    return [0] + sorted({1 + (start + j) % (n - 1) for j in range(preset.ensemble_views - 1)})
 
 
 class _Adam:

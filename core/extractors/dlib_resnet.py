@@ -105,7 +105,7 @@ class DlibResNet(Extractor):
     geometry = ChipGeometry(size=150, padding=0.25)
     dim = 128
     match_threshold = 0.6
-    same_person, other_person = 0.4324, 0.8179  # scripts/calibrate_extractors.py
+    same_person, other_person = 0.4333, 0.8168  # scripts/calibrate_extractors.py
 
     def __init__(self, network: dat.DatNetwork, source: str) -> None:
         super().__init__()
