@@ -6,7 +6,10 @@ back if needed), not just encouraged. The modes trade visibility for protection 
 protects against", has the measured table): ``mid`` is the default, as visible as cloakd's earlier
 dlib-only mid while moving three recognisers; ``high`` is also the retry when a cloak fails
 verification; ``strong`` and ``max`` are clearly visible and move recognisers the cloak never saw
-further. ``low`` uses the budget of the Fawkes paper (rho = 0.007); ``paper`` adds the paper's ~1000 steps.
+further. In ``mid`` and ``high`` the primary extractor (dlib's ResNet, also the gray-box tracker's
+model) weighs 3x: at their small budgets an equal share left dlib's real pipeline recognising the user,
+while a held-out extractor moved as far either way (bench/shift.py). ``low`` uses the budget of the
+Fawkes paper (rho = 0.007); ``paper`` adds the paper's ~1000 steps.
 
 The budget, not the step count, limits how far a face can move: Adam at 1.5 pixel units with a cosine
 decay gets there in a few dozen steps. ``stop_at`` ends the search once every view of every targeted face
@@ -33,6 +36,7 @@ class CloakPreset:
     away_margin: float = 1.5  # push away from the face's own features until this far (dlib: 0.58)
     gain_weight: float = 16.0  # weight of the hinge on a gain towards the target below ``gain_goal``
     gain_goal: float = 0.6  # in every extractor (the verification needs 0.4)
+    primary_weight: float = 1.0  # weight of the first (primary) extractor's loss; each other extractor's is 1
     stop_at: float | None = None  # stop once every targeted face's views are on average this close to T
     views: ViewDistribution = field(default_factory=ViewDistribution)  # the random views' ranges
 
@@ -43,8 +47,9 @@ class CloakPreset:
 PRESETS: dict[str, CloakPreset] = {
     "low": CloakPreset("low", rho=0.007, steps=60, views_per_step=4, away_weight=1.0),
     "mid": CloakPreset("mid", rho=0.0135, steps=35, lr=1.5, views_per_step=4, ensemble_views=2, away_weight=1.0,
-                       stop_at=0.73),
-    "high": CloakPreset("high", rho=0.017, steps=100, views_per_step=4, ensemble_views=2, away_weight=1.0),
+                       primary_weight=3.0, stop_at=0.73),
+    "high": CloakPreset("high", rho=0.017, steps=100, views_per_step=4, ensemble_views=2, away_weight=1.0,
+                        primary_weight=3.0),
     "strong": CloakPreset("strong", rho=0.03, steps=60, lr=1.5, views_per_step=4, ensemble_views=2, away_weight=1.0),
     "max": CloakPreset("max", rho=0.05, steps=100, lr=1.5, views_per_step=4, ensemble_views=2, away_weight=1.0),
 }
