@@ -129,7 +129,8 @@ def main() -> None:
                     help="installed copy of ../shared/trackers/human (default %(default)s)")
     ap.add_argument("--no-human", action="store_true", help="gray-box tracker only")
     ap.add_argument("--white-box", action="store_true",
-                    help="also cloakd's own extractors as trackers (the best case, labelled white-box)")
+                    help="also cloakd's own extractors as trackers, labelled cloakd:NAME (white-box where the "
+                    "mode optimises against them: the best case)")
     ap.add_argument("--sybil", action="store_true", help="leaked-photo and Sybil table (first mode only)")
     ap.add_argument("--work", type=Path, help="keep work files here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON")

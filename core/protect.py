@@ -1,10 +1,10 @@
 """Protect one photo: bytes in, verified clean bytes out (or a clear reason why not). Fail closed.
 
 decode -> find and describe faces -> cloak each face (towards the user's target class, or away from its
-own features for other people) against every extractor of the analyser's ``cloak_extractors`` -> strip
-metadata and encode -> decode the written bytes again, re-detect and re-describe every cloaked face with
-every one of those extractors, and check it moved towards its target and away from its original by the
-margins below in each. A face that fails is retried with the next stronger preset; a photo whose faces
+own features for other people) against the primary extractor, or, for an ensemble preset, every
+extractor of the analyser's ``cloak_extractors`` -> strip metadata and encode -> decode the written bytes
+again, re-detect and re-describe every cloaked face with every one of those extractors, and check it moved
+towards its target and away from its original by the margins below in each. A face that fails is retried with the next stronger preset; a photo whose faces
 still fail is not protected, and no bytes are returned for it.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cloak.optimise import AWAY, FaceTask, Goal, cloak
-from .cloak.presets import STRONGER, preset
+from .cloak.presets import STRONGER, CloakPreset, preset
 from .faces import Face, FaceAnalyzer
 from .identity import single_out
 from .photo.container import OutputOptions
@@ -136,12 +136,21 @@ def _roles(faces: list[Face], request: ProtectRequest, threshold: float) -> list
     return roles
 
 
+def _extractors(analyzer: FaceAnalyzer, settings: CloakPreset) -> list[int]:
+    """Which of the analyser's cloak extractors (indices) a preset's cloak is optimised against and
+    verified in: all of them for an ensemble preset, else the primary only."""
+    if settings.ensemble:
+        return list(range(len(analyzer.cloak_extractors)))
+    return [k for k, e in enumerate(analyzer.cloak_extractors) if e is analyzer.extractor]
+
+
 def _task(analyzer: FaceAnalyzer, face: Face, role: str, targets: dict[str, np.ndarray],
-          origins: list[np.ndarray]) -> FaceTask:
-    """One goal per cloak extractor: the face's chip in that extractor's alignment, its own descriptor
-    there, and (for the user's face) the target there, if the target has one."""
+          origins: list[np.ndarray], used: list[int]) -> FaceTask:
+    """One goal per extractor in ``used``: the face's chip in that extractor's alignment, its own
+    descriptor there, and (for the user's face) the target there, if the target has one."""
     goals = []
-    for extractor, origin in zip(analyzer.cloak_extractors, origins):
+    for k in used:
+        extractor, origin = analyzer.cloak_extractors[k], origins[k]
         transform = face.transform if extractor is analyzer.extractor else extractor.geometry.transform(face.landmarks)
         goals.append(Goal(transform, origin, targets.get(extractor.name) if role == "user" else None))
     return FaceTask(goals)
@@ -167,9 +176,9 @@ def _judge(extractor, role: str, original: np.ndarray, written: np.ndarray, targ
 
 
 def _verify_written(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, faces: list[Face],
-                    origins: list[list[np.ndarray]], reports: list[FaceReport], label: str) -> None:
-    """Decode the written bytes, re-detect and re-describe each cloaked face with every cloak extractor,
-    and judge it in each.
+                    origins: list[list[np.ndarray]], reports: list[FaceReport], label: str, used: list[int]) -> None:
+    """Decode the written bytes, re-detect and re-describe each cloaked face with every extractor the
+    cloak was optimised against (``used``), and judge it in each.
 
     Both the tracker's view (the face re-detected in the written photo) and the original alignment must
     show the move; if the face is no longer detected at all, the original alignment alone is judged.
@@ -178,7 +187,8 @@ def _verify_written(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest
     found = analyzer.find(written)
     matches = [_match(face, found) for face in faces]
     targets = request.targets(analyzer.extractor.name)
-    for k, extractor in enumerate(analyzer.cloak_extractors):
+    for k in used:
+        extractor = analyzer.cloak_extractors[k]
         own = analyzer.describe(written, faces, extractor)
         matched = [m for m in matches if m is not None]
         again = dict(zip(map(id, matched), analyzer.describe(written, matched, extractor)))
@@ -220,8 +230,10 @@ def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label:
     while True:
         pixels = rgb
         if todo:
-            tasks = [_task(analyzer, faces[i], roles[i], targets, o) for i, o in zip(todo, origins)]
-            result = cloak(rgb, tasks, analyzer.cloak_extractors, request.preset(mode), seed=request.seed)
+            settings = request.preset(mode)
+            used = _extractors(analyzer, settings)
+            tasks = [_task(analyzer, faces[i], roles[i], targets, o, used) for i, o in zip(todo, origins)]
+            result = cloak(rgb, tasks, [analyzer.cloak_extractors[k] for k in used], settings, seed=request.seed)
             pixels = result.image
             for i, fr in zip(todo, result.faces):
                 reports[i].mode, reports[i].dssim = mode, fr.dssim
@@ -233,7 +245,7 @@ def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label:
         todo_reports = [reports[i] for i in todo]
         for rep in todo_reports:
             rep.checks = {}
-        _verify_written(analyzer, clean.data, request, cloaked, origins, todo_reports, label)
+        _verify_written(analyzer, clean.data, request, cloaked, origins, todo_reports, label, used)
         failed = [i for i in todo if not reports[i].verified]
         if not failed or mode not in STRONGER:
             break

@@ -27,7 +27,7 @@ from cloakd.core.identity import select_references
 
 from .config import UserConfig
 from .privileges import Account, acting_as, read_photo
-from .references import ReferenceStore
+from .references import ReferenceStore, describe, stacked
 from .watch import is_temporary
 
 if TYPE_CHECKING:  # torch-heavy: the rest of the service (and its tests) run without loading it
@@ -43,16 +43,25 @@ class UserReferences:
     def __init__(self, analyzer: "FaceAnalyzer", state_dir: Path):
         self.analyzer = analyzer
         self.store = ReferenceStore(state_dir, analyzer.extractor.name)
-        self._enrolled: dict[str, tuple[tuple, np.ndarray | None]] = {}
-        self._folder: dict[str, tuple[tuple, np.ndarray | None]] = {}
+        self._enrolled: dict[str, tuple[tuple, dict[str, np.ndarray] | None]] = {}
+        self._folder: dict[str, tuple[tuple, dict[str, np.ndarray] | None]] = {}
         self._lock = threading.Lock()
 
     def get(self, user: UserConfig, account: Account) -> np.ndarray | None:
-        """All of the user's reference descriptors, or None when the user has none."""
-        parts = [p for p in (self.enrolled(user.name), self.folder(user, account)) if p is not None]
-        return np.concatenate(parts).astype(np.float32) if parts else None
+        """All of the user's reference descriptors (the primary extractor's), or None when the user has none."""
+        spaces = self.spaces(user, account)
+        return None if spaces is None else spaces[self.analyzer.extractor.name]
 
-    def enrolled(self, name: str) -> np.ndarray | None:
+    def spaces(self, user: UserConfig, account: Account) -> dict[str, np.ndarray] | None:
+        """The user's reference faces by extractor name: the primary's descriptors, and each other
+        extractor's where every source has them (an enrolment from before they were stored has not)."""
+        parts = [p for p in (self.enrolled(user.name), self.folder(user, account)) if p is not None]
+        if not parts:
+            return None
+        names = set.intersection(*(set(p) for p in parts))
+        return {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in sorted(names)}
+
+    def enrolled(self, name: str) -> dict[str, np.ndarray] | None:
         """The descriptors ``cloakd enrol`` stored, re-read when the file is replaced. An unreadable record
         is logged (once per version of the file) and not used: photos are then cloaked as without references."""
         path = self.store.path(name)
@@ -70,17 +79,18 @@ class UserReferences:
             refs = None
             if version:
                 try:
-                    refs = self.store.get(name)
+                    refs = self.store.spaces(name)
                 except CloakdError as e:
                     log.error("%s: enrolled references not used: %s", name, e)
                 else:
                     log.info("%s: %d enrolled reference descriptors loaded from %s", name,
-                             0 if refs is None else len(refs), path)
+                             0 if refs is None else len(refs[self.analyzer.extractor.name]), path)
             self._enrolled[name] = (version, refs)
             return refs
 
-    def folder(self, user: UserConfig, account: Account) -> np.ndarray | None:
-        """The accepted descriptors of the references folder's photos, read with the user's rights."""
+    def folder(self, user: UserConfig, account: Account) -> dict[str, np.ndarray] | None:
+        """The accepted faces of the references folder's photos by extractor name, read with the user's
+        rights."""
         if user.references is None:
             return None
         listing = _listing(account, user.references)
@@ -93,16 +103,16 @@ class UserReferences:
                 path = user.references / name
                 try:
                     photo = read_photo(account, path, [user.references], "references folder")
-                    _, faces = self.analyzer.read(photo.data, str(path))
+                    described.append(describe(self.analyzer, str(path), photo.data))
                 except (CloakdError, OSError) as e:
                     why = os_error_text(e, path) if isinstance(e, OSError) else str(e)
                     log.warning("%s: reference photo not used: %s", user.name, why)
-                    continue
-                described.append((str(path), faces[0].descriptor if len(faces) == 1 else None, len(faces)))
-            chosen = select_references(described, self.analyzer.extractor.match_threshold)
+            chosen = select_references([(d.label, d.descriptor, d.faces) for d in described],
+                                       self.analyzer.extractor.match_threshold)
             for rejected in chosen.rejected:
                 log.warning("%s: reference photo not used: %s: %s", user.name, rejected.label, rejected.reason)
-            refs = chosen.descriptors if len(chosen.descriptors) else None
+            kept = [described[i] for i in chosen.kept]
+            refs = stacked(kept, self.analyzer.extractor.name) if kept else None
             if refs is None and listing:
                 log.warning("%s: no usable reference photo in %s (each must show the user alone)", user.name,
                             user.references)

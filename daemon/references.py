@@ -1,7 +1,9 @@
 """Each user's enrolled reference descriptors (``cloakd enrol``), kept in the state directory.
 
 ``STATE/users/NAME/references.npz``: one 128-d descriptor per accepted reference photo, with the photo's
-name and sha256 (so enrolling the same photo twice counts it once) and the extractor that made them.
+name and sha256 (so enrolling the same photo twice counts it once) and the extractor that made them; and
+the same faces described by each other extractor of the cloak (``space.NAME``), so that Sybil images can
+be pulled towards the user in every space the cloak moves (records from before hold the primary only).
 Only descriptors are stored, never the photos; they are biometric data, readable by cloakd's own account
 only (daemon/state.py). Enrolling again adds photos; the whole set is re-checked
 for consistency (one person) each time.
@@ -9,8 +11,11 @@ for consistency (one person) each time.
 
 from __future__ import annotations
 
+import hashlib
 import io
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +24,12 @@ from cloakd.core.identity import References, select_references
 
 from .files import replace_file
 from .state import user_dir
+
+if TYPE_CHECKING:  # torch-heavy
+    from cloakd.core.faces import FaceAnalyzer
+
+
+SPACE = "space."  # the key prefix of another extractor's descriptors in a record
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,7 @@ class Described:
     sha256: str
     descriptor: np.ndarray | None
     faces: int
+    spaces: Mapping[str, np.ndarray] = field(default_factory=dict)  # the face by the other extractors
 
 
 class ReferenceStore:
@@ -46,8 +58,10 @@ class ReferenceStore:
             if str(raw["extractor"]) != self.extractor:
                 raise CloakdError(f"{p}: references made with extractor {raw['extractor']}, not {self.extractor}; "
                                   f"enrol the user again with 'cloakd enrol --user {user} --replace PHOTOS'")
+            spaces = {k.removeprefix(SPACE): raw[k] for k in raw.files if k.startswith(SPACE)}
             rows = zip(raw["labels"], raw["sha256"], raw["descriptors"])
-            return [Described(str(label), str(sha), desc, 1) for label, sha, desc in rows]
+            return [Described(str(label), str(sha), desc, 1, {k: v[i] for k, v in spaces.items()})
+                    for i, (label, sha, desc) in enumerate(rows)]
         except FileNotFoundError:
             return []
         except (OSError, ValueError, KeyError) as e:
@@ -58,6 +72,11 @@ class ReferenceStore:
         """The user's enrolled descriptors (n x 128), or None if the user has not been enrolled."""
         stored = self._load(user)
         return np.stack([d.descriptor for d in stored]).astype(np.float32) if stored else None
+
+    def spaces(self, user: str) -> dict[str, np.ndarray] | None:
+        """The user's enrolled faces by extractor name (n x D each, the primary's among them), or None."""
+        stored = self._load(user)
+        return stacked(stored, self.extractor) if stored else None
 
     def enrol(self, user: str, photos: list[Described], threshold: float, replace: bool = False) -> References:
         """Add ``photos`` to the user's references (or replace them), keep the consistent one-face ones,
@@ -71,9 +90,30 @@ class ReferenceStore:
             raise CloakdError(f"no usable reference photo for {user}: "
                               + "; ".join(f"{r.label}: {r.reason}" for r in refs.rejected))
         kept = [offered[i] for i in refs.kept]
+        others = {SPACE + k: v for k, v in stacked(kept, self.extractor).items() if k != self.extractor}
         buf = io.BytesIO()
         np.savez(buf, descriptors=np.stack([d.descriptor for d in kept]).astype(np.float32),
                  labels=np.array([d.label for d in kept]), sha256=np.array([d.sha256 for d in kept]),
-                 extractor=np.array(self.extractor))
+                 extractor=np.array(self.extractor), **others)
         replace_file(self.path(user, create=True), buf.getvalue())
         return refs
+
+
+def describe(analyzer: "FaceAnalyzer", label: str, data: bytes) -> Described:
+    """A photo offered as a reference: its face count and, for one face, that face described by every
+    extractor of the cloak. CloakdError for a photo that cannot be read."""
+    rgb, faces = analyzer.read(data, label)
+    sha256 = hashlib.sha256(data).hexdigest()
+    if len(faces) != 1:
+        return Described(label, sha256, None, len(faces))
+    spaces = {k: v[0] for k, v in analyzer.describe_all(rgb, faces).items() if k != analyzer.extractor.name}
+    return Described(label, sha256, faces[0].descriptor, 1, spaces)
+
+
+def stacked(photos: list[Described], primary: str) -> dict[str, np.ndarray]:
+    """The photos' faces by extractor name: the primary's descriptors, and each other extractor's that
+    described every one of the photos."""
+    out = {primary: np.stack([d.descriptor for d in photos]).astype(np.float32)}
+    for name in sorted(set.intersection(*(set(d.spaces) for d in photos)) - {primary}) if photos else ():
+        out[name] = np.stack([d.spaces[name] for d in photos]).astype(np.float32)
+    return out

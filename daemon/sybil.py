@@ -179,17 +179,20 @@ class _Run:
             self.outcome.refused.append((str(original.path), values.get("reason", "")))
 
 
-def make_one(analyzer: "FaceAnalyzer", account: Account, candidates: Path, output: Path, references: np.ndarray,
-             record: SybilRecord, *, mode: str = "mid", busy: Callable[[], str] = lambda: "") -> Outcome:
+def make_one(analyzer: "FaceAnalyzer", account: Account, candidates: Path, output: Path,
+             references: dict[str, np.ndarray], record: SybilRecord, *, mode: str = "mid",
+             busy: Callable[[], str] = lambda: "") -> Outcome:
     """Make at most one Sybil image from the unused photos in ``candidates`` into ``output`` (steps above).
 
-    ``references``: the user's uncloaked descriptors. ``busy`` returns why to stop now ("" to go on).
+    ``references``: the user's uncloaked faces by extractor name (the primary's at least): the image is
+    pulled towards the user in each of these spaces. ``busy`` returns why to stop now ("" to go on).
     CloakdError for a missing candidates folder or an unreadable record.
     """
     from cloakd.core.sybil import make_sybil, sybil_target
 
     run = _Run(account, candidates, output, record, record.load())
-    result = make_sybil(analyzer, _unused(run), sybil_target(references), references=references, tries=TRIES,
+    primary = references[analyzer.extractor.name]
+    result = make_sybil(analyzer, _unused(run), sybil_target(references), references=primary, tries=TRIES,
                         at_most=RANK_AT_MOST, mode=mode, busy=busy)
     for tried in result.tried:
         if tried.reason:  # no face, several, looks like the user, or its cloak did not verify
@@ -330,7 +333,7 @@ class SybilJob:
             record = SybilRecord(self.state_dir, user.name)
             if not self._due(record, user.sybil.per_day):
                 return None
-            references = self.references.get(user, account)
+            references = self.references.spaces(user, account)
             if references is None:
                 self._say(user.name, logging.WARNING, "no Sybil images: they are pulled towards the user's own "
                           f"features, and there are none yet; fix: 'cloakd enrol --user {user.name} PHOTOS' "

@@ -58,6 +58,28 @@ def test_enrolment_keeps_one_consistent_person(lfw_descriptors):
     assert len(select_references(offered[3:5], THRESHOLD).descriptors) == 2
 
 
+def test_the_reference_record_keeps_every_extractors_descriptors_and_reads_older_records(lfw_descriptors,
+                                                                                          tmp_path):
+    from cloakd.daemon.references import Described, ReferenceStore
+
+    names, paths, x = lfw_descriptors
+    bill = np.flatnonzero(names == "Bill_Gates")[:3]
+    other = np.random.default_rng(0).standard_normal((len(bill), 7)).astype(np.float32)  # stands for a 2nd space
+    photos = [Described(paths[i].name, f"{j:064x}", x[i], 1, {"second": other[j]}) for j, i in enumerate(bill)]
+    store = ReferenceStore(tmp_path, "dlib_resnet")
+    store.enrol("bee", photos, THRESHOLD)
+    spaces = store.spaces("bee")
+    assert sorted(spaces) == ["dlib_resnet", "second"]
+    assert np.array_equal(spaces["dlib_resnet"], x[bill]) and np.array_equal(spaces["second"], other)
+    # enrolling more adds rows to every space; a photo described without the second space drops that space
+    more = np.flatnonzero(names == "Bill_Gates")[3]
+    store.enrol("bee", [Described(paths[more].name, "f" * 64, x[more], 1, {"second": other[0]})], THRESHOLD)
+    assert {k: len(v) for k, v in store.spaces("bee").items()} == {"dlib_resnet": 4, "second": 4}
+    store.enrol("bee", [Described("old.jpg", "e" * 64, x[more], 1)], THRESHOLD)  # an older kind of record
+    assert {k: len(v) for k, v in store.spaces("bee").items()} == {"dlib_resnet": 5}
+    assert np.array_equal(store.get("bee"), store.spaces("bee")["dlib_resnet"])
+
+
 def test_the_users_face_is_singled_out_among_real_strangers(analyzer, data_dir):
     """Rows of real photos: the user's (never an enrolment photo) with two strangers, in every position;
     and the real group photos without the user, where nobody should be taken for the user."""

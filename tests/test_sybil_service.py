@@ -91,6 +91,12 @@ def test_references_are_enrolled_plus_folder_and_follow_a_new_enrolment(local, a
     caplog.clear()
     assert references.get(user, account).shape == (5, 128)
     assert not any("reference photo not used" in r.getMessage() for r in caplog.records)  # once per listing
+    # every extractor of the cloak described the same faces (where Sybil images are pulled in each space)
+    spaces = references.spaces(user, account)
+    assert {k: v.shape for k, v in spaces.items()} == {e.name: (5, e.dim) for e in analyzer.cloak_extractors}
+    assert np.array_equal(spaces[analyzer.extractor.name], references.get(user, account))
+    for e in analyzer.cloak_extractors:  # a face's descriptors, not another photo's: the user's own are close
+        assert np.linalg.norm(spaces[e.name] - spaces[e.name].mean(0), axis=1).max() < e.other_person
     enrol(analyzer, config.state_dir, USER_PHOTOS[:2], replace=True)
     assert references.get(user, account).shape == (3, 128)
 
@@ -190,7 +196,8 @@ def test_a_candidate_linking_outside_the_candidates_folder_is_refused(analyzer, 
         os.symlink(secret, folders["cands"] / "friend.jpg")
         account = Account.lookup(owner.pw_name)
         record = SybilRecord(base / "state", "bee")
-        references = np.stack([d.descriptor for d in describe_for_enrolment(analyzer, USER_PHOTOS)])
+        references = {analyzer.extractor.name: np.stack([d.descriptor for d in describe_for_enrolment(analyzer,
+                                                                                                   USER_PHOTOS)])}
         outcome = make_one(analyzer, account, folders["cands"], folders["sybil"], references, record)
         assert outcome.made is None and outcome.exhausted
         assert len(outcome.refused) == 1

@@ -261,7 +261,7 @@ def cloak(
     """Cloak every face in ``tasks`` of ``image`` (H x W x 3 uint8 RGB); returns the new 8-bit image.
 
     ``extractors``: the extractors the cloak is optimised against (each task has one goal per extractor);
-    ``weights``: their weights in the loss (default: ``preset.primary_weight`` for the first, 1 for the others). ``bf16``: run them inside the optimisation
+    ``weights``: their weights in the loss (default: equal). ``bf16``: run them inside the optimisation
     loop in bfloat16 (default: when the CPU has native bfloat16 instructions). Only the search direction
     is affected; the budget and the result are computed in float32.
     """
@@ -269,9 +269,7 @@ def cloak(
     if not tasks:
         return CloakResult(image.copy(), [], 0.0)
     extractors = [extractors] if isinstance(extractors, Extractor) else list(extractors)
-    if weights is None:
-        weights = [preset.primary_weight] + [1.0] * (len(extractors) - 1)
-    weights = list(weights)
+    weights = [1.0] * len(extractors) if weights is None else list(weights)
     if any(len(t.goals) != len(extractors) for t in tasks) or len(weights) != len(extractors):
         raise ValueError("every face task needs one goal (and the loss one weight) per extractor")
     views = views if views is not None else preset.views

@@ -3,13 +3,12 @@
 ``rho`` is the largest allowed DSSIM between a face's region before and after cloaking, measured at the
 photo's full resolution on the written pixels; it is enforced exactly (the optimiser's result is scaled
 back if needed), not just encouraged. The modes trade visibility for protection (README, "What the cloak
-protects against", has the measured table): ``mid`` is the default, as visible as cloakd's earlier
-dlib-only mid while moving three recognisers; ``high`` is also the retry when a cloak fails
-verification; ``strong`` and ``max`` are clearly visible and move recognisers the cloak never saw
-further. In ``mid`` and ``high`` the primary extractor (dlib's ResNet, also the gray-box tracker's
-model) weighs 3x: at their small budgets an equal share left dlib's real pipeline recognising the user,
-while a held-out extractor moved as far either way (bench/shift.py). ``low`` uses the budget of the
-Fawkes paper (rho = 0.007); ``paper`` adds the paper's ~1000 steps.
+protects against", has the measured table). ``low``, ``mid`` (the default), ``high`` (also the retry when
+a cloak fails verification) and ``paper`` optimise against the primary extractor only (dlib's ResNet);
+``strong`` and ``max`` against the whole ensemble (``ensemble``), with budgets that are clearly visible:
+at the small budgets the ensemble's share of the budget cost the dlib pipeline's protection and bought
+none against recognisers the cloak never saw. ``low`` uses the budget of the Fawkes paper
+(rho = 0.007); ``paper`` adds the paper's ~1000 steps.
 
 The budget, not the step count, limits how far a face can move: Adam at 1.5 pixel units with a cosine
 decay gets there in a few dozen steps. ``stop_at`` ends the search once every view of every targeted face
@@ -30,13 +29,13 @@ class CloakPreset:
     steps: int  # Adam steps
     lr: float = 1.0  # Adam step size, in 0-255 pixel units
     views_per_step: int = 2  # chips per face per step: the exact view plus random upload views
+    ensemble: bool = False  # optimise against every extractor of the analyser's ensemble, not the primary only
     ensemble_views: int | None = None  # of those, how many each extractor after the first sees (None: all)
     away_weight: float = 0.0  # weight of the push away from the face's own features (targeted cloaks)
     #: distances below are in units of each extractor's identity gap (dlib's: 0.384)
     away_margin: float = 1.5  # push away from the face's own features until this far (dlib: 0.58)
     gain_weight: float = 16.0  # weight of the hinge on a gain towards the target below ``gain_goal``
     gain_goal: float = 0.6  # in every extractor (the verification needs 0.4)
-    primary_weight: float = 1.0  # weight of the first (primary) extractor's loss; each other extractor's is 1
     stop_at: float | None = None  # stop once every targeted face's views are on average this close to T
     views: ViewDistribution = field(default_factory=ViewDistribution)  # the random views' ranges
 
@@ -46,12 +45,12 @@ class CloakPreset:
 
 PRESETS: dict[str, CloakPreset] = {
     "low": CloakPreset("low", rho=0.007, steps=60, views_per_step=4, away_weight=1.0),
-    "mid": CloakPreset("mid", rho=0.0135, steps=35, lr=1.5, views_per_step=4, ensemble_views=2, away_weight=1.0,
-                       primary_weight=3.0, stop_at=0.73),
-    "high": CloakPreset("high", rho=0.017, steps=100, views_per_step=4, ensemble_views=2, away_weight=1.0,
-                        primary_weight=3.0),
-    "strong": CloakPreset("strong", rho=0.03, steps=60, lr=1.5, views_per_step=4, ensemble_views=2, away_weight=1.0),
-    "max": CloakPreset("max", rho=0.05, steps=100, lr=1.5, views_per_step=4, ensemble_views=2, away_weight=1.0),
+    "mid": CloakPreset("mid", rho=0.015, steps=35, lr=1.5, views_per_step=4, away_weight=1.0, stop_at=0.73),
+    "high": CloakPreset("high", rho=0.017, steps=100, views_per_step=4, away_weight=1.0),
+    "strong": CloakPreset("strong", rho=0.03, steps=60, lr=1.5, views_per_step=4, ensemble=True, ensemble_views=2,
+                          away_weight=1.0),
+    "max": CloakPreset("max", rho=0.05, steps=100, lr=1.5, views_per_step=4, ensemble=True, ensemble_views=2,
+                       away_weight=1.0),
 }
 PRESETS["paper"] = replace(PRESETS["low"], name="paper", steps=1000)
 

@@ -9,7 +9,6 @@ deliberately with ``cloakd target rotate``).
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -42,19 +41,15 @@ def register(sub) -> None:
 def describe_for_enrolment(analyzer, paths: list[Path]):
     """Each readable photo as a :class:`Described` (its face count and, for one face, its descriptor);
     the others are skipped, each with one line on stderr."""
-    from cloakd.daemon.references import Described
+    from cloakd.daemon.references import describe
 
     out = []
     with Progress("enrol", len(paths)) as progress:
         for path in paths:
             try:
-                data = path.read_bytes()
-                _, faces = analyzer.read(data, str(path))
+                out.append(describe(analyzer, str(path), path.read_bytes()))
             except (CloakdError, OSError) as e:
                 skip(path, e)
-            else:
-                desc = faces[0].descriptor if len(faces) == 1 else None
-                out.append(Described(str(path), hashlib.sha256(data).hexdigest(), desc, len(faces)))
             progress.advance()
     return out
 

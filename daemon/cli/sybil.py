@@ -53,7 +53,7 @@ def run(args) -> int:
         raise CloakdError(f"{args.candidates}: no such folder of candidate photos")
     output_folder(args.out)
     analyzer = load_analyzer()
-    references = ReferenceStore(state, analyzer.extractor.name).get(args.user)
+    references = ReferenceStore(state, analyzer.extractor.name).spaces(args.user)
     if references is None:
         raise CloakdError(f"user {args.user!r} has no enrolled reference photos; run 'cloakd enrol --user "
                           f"{args.user} PHOTOS' first")
