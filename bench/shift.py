@@ -51,7 +51,8 @@ def _looser(face, geometry):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cloak", default="dlib_resnet,sface,omz_reid", help="extractors the cloak optimises against")
+    ap.add_argument("--cloak", default="dlib_resnet,sface,omz_reid", help="extractors an ensemble mode's cloak optimises against, the primary (dlib_resnet) first; "
+                    "other modes use the first only (e.g. --mode mid --set ensemble=true to cloak mid against all)")
     ap.add_argument("--held-out", default="", help="extractors of ours only measured")
     ap.add_argument("--photos", type=int, default=16)
     ap.add_argument("--mode", default="mid")

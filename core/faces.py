@@ -42,9 +42,9 @@ class FaceAnalyzer:
     """Detector + extractors. ``analyse(image)`` returns every face with its descriptor.
 
     ``extractor`` is the primary extractor: faces' descriptors, identities (whose face), target classes
-    and reports are in its space. ``cloak_extractors`` are the extractors a cloak is optimised against
-    and verified with (default: the primary one and the others of CLOAK_EXTRACTORS); each describes a face
-    through its own alignment.
+    and reports are in its space. ``cloak_extractors`` are the extractors an ensemble cloak is optimised
+    against and verified with, the primary first (default: the primary one and the others of
+    CLOAK_EXTRACTORS); each describes a face through its own alignment. Other cloaks use the primary only.
     """
 
     def __init__(self, detector: FaceDetector | None = None, extractor: Extractor | None = None,
@@ -53,6 +53,8 @@ class FaceAnalyzer:
         self.extractor = extractor if extractor is not None else load_extractor(DEFAULT_EXTRACTOR)
         if cloak_extractors is None:
             cloak_extractors = [self.extractor] + [load_extractor(n) for n in CLOAK_EXTRACTORS if n != self.extractor.name]
+        if not cloak_extractors or cloak_extractors[0] is not self.extractor:
+            raise ValueError("the cloak extractors must start with the primary extractor")
         self.cloak_extractors = cloak_extractors
 
     def find(self, image: np.ndarray) -> list[Face]:

@@ -139,9 +139,7 @@ def _roles(faces: list[Face], request: ProtectRequest, threshold: float) -> list
 def _extractors(analyzer: FaceAnalyzer, settings: CloakPreset) -> list[int]:
     """Which of the analyser's cloak extractors (indices) a preset's cloak is optimised against and
     verified in: all of them for an ensemble preset, else the primary only."""
-    if settings.ensemble:
-        return list(range(len(analyzer.cloak_extractors)))
-    return [k for k, e in enumerate(analyzer.cloak_extractors) if e is analyzer.extractor]
+    return list(range(len(analyzer.cloak_extractors))) if settings.ensemble else [0]  # the primary is first
 
 
 def _task(analyzer: FaceAnalyzer, face: Face, role: str, targets: dict[str, np.ndarray],

@@ -63,6 +63,14 @@ def test_an_ensemble_cloak_is_verified_in_every_extractor_it_was_optimised_again
         assert np.linalg.norm(after - point[extractor.name]) < check["to_target_before"]
 
 
+def test_the_ensemble_starts_with_the_primary_extractor(analyzer):
+    from cloakd.core.faces import FaceAnalyzer
+
+    assert analyzer.cloak_extractors[0] is analyzer.extractor
+    with pytest.raises(ValueError, match="start with the primary"):
+        FaceAnalyzer(analyzer.detector, analyzer.extractor, analyzer.cloak_extractors[::-1])
+
+
 def test_a_cloak_that_does_not_move_the_face_is_held_back(analyzer, data_dir, target):
     """Fail closed: with no optimisation at all, verification fails at every strength and nothing is returned."""
     data = (data_dir / "faces" / "John_Howard" / "John_Howard_0006.jpg").read_bytes()
