@@ -4,8 +4,9 @@ decode -> find and describe faces -> cloak each face (towards the user's target 
 own features for other people) against the primary extractor, or, for an ensemble preset, every
 extractor of the analyser's ``cloak_extractors`` -> strip metadata and encode -> decode the written bytes
 again, re-detect and re-describe every cloaked face with every one of those extractors, and check it moved
-towards its target and away from its original by the margins below in each. A face that fails is retried with the next stronger preset; a photo whose faces
-still fail is not protected, and no bytes are returned for it.
+towards its target and away from its original by the margins below in each. A face that fails is retried
+with the next stronger preset; a photo whose faces still fail is not protected, and no bytes are returned
+for it.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def _extractors(analyzer: FaceAnalyzer, settings: CloakPreset) -> list[int]:
 
 
 def _task(analyzer: FaceAnalyzer, face: Face, role: str, targets: dict[str, np.ndarray],
-          origins: list[np.ndarray], used: list[int]) -> FaceTask:
+          origins: dict[int, np.ndarray], used: list[int]) -> FaceTask:
     """One goal per extractor in ``used``: the face's chip in that extractor's alignment, its own
     descriptor there, and (for the user's face) the target there, if the target has one."""
     goals = []
@@ -174,7 +175,8 @@ def _judge(extractor, role: str, original: np.ndarray, written: np.ndarray, targ
 
 
 def _verify_written(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, faces: list[Face],
-                    origins: list[list[np.ndarray]], reports: list[FaceReport], label: str, used: list[int]) -> None:
+                    origins: list[dict[int, np.ndarray]], reports: list[FaceReport], label: str,
+                    used: list[int]) -> None:
     """Decode the written bytes, re-detect and re-describe each cloaked face with every extractor the
     cloak was optimised against (``used``), and judge it in each.
 
@@ -220,16 +222,19 @@ def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label:
 
     todo = [i for i, r in enumerate(roles) if r != "left"]
     cloaked = [faces[i] for i in todo]
-    # each cloaked face's own descriptor in every cloak extractor's space (the primary's is known)
-    by_extractor = [[f.descriptor for f in cloaked] if e is analyzer.extractor else analyzer.describe(rgb, cloaked, e)
-                    for e in analyzer.cloak_extractors]
-    origins = [[d[j] for d in by_extractor] for j in range(len(cloaked))]
+    # the cloaked faces' own descriptors by cloak extractor index, described once each as a mode first
+    # needs that extractor (the primary's came with the faces)
+    own = {0: [f.descriptor for f in cloaked]}
     mode = request.mode
     while True:
         pixels = rgb
         if todo:
             settings = request.preset(mode)
             used = _extractors(analyzer, settings)
+            for k in used:
+                if k not in own:
+                    own[k] = list(analyzer.describe(rgb, cloaked, analyzer.cloak_extractors[k]))
+            origins = [{k: d[j] for k, d in own.items()} for j in range(len(cloaked))]
             tasks = [_task(analyzer, faces[i], roles[i], targets, o, used) for i, o in zip(todo, origins)]
             result = cloak(rgb, tasks, [analyzer.cloak_extractors[k] for k in used], settings, seed=request.seed)
             pixels = result.image
