@@ -6,7 +6,7 @@ at the edge of the chips so no seam appears. It is optimised against one or seve
 (an ensemble: a cloak that fools several different recognisers is more likely to fool one it never saw),
 each seeing the face through its own alignment. The loss of a face is
 
-    sum over extractors k of  w_k * mean over views v of  (|| Phi_k(chip_kv(x + delta)) - t_k || / s_k)^2
+    sum over extractors k of  mean over views v of  (|| Phi_k(chip_kv(x + delta)) - t_k || / s_k)^2
 
 plus a push away from the face's own descriptors and a hinge that insists on a minimum gain towards the
 target in every extractor (the verification checks each). ``s_k`` is extractor k's identity gap (median
@@ -253,15 +253,14 @@ def cloak(
     *,
     seed: int = 0,
     views: ViewDistribution | None = None,
-    weights: Sequence[float] | None = None,
     work_side: int = 2048,
     margin: float = 0.1,
     bf16: bool | None = None,
 ) -> CloakResult:
     """Cloak every face in ``tasks`` of ``image`` (H x W x 3 uint8 RGB); returns the new 8-bit image.
 
-    ``extractors``: the extractors the cloak is optimised against (each task has one goal per extractor);
-    ``weights``: their weights in the loss (default: equal). ``bf16``: run them inside the optimisation
+    ``extractors``: the extractors the cloak is optimised against (each task has one goal per extractor;
+    their losses, in identity gaps, are summed). ``bf16``: run them inside the optimisation
     loop in bfloat16 (default: when the CPU has native bfloat16 instructions). Only the search direction
     is affected; the budget and the result are computed in float32.
     """
@@ -269,9 +268,8 @@ def cloak(
     if not tasks:
         return CloakResult(image.copy(), [], 0.0)
     extractors = [extractors] if isinstance(extractors, Extractor) else list(extractors)
-    weights = [1.0] * len(extractors) if weights is None else list(weights)
-    if any(len(t.goals) != len(extractors) for t in tasks) or len(weights) != len(extractors):
-        raise ValueError("every face task needs one goal (and the loss one weight) per extractor")
+    if any(len(t.goals) != len(extractors) for t in tasks):
+        raise ValueError("every face task needs one goal per extractor")
     views = views if views is not None else preset.views
     rng = np.random.default_rng(seed)
     scales = [e.identity_gap for e in extractors]
@@ -296,7 +294,7 @@ def cloak(
         for i, f in enumerate(faces):
             mine = [e[i] for e in embs]
             per_extractor_loss = f.feature_losses(mine, preset)
-            history[i].append(float(sum(w * fl[0].detach() for w, fl in zip(weights, per_extractor_loss))))
+            history[i].append(float(sum(fl[0].detach() for fl in per_extractor_loss)))
             done.append(f.converged([e.detach() for e in mine], preset))
             for k, fl in enumerate(per_extractor_loss):
                 losses[k] = losses[k] + fl.mean()
@@ -304,7 +302,7 @@ def cloak(
             break
         for f in faces:
             f.delta.grad = None
-        sum(w * loss for w, loss in zip(weights, losses)).backward()
+        sum(losses).backward()
         opt.step(preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / preset.steps))))  # cosine decay
         _project_to_budget(faces, preset.rho)
 
