@@ -3,7 +3,8 @@
     .venv/bin/python bench/shift.py --cloak dlib_resnet,sface --held-out omz_reid [--photos 16] [--mode mid]
 
 PSR over a handful of users moves in steps of whole photos; this measures, per photo, how far the cloak
-moved each recogniser's description of the face, in that recogniser's own identity gaps (different-person minus same-person median distance):
+moved each recogniser's description of the face, in that recogniser's own identity gaps (different-person
+minus same-person median distance):
 ``moved`` (from the clean photo's descriptor) and ``gained`` (closer to the target class's centroid), on
 the file as written and after JPEG 75. A recogniser the cloak is optimised against shows the white-box
 best case; a *held-out* one (an extractor of ours left out of the cloak, or dlib's real pipeline) shows
@@ -51,7 +52,8 @@ def _looser(face, geometry):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cloak", default="dlib_resnet,sface,omz_reid", help="extractors an ensemble mode's cloak optimises against, the primary (dlib_resnet) first; "
+    ap.add_argument("--cloak", default="dlib_resnet,sface,omz_reid",
+                    help="extractors an ensemble mode's cloak optimises against, the primary (dlib_resnet) first; "
                     "other modes use the first only (e.g. --mode mid --set ensemble=true to cloak mid against all)")
     ap.add_argument("--held-out", default="", help="extractors of ours only measured")
     ap.add_argument("--photos", type=int, default=16)
