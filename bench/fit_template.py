@@ -6,6 +6,10 @@ chip coordinates. The template is the per-point median (robust to the few faces 
 is off), in dlib's unit-square convention. Needs dlib-bin (a test-only dependency).
 
     .venv/bin/python bench/fit_template.py [--data ../shared/data]
+
+With ``--box``, it fits instead where dlib's HOG detector puts its box relative to cloakd's dlib chip
+(HOG_BOX_CENTRE and HOG_BOX_SIDE in core/detect/shape_predictor.py: the box cloakd starts dlib's
+5-point predictor from), on every 6th photo of ../shared/data/train (identities of no evaluation).
 """
 
 from __future__ import annotations
@@ -52,10 +56,45 @@ def mtcnn_points_in_dlib_frame(data: Path):
     return rows, skipped
 
 
+def hog_box_in_chip(data: Path, limit: int = 1000) -> np.ndarray:
+    """Per face: the HOG box's centre offset from the chip's centre (in the chip's rotated frame) and its
+    width and height, as fractions of the chip's side."""
+    import dlib
+
+    from cloakd.core.extractors import load_extractor
+    from cloakd.core.faces import FaceAnalyzer
+
+    primary = load_extractor("dlib_resnet")
+    analyzer = FaceAnalyzer(extractor=primary, cloak_extractors=[primary])
+    hog = dlib.get_frontal_face_detector()
+    rows = []
+    for path in sorted((data / "train").glob("*/*.jpg"))[::6][:limit]:
+        img = np.asarray(Image.open(path).convert("RGB"))
+        faces = analyzer.find(img)
+        for d in hog(img, 1) if faces else []:
+            centre = np.array([(d.left() + d.right()) / 2, (d.top() + d.bottom()) / 2])
+            tf = min(faces, key=lambda f: np.linalg.norm(f.transform.centre - centre)).transform
+            side = tf.rect[2] - tf.rect[0]
+            if np.linalg.norm(tf.centre - centre) > 0.3 * side:
+                continue
+            c, s = np.cos(tf.angle), np.sin(tf.angle)
+            offset = np.array([[c, s], [-s, c]]) @ (centre - tf.centre) / side
+            rows.append((*offset, (d.right() - d.left()) / side, (d.bottom() - d.top()) / side))
+    return np.array(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--box", action="store_true", help="fit the HOG-like box of the 5-point predictor instead")
     args = ap.parse_args()
+    if args.box:
+        q = hog_box_in_chip(args.data)
+        med = np.median(q, axis=0)
+        print(f"faces used: {len(q)}")
+        print(f"HOG_BOX_CENTRE = ({med[0]:.3f}, {med[1]:.3f})")
+        print(f"HOG_BOX_SIDE = {(med[2] + med[3]) / 2:.3f}  (width {med[2]:.3f}, height {med[3]:.3f})")
+        return
     rows, skipped = mtcnn_points_in_dlib_frame(args.data)
     q = np.stack([r[0] for r in rows])
     unit = q / SIZE * (1 + 2 * PAD) - PAD

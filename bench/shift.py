@@ -50,6 +50,17 @@ def _looser(face, geometry):
     return replace(face, landmarks=moved, transform=geometry.transform(moved))
 
 
+def _pipeline_descriptor(pipeline, image: np.ndarray) -> np.ndarray | None:
+    """dlib's real pipeline's raw descriptor of the central face (dlib units, not normalised)."""
+    rects = list(pipeline.detector(image, 1))
+    if not rects:
+        return None
+    h, w = image.shape[:2]
+    rect = min(rects, key=lambda r: np.hypot((r.left() + r.right()) / 2 - w / 2, (r.top() + r.bottom()) / 2 - h / 2))
+    chip = pipeline.dlib.get_face_chip(image, pipeline.predictor(image, rect), 150, 0.25)
+    return np.asarray(pipeline.resnet.compute_face_descriptor(chip))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cloak", default="dlib_resnet,sface,omz_reid",
@@ -66,6 +77,8 @@ def main() -> None:
     ap.add_argument("--robust", type=Path, metavar="PATH",
                     help="dlib ResNet weights from scripts/train_robust.py, as extractor dlib_resnet_robust "
                     "(targets: dlib's bank space)")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="also measure dlib's real pipeline (dlib-bin: HOG, 5-point predictor, get_face_chip), gray-box")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a field of the mode's preset (e.g. smooth=2), for experiments")
     args = ap.parse_args()
@@ -101,6 +114,12 @@ def main() -> None:
     users = [people[i] for i in sorted(rng.choice(len(people), size=max(1, args.photos // 2), replace=False))]
 
     rows: dict[str, list[tuple[float, float, float, float]]] = {n: [] for n in extractors}
+    pipeline = None
+    if args.pipeline:
+        from trackers import DlibPipeline
+
+        pipeline = DlibPipeline()
+        rows["dlib pipeline"] = []
     seconds, held_back, dssims, visibility = [], 0, [], []
     for k, person in enumerate(users):
         photos = sorted(person.glob("*.jpg"))
@@ -135,6 +154,15 @@ def main() -> None:
                 views.append(measured.describe_all(img, [near]))
             if views[-1] is not None:  # another aligner's crop: looser and off-centre, after JPEG 75
                 views.append(measured.describe_all(jpeg75(res.data), [_looser(near, primary.geometry)]))
+            if pipeline is not None:
+                seen = [_pipeline_descriptor(pipeline, img) for img in (rgb, np.asarray(Image.open(io.BytesIO(res.data)).convert("RGB")),
+                                                                       jpeg75(res.data))]
+                if all(v is not None for v in seen):
+                    b, t, unit = seen[0], point["dlib_resnet"], primary.identity_gap
+                    rows["dlib pipeline"].append(tuple(
+                        x for a in seen[1:] for x in (np.linalg.norm(a - b) / unit,
+                                                      (np.linalg.norm(b - t) - np.linalg.norm(a - t)) / unit)
+                    ) + (float("nan"), float("nan")))
             for name, e in extractors.items():
                 if name not in point or any(v is None for v in views):
                     continue
@@ -161,6 +189,8 @@ def main() -> None:
             continue
         med = np.median(np.array(r), axis=0)
         role = "optimised (white-box)" if name in cloak_names else "held out"
+        if name == "dlib pipeline":
+            role = "gray-box (dlib-bin)"
         print(f"| {name} | {role} | " + " | ".join(f"{v:.2f}" for v in med) + " |")
 
 

@@ -13,6 +13,7 @@ import torch
 
 from .align import ChipTransform, extract_chips
 from .detect import Detections, FaceDetector
+from .detect.shape_predictor import ShapePredictor, dlib_pipeline_chip, load_shape_predictor
 from .extractors import CLOAK_EXTRACTORS, DEFAULT_EXTRACTOR, Extractor, load_extractor
 from .photo.decode import DEFAULT_MAX_PIXELS, decode
 
@@ -39,7 +40,8 @@ class Face:
 
 
 class FaceAnalyzer:
-    """Detector + extractors. ``analyse(image)`` returns every face with its descriptor.
+    """Detector + extractors (+ a second landmark model). ``analyse(image)`` returns every face with its
+    descriptor.
 
     ``extractor`` is the primary extractor: faces' descriptors, identities (whose face), target classes
     and reports are in its space. ``cloak_extractors`` are the extractors an ensemble cloak is optimised
@@ -48,8 +50,10 @@ class FaceAnalyzer:
     """
 
     def __init__(self, detector: FaceDetector | None = None, extractor: Extractor | None = None,
-                 cloak_extractors: list[Extractor] | None = None):
+                 cloak_extractors: list[Extractor] | None = None, landmarks: ShapePredictor | None = None):
         self.detector = detector if detector is not None else FaceDetector()
+        #: a second landmark model (dlib's 5-point predictor): the alignment dlib's own pipeline gives
+        self.landmarks = landmarks if landmarks is not None else load_shape_predictor()
         self.extractor = extractor if extractor is not None else load_extractor(DEFAULT_EXTRACTOR)
         if cloak_extractors is None:
             cloak_extractors = [self.extractor] + [load_extractor(n) for n in CLOAK_EXTRACTORS if n != self.extractor.name]
@@ -65,6 +69,14 @@ class FaceAnalyzer:
             Face(box, float(score), lm, geo.transform(lm))
             for box, score, lm in zip(dets.boxes, dets.scores, dets.landmarks)
         ]
+
+    def alternate_alignments(self, image: np.ndarray, face: Face, extractor: Extractor) -> tuple[ChipTransform, ...]:
+        """``face``'s chip for ``extractor`` as other landmark models would align it: for an extractor of
+        dlib's chip geometry, the chip dlib's own pipeline cuts (its 5-point predictor); none otherwise."""
+        if extractor.geometry.padding is None or extractor.geometry.size != face.transform.size:
+            return ()
+        start = face.transform if extractor is self.extractor else extractor.geometry.transform(face.landmarks)
+        return (dlib_pipeline_chip(self.landmarks, image, start, extractor.geometry.padding),)
 
     def chips(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         """Exact (dlib-identical) chips, N x S x S x 3 uint8."""

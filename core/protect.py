@@ -143,15 +143,17 @@ def _extractors(analyzer: FaceAnalyzer, settings: CloakPreset) -> list[int]:
     return list(range(len(analyzer.cloak_extractors))) if settings.ensemble else [0]  # the primary is first
 
 
-def _task(analyzer: FaceAnalyzer, face: Face, role: str, targets: dict[str, np.ndarray],
+def _task(analyzer: FaceAnalyzer, image: np.ndarray, face: Face, role: str, targets: dict[str, np.ndarray],
           origins: dict[int, np.ndarray], used: list[int]) -> FaceTask:
-    """One goal per extractor in ``used``: the face's chip in that extractor's alignment, its own
-    descriptor there, and (for the user's face) the target there, if the target has one."""
+    """One goal per extractor in ``used``: the face's chip in that extractor's alignment (and as other
+    landmark models align it), its own descriptor there, and (for the user's face) the target there, if
+    the target has one."""
     goals = []
     for k in used:
         extractor, origin = analyzer.cloak_extractors[k], origins[k]
         transform = face.transform if extractor is analyzer.extractor else extractor.geometry.transform(face.landmarks)
-        goals.append(Goal(transform, origin, targets.get(extractor.name) if role == "user" else None))
+        goals.append(Goal(transform, origin, targets.get(extractor.name) if role == "user" else None,
+                          analyzer.alternate_alignments(image, face, extractor)))
     return FaceTask(goals)
 
 
@@ -235,7 +237,7 @@ def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label:
                 if k not in own:
                     own[k] = list(analyzer.describe(rgb, cloaked, analyzer.cloak_extractors[k]))
             origins = [{k: d[j] for k, d in own.items()} for j in range(len(cloaked))]
-            tasks = [_task(analyzer, faces[i], roles[i], targets, o, used) for i, o in zip(todo, origins)]
+            tasks = [_task(analyzer, rgb, faces[i], roles[i], targets, o, used) for i, o in zip(todo, origins)]
             result = cloak(rgb, tasks, [analyzer.cloak_extractors[k] for k in used], settings, seed=request.seed)
             pixels = result.image
             for i, fr in zip(todo, result.faces):

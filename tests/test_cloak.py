@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -155,3 +156,23 @@ def test_bfloat16_search_twin_agrees_with_float32(analyzer, data_dir):
     assert e16.dtype == torch.float32
     assert (e32 - e16).norm(dim=1).max() < 0.03  # the same-person threshold is 0.6
     assert torch.nn.functional.cosine_similarity(g32, g16, dim=0) > 0.9
+
+
+def test_a_cloak_through_an_alternate_alignment_moves_that_alignments_view_further(analyzer, data_dir, bank):
+    """dlib's pipeline aligns faces with its own landmark model: optimised through that alignment too
+    (Goal.alternates), the cloak moves the face as that pipeline sees it further towards the target."""
+    target = bank.centroids[bank.index("Aaron_Peirsol")]
+    gains = {False: [], True: []}
+    for name in ("Bill_Gates/Bill_Gates_0003.jpg", "Nicole_Kidman/Nicole_Kidman_0002.jpg"):
+        img = _face_photo(data_dir, name)
+        face = main_face(analyzer.analyse(img))
+        (alternate,) = analyzer.alternate_alignments(img, face, analyzer.extractor)
+        seen_before = analyzer.describe_chips(analyzer.chips(img, [replace(face, transform=alternate)]))[0]
+        for use in (False, True):
+            goal = Goal(face.transform, face.descriptor, target, (alternate,) if use else ())
+            res = cloak(img, [FaceTask([goal])], analyzer.extractor, QUICK, seed=1)
+            l, t, r, b = res.faces[0].box
+            assert l <= alternate.footprint()[:, 0].min() and r >= alternate.footprint()[:, 0].max()
+            seen = analyzer.describe_chips(analyzer.chips(res.image, [replace(face, transform=alternate)]))[0]
+            gains[use].append(np.linalg.norm(seen_before - target) - np.linalg.norm(seen - target))
+    assert np.mean(gains[True]) > np.mean(gains[False]), gains

@@ -37,7 +37,7 @@ from ..align import ChipTransform, chip_to_box
 from ..extractors import Extractor
 from .presets import CloakPreset
 from .ssim import dssim, dssim_large
-from .views import IDENTITY, ViewDistribution, render_chips
+from .views import EXACT_ALTERNATE, IDENTITY, ViewDistribution, render_chips
 
 TOWARDS = "towards"
 AWAY = "away"
@@ -63,6 +63,12 @@ class Goal:
     transform: ChipTransform  # the face's chip for this extractor, in full-resolution photo coordinates
     origin: np.ndarray  # the face's own descriptor in this extractor's space: pushed away from
     target: np.ndarray | None = None  # pulled towards (None: this extractor only pushes away)
+    #: the same face's chip as other landmark models align it (random views use them too; views.py)
+    alternates: tuple[ChipTransform, ...] = ()
+
+    @property
+    def alignments(self) -> tuple[ChipTransform, ...]:
+        return (self.transform, *self.alternates)
 
 
 @dataclass
@@ -175,22 +181,28 @@ class _Face:
         h, w = image.shape[:2]
         self.task = task
         full_transforms = [g.transform for g in task.goals]
+        every = [tf for g in task.goals for tf in g.alignments]  # the region covers every chip
         self.s = working_scale(h, w, full_transforms, work_side)
-        self.full_box = _region_box(full_transforms, (h, w), margin)
+        self.full_box = _region_box(every, (h, w), margin)
         left, top, right, bottom = self.full_box
         context = int(math.ceil(2 / self.s)) + 1  # for the resampling filter at the region's edge
         crop_left, crop_top = max(left - context, 0), max(top - context, 0)
         crop = image[crop_top : min(bottom + context, h), crop_left : min(right + context, w)]
         self.crop_origin = (crop_left, crop_top)
-        local = [_translated(tf, -crop_left, -crop_top) for tf in full_transforms]
+        def local(tf: ChipTransform) -> ChipTransform:
+            tf = _translated(tf, -crop_left, -crop_top)
+            return _scaled(tf, self.s) if self.s != 1.0 else tf
+
         if self.s != 1.0:
-            crop, local = _resize_uint8(crop, self.s), [_scaled(tf, self.s) for tf in local]
-        self.transforms = local
-        self.work_box = _region_box(local, crop.shape[:2], margin)
+            crop = _resize_uint8(crop, self.s)
+        self.alignments = [tuple(local(tf) for tf in g.alignments) for g in task.goals]
+        every_local = [tf for a in self.alignments for tf in a]
+        self.has_alternates = any(len(a) > 1 for a in self.alignments)
+        self.work_box = _region_box(every_local, crop.shape[:2], margin)
         wl, wt, wr, wb = self.work_box
         self.base = _to_tensor(crop[wt:wb, wl:wr])
         self.long_side = max(h, w) * self.s  # the photo's long side at this face's working resolution
-        self.mask = torch.stack([chip_to_box(_feather(tf.size), tf, self.work_box).float() for tf in local]).amax(0)
+        self.mask = torch.stack([chip_to_box(_feather(tf.size), tf, self.work_box).float() for tf in every_local]).amax(0)
         self.delta = torch.zeros(3, wb - wt, wr - wl, requires_grad=True)
         self.scales = list(scales)
         self.targets = [None if g.target is None else torch.as_tensor(np.asarray(g.target, np.float32))
@@ -284,9 +296,10 @@ def cloak(
         seen = [_views_seen(k, step, preset) for k in range(len(nets))]
         for f in faces:
             phase = (int(rng.integers(0, JPEG_PHASES)), int(rng.integers(0, JPEG_PHASES)))  # one per step
-            vs = [IDENTITY] + [views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
-                               for k in range(preset.views_per_step - 1)]
-            for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.transforms, vs)):
+            exact = [IDENTITY] + ([EXACT_ALTERNATE] if preset.exact_alternate and f.has_alternates else [])
+            vs = exact + [views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
+                          for k in range(preset.views_per_step - len(exact))]
+            for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.alignments, vs)):
                 per_extractor[k].append(chips[seen[k]])
         embs = [net(torch.cat(chips)).split(len(seen[k])) for k, (net, chips) in enumerate(zip(nets, per_extractor))]
         losses = [torch.zeros(()) for _ in nets]  # per extractor, summed over faces

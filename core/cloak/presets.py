@@ -36,6 +36,7 @@ class CloakPreset:
     away_margin: float = 2.6  # push away from the face's own features until this far (dlib: 1.0)
     gain_weight: float = 16.0  # weight of the hinge on a gain towards the target below ``gain_goal``
     gain_goal: float = 0.6  # in every extractor (the verification needs 0.4)
+    exact_alternate: bool = True  # one view per step is the photo as it is, aligned the alternate way
     stop_at: float | None = None  # stop once every targeted face's views are on average this close to T
     views: ViewDistribution = field(default_factory=ViewDistribution)  # the random views' ranges
 

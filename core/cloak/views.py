@@ -1,14 +1,17 @@
 """How a tracker may see a cloaked face after upload: the views the cloak is optimised over (EOT).
 
 A :class:`View` is one draw of what platforms and trackers do to a photo: downscale the photo, recompress
-it as JPEG, and align the face slightly differently. :func:`render_chips` applies views to the pixels of
-a face's region and returns the chips the extractors see, differentiably. The identity view reproduces
+it as JPEG, and align the face differently: another landmark model's alignment (an extractor may have
+alternates, e.g. dlib's chip as dlib's own 5-point predictor places it) plus a little jitter.
+:func:`render_chips` applies views to the pixels of a face's region and returns the chips the extractors
+see, differentiably. The identity view reproduces
 each extractor's exact pipeline (its own chip geometry) on the region.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +30,11 @@ class View:
     shift: tuple[float, float] = (0.0, 0.0)  # alignment jitter, fraction of the chip side
     rotation: float = 0.0  # radians
     zoom: float = 1.0
+    alignment: int = 0  # 0: the extractor's own alignment; i > 0: its i-th alternate, where it has one
 
 
 IDENTITY = View()
+EXACT_ALTERNATE = View(alignment=1)  # the photo as it is, aligned by the first alternate landmark model
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class ViewDistribution:
     zoom: float = 0.03
     p_jpeg: float = 1.0
     p_resize: float = 0.7
+    p_alternate: float = 0.5  # a random view aligns the face by another landmark model, where there is one
 
     def sample(self, rng: np.random.Generator, photo_long_side: int, force_jpeg: bool = False,
                jpeg_offset: tuple[int, int] | None = None) -> View:
@@ -67,6 +73,7 @@ class ViewDistribution:
             shift=(float(rng.uniform(-self.shift, self.shift)), float(rng.uniform(-self.shift, self.shift))),
             rotation=math.radians(float(rng.uniform(-self.rotation_deg, self.rotation_deg))),
             zoom=float(1 + rng.uniform(-self.zoom, self.zoom)),
+            alignment=int(rng.random() < self.p_alternate),
         )
 
 
@@ -85,10 +92,11 @@ def transform_in_crop(tf: ChipTransform, origin: tuple[int, int], view: View) ->
     return ChipTransform((cx - half, cy - half, cx + half, cy + half), tf.angle + view.rotation, tf.size)
 
 
-def render_chips(pixels: torch.Tensor, origin: tuple[int, int], transforms: list[ChipTransform],
+def render_chips(pixels: torch.Tensor, origin: tuple[int, int], alignments: list[Sequence[ChipTransform]],
                  views: list[View]) -> list[torch.Tensor]:
-    """For each chip transform (one per extractor), its chips (N x 3 x S x S) seen through ``views`` from a
-    crop (3 x h x w, 0-255) whose top-left is ``origin``.
+    """For each extractor, its chips (N x 3 x S x S) seen through ``views`` from a crop (3 x h x w, 0-255)
+    whose top-left is ``origin``. ``alignments``: per extractor, its chip transforms, its own alignment
+    first, then alternates (a view's ``alignment`` picks one; an extractor without it uses its own).
 
     Views with the same scale and JPEG block phase are resampled and recompressed as one batch; every
     extractor samples its chip from the same processed pixels (one upload, several recognisers).
@@ -96,7 +104,7 @@ def render_chips(pixels: torch.Tensor, origin: tuple[int, int], transforms: list
     groups: dict[tuple, list[int]] = {}
     for i, v in enumerate(views):
         groups.setdefault((v.scale, None if v.jpeg_quality is None else v.jpeg_offset), []).append(i)
-    chips: list[list[torch.Tensor | None]] = [[None] * len(views) for _ in transforms]
+    chips: list[list[torch.Tensor | None]] = [[None] * len(views) for _ in alignments]
     for (scale, offset), members in groups.items():
         x = pixels.unsqueeze(0)
         if scale < 1.0:
@@ -107,7 +115,8 @@ def render_chips(pixels: torch.Tensor, origin: tuple[int, int], transforms: list
         if offset is not None:
             x = jpeg_roundtrip(x, [views[i].jpeg_quality for i in members], offset)
         for k, i in enumerate(members):
-            for per_view, tf in zip(chips, transforms):
+            for per_view, options in zip(chips, alignments):
+                tf = options[views[i].alignment] if views[i].alignment < len(options) else options[0]
                 local = transform_in_crop(tf, origin, views[i])
                 region = plan_region(local, tuple(x.shape[-2:]))
                 left, top, right, bottom = region.box
