@@ -52,6 +52,9 @@ BISECTION_STEPS = 12
 JPEG_PHASES = 16
 #: the feathered edge of a chip's footprint, as a fraction of the chip side (a raised cosine to zero)
 FEATHER_RAMP = 0.08
+#: chips of the first extractor per forward and backward pass: bounds the activations kept for the
+#: backward pass (a group photo's faces are differentiated a few at a time)
+CHIPS_PER_PASS = 16
 #: chip pixels per working pixel is never finer than this (finer working detail is wasted time)
 WORK_PIXELS_PER_CHIP_PIXEL = 1.5
 
@@ -291,31 +294,36 @@ def cloak(
 
     opt = _Adam([f.delta for f in faces])
     history: list[list[float]] = [[] for _ in faces]
+    per_pass = max(1, CHIPS_PER_PASS // preset.views_per_step)
+    passes = [list(range(i, min(i + per_pass, len(faces)))) for i in range(0, len(faces), per_pass)]
     for step in range(preset.steps):
-        per_extractor: list[list[torch.Tensor]] = [[] for _ in nets]
         seen = [_views_seen(k, step, preset) for k in range(len(nets))]
-        for f in faces:
-            phase = (int(rng.integers(0, JPEG_PHASES)), int(rng.integers(0, JPEG_PHASES)))  # one per step
-            exact = [IDENTITY] + ([EXACT_ALTERNATE] if preset.exact_alternate and f.has_alternates else [])
-            vs = exact + [views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
-                          for k in range(preset.views_per_step - len(exact))]
-            for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.alignments, vs)):
-                per_extractor[k].append(chips[seen[k]])
-        embs = [net(torch.cat(chips)).split(len(seen[k])) for k, (net, chips) in enumerate(zip(nets, per_extractor))]
-        losses = [torch.zeros(()) for _ in nets]  # per extractor, summed over faces
         done: list[bool] = []
-        for i, f in enumerate(faces):
-            mine = [e[i] for e in embs]
-            per_extractor_loss = f.feature_losses(mine, preset)
-            history[i].append(float(sum(fl[0].detach() for fl in per_extractor_loss)))
-            done.append(f.converged([e.detach() for e in mine], preset))
-            for k, fl in enumerate(per_extractor_loss):
-                losses[k] = losses[k] + fl.mean()
-        if all(done):  # every face already where it should be, in every view of this step: stop early
-            break
         for f in faces:
             f.delta.grad = None
-        sum(losses).backward()
+        for members in passes:  # the faces' losses are independent: their gradients, a few faces at a time
+            per_extractor: list[list[torch.Tensor]] = [[] for _ in nets]
+            for i in members:
+                f = faces[i]
+                phase = (int(rng.integers(0, JPEG_PHASES)), int(rng.integers(0, JPEG_PHASES)))  # one per step
+                exact = [IDENTITY] + ([EXACT_ALTERNATE] if preset.exact_alternate and f.has_alternates else [])
+                vs = exact + [views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
+                              for k in range(preset.views_per_step - len(exact))]
+                for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.alignments, vs)):
+                    per_extractor[k].append(chips[seen[k]])
+            embs = [net(torch.cat(chips)).split(len(seen[k])) for k, (net, chips) in enumerate(zip(nets, per_extractor))]
+            loss = torch.zeros(())  # summed over faces and extractors
+            for j, i in enumerate(members):
+                mine = [e[j] for e in embs]
+                per_extractor_loss = faces[i].feature_losses(mine, preset)
+                history[i].append(float(sum(fl[0].detach() for fl in per_extractor_loss)))
+                done.append(faces[i].converged([e.detach() for e in mine], preset))
+                loss = loss + sum(fl.mean() for fl in per_extractor_loss)
+            if len(passes) == 1 and all(done):
+                break
+            loss.backward()
+        if all(done):  # every face already where it should be, in every view of this step: stop early
+            break
         opt.step(preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / preset.steps))))  # cosine decay
         _project_to_budget(faces, preset.rho)
 
