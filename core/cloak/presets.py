@@ -46,7 +46,7 @@ class CloakPreset:
 
 PRESETS: dict[str, CloakPreset] = {
     "low": CloakPreset("low", rho=0.007, steps=60, views_per_step=4, away_weight=1.0),
-    "mid": CloakPreset("mid", rho=0.015, steps=35, lr=1.5, views_per_step=4, away_weight=1.0, stop_at=0.73),
+    "mid": CloakPreset("mid", rho=0.015, steps=45, lr=1.5, views_per_step=4, away_weight=1.0, stop_at=0.73),
     "high": CloakPreset("high", rho=0.017, steps=100, views_per_step=4, away_weight=1.0),
     # the ensemble modes' push away ends at 1.5 gaps: the value their settings were chosen and measured
     # with (bench/shift.py, bench/transfer.py); 2.6 was not tried with the ensemble
