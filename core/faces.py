@@ -52,14 +52,14 @@ class FaceAnalyzer:
     def __init__(self, detector: FaceDetector | None = None, extractor: Extractor | None = None,
                  cloak_extractors: list[Extractor] | None = None, landmarks: ShapePredictor | None = None):
         self.detector = detector if detector is not None else FaceDetector()
-        #: a second landmark model (dlib's 5-point predictor): the alignment dlib's own pipeline gives
-        self.landmarks = landmarks if landmarks is not None else load_shape_predictor()
         self.extractor = extractor if extractor is not None else load_extractor(DEFAULT_EXTRACTOR)
         if cloak_extractors is None:
             cloak_extractors = [self.extractor] + [load_extractor(n) for n in CLOAK_EXTRACTORS if n != self.extractor.name]
         if not cloak_extractors or cloak_extractors[0] is not self.extractor:
             raise ValueError("the cloak extractors must start with the primary extractor")
         self.cloak_extractors = cloak_extractors
+        #: a second landmark model (dlib's 5-point predictor): the alignment dlib's own pipeline gives
+        self.landmarks = landmarks if landmarks is not None else load_shape_predictor()
 
     def find(self, image: np.ndarray) -> list[Face]:
         """Detect and align (no descriptors yet)."""
@@ -73,7 +73,7 @@ class FaceAnalyzer:
     def alternate_alignments(self, image: np.ndarray, face: Face, extractor: Extractor) -> tuple[ChipTransform, ...]:
         """``face``'s chip for ``extractor`` as other landmark models would align it: for an extractor of
         dlib's chip geometry, the chip dlib's own pipeline cuts (its 5-point predictor); none otherwise."""
-        if extractor.geometry.padding is None or extractor.geometry.size != face.transform.size:
+        if extractor.geometry.padding is None:
             return ()
         start = face.transform if extractor is self.extractor else extractor.geometry.transform(face.landmarks)
         return (dlib_pipeline_chip(self.landmarks, image, start, extractor.geometry.padding),)

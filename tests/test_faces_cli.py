@@ -167,3 +167,20 @@ def test_a_missing_model_package_is_one_line_naming_the_file_and_the_fix(package
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("cloakd: error: model file ")
     assert str(tmp_path / package / missing) in lines[0] and "pip install" in lines[0], lines[0]
+
+
+def test_a_missing_landmark_model_is_one_line_naming_the_file_and_the_fix(tmp_path, data_dir):
+    """face-recognition-models with its ResNet but without dlib's 5-point predictor (the cloak's second
+    landmark model)."""
+    from cloakd.core.assets import package_file
+
+    models = tmp_path / "face_recognition_models" / "models"
+    models.mkdir(parents=True)
+    (models.parent / "__init__.py").write_text("")
+    resnet = "dlib_face_recognition_resnet_model_v1.dat"
+    (models / resnet).symlink_to(package_file("face_recognition_models", f"models/{resnet}"))
+    result = run_cloakd("faces", str(data_dir / "faces" / SAME_PERSON[0]), pythonpath=tmp_path)
+    assert result.returncode == Exit.FAILED and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(models / "shape_predictor_5_face_landmarks.dat") in lines[0] and "pip install" in lines[0], lines[0]

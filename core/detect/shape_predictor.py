@@ -76,17 +76,20 @@ class ShapePredictor:
 
 
 #: where dlib's HOG detector puts its box for a face, relative to cloakd's dlib chip of that face (the
-#: MTCNN-aligned ChipTransform): centre offset in the chip's own frame and side, as fractions of the
-#: chip's side. Medians over 1,046 faces of ../shared/data/train (bench/fit_template.py --box).
+#: MTCNN-aligned ChipTransform at padding FIT_PADDING): centre offset in the chip's own frame and side,
+#: as fractions of the chip's side. Medians over 1,046 faces of ../shared/data/train
+#: (bench/fit_template.py --box).
+FIT_PADDING = 0.25
 HOG_BOX_CENTRE = (-0.039, -0.020)
 HOG_BOX_SIDE = 0.905
 
 
-def hog_like_box(transform: ChipTransform) -> tuple[float, float, float, float]:
-    """The box dlib's HOG detector would give the face whose dlib chip is ``transform``: what its
-    landmark predictor was trained to start from (left, top, inclusive right, bottom)."""
+def hog_like_box(transform: ChipTransform, padding: float = FIT_PADDING) -> tuple[float, float, float, float]:
+    """The box dlib's HOG detector would give the face whose chip (dlib's geometry at ``padding``) is
+    ``transform``: what the landmark predictor was trained to start from (left, top, inclusive right,
+    bottom)."""
     l, t, r, b = transform.rect
-    side = r - l
+    side = (r - l) * (1 + 2 * FIT_PADDING) / (1 + 2 * padding)  # the chip's side at the fitted padding
     rot = np.array([[math.cos(transform.angle), -math.sin(transform.angle)],
                     [math.sin(transform.angle), math.cos(transform.angle)]])
     cx, cy = transform.centre + rot @ (np.array(HOG_BOX_CENTRE) * side)
@@ -97,8 +100,8 @@ def hog_like_box(transform: ChipTransform) -> tuple[float, float, float, float]:
 def dlib_pipeline_chip(predictor: ShapePredictor, image: np.ndarray, transform: ChipTransform,
                        padding: float) -> ChipTransform:
     """The chip dlib's own pipeline (HOG box, this predictor, get_face_chip with ``padding``) would cut
-    for the face whose chip in cloakd's alignment is ``transform``."""
-    points = predictor.predict(image, hog_like_box(transform))
+    for the face whose chip in cloakd's alignment (the same geometry) is ``transform``."""
+    points = predictor.predict(image, hog_like_box(transform, padding))
     return ChipTransform.fit(template_in_chip(DLIB_5POINT_TEMPLATE, transform.size, padding), points, transform.size)
 
 
