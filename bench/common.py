@@ -31,9 +31,10 @@ def preset_variant(spec: str) -> str:
     preset = PRESETS[name]
     for change in changes:
         field, value = change.split("=", 1)
-        if field.startswith("views."):  # a range of the random views, e.g. views.zoom=0.15
+        if field.startswith("views."):  # the random views, e.g. views.zoom=0.15 or views.jpeg_quality=60-80
             sub = field.split(".", 1)[1]
-            preset = preset.with_overrides(views=replace(preset.views, **{sub: float(value)}))
+            parsed = tuple(int(v) for v in value.split("-")) if "-" in value else float(value)
+            preset = preset.with_overrides(views=replace(preset.views, **{sub: parsed}))
             continue
         kind = type(getattr(preset, field))
         cast = {str: str, int: int, bool: lambda v: v.lower() in ("1", "true", "yes")}.get(kind, _number)
