@@ -58,8 +58,21 @@ class FaceAnalyzer:
         if not cloak_extractors or cloak_extractors[0] is not self.extractor:
             raise ValueError("the cloak extractors must start with the primary extractor")
         self.cloak_extractors = cloak_extractors
-        #: a second landmark model (dlib's 5-point predictor): the alignment dlib's own pipeline gives
-        self.landmarks = landmarks if landmarks is not None else load_shape_predictor()
+        self._landmarks = landmarks
+
+    @property
+    def landmarks(self) -> ShapePredictor:
+        """The second landmark model (dlib's 5-point predictor: the alignment dlib's own pipeline gives),
+        which only cloaking needs: loaded on first use (1.2 s), or up front by :meth:`load_cloak_models`."""
+        if self._landmarks is None:
+            self._landmarks = load_shape_predictor()
+        return self._landmarks
+
+    def load_cloak_models(self) -> "FaceAnalyzer":
+        """Load now what cloaking needs beyond finding and describing faces, so that a missing or damaged
+        model file is an error at start-up rather than at the first photo."""
+        _ = self.landmarks
+        return self
 
     def find(self, image: np.ndarray) -> list[Face]:
         """Detect and align (no descriptors yet)."""

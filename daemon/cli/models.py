@@ -12,8 +12,11 @@ def configure_torch(threads: int | None = None) -> None:
     torch.set_num_threads(int(threads or os.environ.get("CLOAKD_THREADS", "2")))
 
 
-def load_analyzer():
+def load_analyzer(cloaks: bool = False):
+    """The face analyser; with ``cloaks``, also the models only cloaking needs (a command that cloaks
+    fails at once, in one line, if one is missing)."""
     from cloakd.core.faces import FaceAnalyzer
 
     configure_torch()
-    return FaceAnalyzer()
+    analyzer = FaceAnalyzer()
+    return analyzer.load_cloak_models() if cloaks else analyzer

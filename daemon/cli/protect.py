@@ -98,7 +98,7 @@ def run(args) -> int:
     args.state = state_dir(args) if args.user else None
     out = output_folder(args.out)
     previews = output_folder(args.preview) if args.preview else None
-    analyzer = load_analyzer()
+    analyzer = load_analyzer(cloaks=True)
     name, centroid = _target(args, analyzer)
     request = ProtectRequest(target=centroid, references=_references(args, analyzer), others=args.others,
                              mode=args.mode, keep=keep, options=options,

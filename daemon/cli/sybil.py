@@ -52,7 +52,7 @@ def run(args) -> int:
     if not args.candidates.is_dir():
         raise CloakdError(f"{args.candidates}: no such folder of candidate photos")
     output_folder(args.out)
-    analyzer = load_analyzer()
+    analyzer = load_analyzer(cloaks=True)
     references = ReferenceStore(state, analyzer.extractor.name).spaces(args.user)
     if references is None:
         raise CloakdError(f"user {args.user!r} has no enrolled reference photos; run 'cloakd enrol --user "
