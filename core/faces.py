@@ -83,13 +83,17 @@ class FaceAnalyzer:
             for box, score, lm in zip(dets.boxes, dets.scores, dets.landmarks)
         ]
 
+    def transform(self, face: Face, extractor: Extractor) -> ChipTransform:
+        """``face``'s chip for ``extractor``: its own alignment of the face's landmarks (the primary's came
+        with the face)."""
+        return face.transform if extractor is self.extractor else extractor.geometry.transform(face.landmarks)
+
     def alternate_alignments(self, image: np.ndarray, face: Face, extractor: Extractor) -> tuple[ChipTransform, ...]:
         """``face``'s chip for ``extractor`` as other landmark models would align it: for an extractor of
         dlib's chip geometry, the chip dlib's own pipeline cuts (its 5-point predictor); none otherwise."""
         if extractor.geometry.padding is None:
             return ()
-        start = face.transform if extractor is self.extractor else extractor.geometry.transform(face.landmarks)
-        return (dlib_pipeline_chip(self.landmarks, image, start, extractor.geometry.padding),)
+        return (dlib_pipeline_chip(self.landmarks, image, self.transform(face, extractor), extractor.geometry.padding),)
 
     def chips(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         """Exact (dlib-identical) chips, N x S x S x 3 uint8."""
@@ -103,7 +107,7 @@ class FaceAnalyzer:
         """Descriptors (N x D) of ``faces`` by ``extractor``, each face aligned by that extractor's geometry."""
         if extractor is self.extractor:
             return self.describe_chips(self.chips(image, faces))
-        transforms = [extractor.geometry.transform(f.landmarks) for f in faces]
+        transforms = [self.transform(f, extractor) for f in faces]
         return _describe(extractor, extract_chips(image, transforms, extractor.geometry.size))
 
     def analyse(self, image: np.ndarray) -> list[Face]:

@@ -151,8 +151,7 @@ def _task(analyzer: FaceAnalyzer, image: np.ndarray, face: Face, role: str, targ
     goals = []
     for k in used:
         extractor, origin = analyzer.cloak_extractors[k], origins[k]
-        transform = face.transform if extractor is analyzer.extractor else extractor.geometry.transform(face.landmarks)
-        goals.append(Goal(transform, origin, targets.get(extractor.name) if role == "user" else None,
+        goals.append(Goal(analyzer.transform(face, extractor), origin, targets.get(extractor.name) if role == "user" else None,
                           analyzer.alternate_alignments(image, face, extractor)))
     return FaceTask(goals)
 

@@ -88,12 +88,10 @@ def hog_like_box(transform: ChipTransform, padding: float = FIT_PADDING) -> tupl
     """The box dlib's HOG detector would give the face whose chip (dlib's geometry at ``padding``) is
     ``transform``: what the landmark predictor was trained to start from (left, top, inclusive right,
     bottom)."""
-    l, t, r, b = transform.rect
-    side = (r - l) * (1 + 2 * FIT_PADDING) / (1 + 2 * padding)  # the chip's side at the fitted padding
-    rot = np.array([[math.cos(transform.angle), -math.sin(transform.angle)],
-                    [math.sin(transform.angle), math.cos(transform.angle)]])
-    cx, cy = transform.centre + rot @ (np.array(HOG_BOX_CENTRE) * side)
-    half = HOG_BOX_SIDE * side / 2
+    k = (1 + 2 * FIT_PADDING) / (1 + 2 * padding)  # the chip's side at the fitted padding, per side at this one
+    n = transform.size - 1  # chip pixels across the chip's rect
+    (cx, cy), = transform.chip_to_image(n * (0.5 + k * np.array([HOG_BOX_CENTRE])))
+    half = HOG_BOX_SIDE * k * (transform.rect[2] - transform.rect[0]) / 2
     return cx - half, cy - half, cx + half, cy + half
 
 
@@ -170,8 +168,9 @@ def _parse(data: bytes) -> ShapePredictor:
 
 
 class _Packed:
-    """dlib's packed integers and floats (see extractors/dlib_dat.py), read fast: the parse is dominated
-    by the 1.2 million floats of the leaves."""
+    """dlib's packed integers and floats (the encoding extractors/dlib_dat.py's ``_Reader`` reads),
+    without its per-field checks: the sha256 has already proved the bytes, and the parse is dominated by
+    the 1.2 million floats of the leaves (this file takes 3.8 s through ``_Reader``, 1.2 s here)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
