@@ -77,8 +77,7 @@ def hog_box_in_chip(data: Path, limit: int = 1000) -> np.ndarray:
             side = tf.rect[2] - tf.rect[0]
             if np.linalg.norm(tf.centre - centre) > 0.3 * side:
                 continue
-            c, s = np.cos(tf.angle), np.sin(tf.angle)
-            offset = np.array([[c, s], [-s, c]]) @ (centre - tf.centre) / side
+            offset = tf.image_to_chip(centre[None])[0] / (tf.size - 1) - 0.5  # in the chip's rotated frame
             rows.append((*offset, (d.right() - d.left()) / side, (d.bottom() - d.top()) / side))
     return np.array(rows)
 

@@ -50,17 +50,6 @@ def _looser(face, geometry):
     return replace(face, landmarks=moved, transform=geometry.transform(moved))
 
 
-def _pipeline_descriptor(pipeline, image: np.ndarray) -> np.ndarray | None:
-    """dlib's real pipeline's raw descriptor of the central face (dlib units, not normalised)."""
-    rects = list(pipeline.detector(image, 1))
-    if not rects:
-        return None
-    h, w = image.shape[:2]
-    rect = min(rects, key=lambda r: np.hypot((r.left() + r.right()) / 2 - w / 2, (r.top() + r.bottom()) / 2 - h / 2))
-    chip = pipeline.dlib.get_face_chip(image, pipeline.predictor(image, rect), 150, 0.25)
-    return np.asarray(pipeline.resnet.compute_face_descriptor(chip))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cloak", default="dlib_resnet,sface,omz_reid",
@@ -145,7 +134,8 @@ def main() -> None:
             before = measured.describe_all(rgb, [face])
             loose_before = measured.describe_all(rgb, [_looser(face, primary.geometry)])
             views = []
-            for img in (np.asarray(Image.open(io.BytesIO(res.data)).convert("RGB")), jpeg75(res.data)):
+            written, uploaded = np.asarray(Image.open(io.BytesIO(res.data)).convert("RGB")), jpeg75(res.data)
+            for img in (written, uploaded):
                 found = measured.analyse(img)
                 if not found:
                     views.append(None)
@@ -153,10 +143,9 @@ def main() -> None:
                 near = min(found, key=lambda g: np.linalg.norm((g.box - face.box)))
                 views.append(measured.describe_all(img, [near]))
             if views[-1] is not None:  # another aligner's crop: looser and off-centre, after JPEG 75
-                views.append(measured.describe_all(jpeg75(res.data), [_looser(near, primary.geometry)]))
+                views.append(measured.describe_all(uploaded, [_looser(near, primary.geometry)]))
             if pipeline is not None:
-                seen = [_pipeline_descriptor(pipeline, img) for img in (rgb, np.asarray(Image.open(io.BytesIO(res.data)).convert("RGB")),
-                                                                       jpeg75(res.data))]
+                seen = [pipeline.descriptor(img) for img in (rgb, written, uploaded)]
                 if all(v is not None for v in seen):
                     b, t, unit = seen[0], point["dlib_resnet"], primary.identity_gap
                     rows["dlib pipeline"].append(tuple(

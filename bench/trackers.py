@@ -56,20 +56,24 @@ class DlibPipeline:
         self.predictor = dlib.shape_predictor(model("shape_predictor_5_face_landmarks.dat"))
         self.resnet = dlib.face_recognition_model_v1(model("dlib_face_recognition_resnet_model_v1.dat"))
 
+    def descriptor(self, image: np.ndarray) -> np.ndarray | None:
+        """The raw descriptor (dlib's units, not normalised) of the face nearest the centre of ``image``
+        (RGB array), or None where dlib finds no face."""
+        rects = list(self.detector(image, 1))
+        if not rects:
+            return None
+        boxes = [(r.left(), r.top(), r.width(), r.height()) for r in rects]
+        rect = rects[_central(boxes, (image.shape[1], image.shape[0]))]
+        chip = self.dlib.get_face_chip(image, self.predictor(image, rect), 150, 0.25)
+        return np.asarray(self.resnet.compute_face_descriptor(chip))
+
     def embed(self, files: list[Path]) -> dict[str, np.ndarray | None]:
         from PIL import Image
 
         out: dict[str, np.ndarray | None] = {}
         for f in files:
-            image = np.asarray(Image.open(f).convert("RGB"))
-            rects = list(self.detector(image, 1))
-            if not rects:
-                out[str(f)] = None
-                continue
-            boxes = [(r.left(), r.top(), r.width(), r.height()) for r in rects]
-            rect = rects[_central(boxes, (image.shape[1], image.shape[0]))]
-            chip = self.dlib.get_face_chip(image, self.predictor(image, rect), 150, 0.25)
-            out[str(f)] = _normalise(self.resnet.compute_face_descriptor(chip))
+            raw = self.descriptor(np.asarray(Image.open(f).convert("RGB")))
+            out[str(f)] = None if raw is None else _normalise(raw)
         return out
 
 
