@@ -176,3 +176,21 @@ def test_a_cloak_through_an_alternate_alignment_moves_that_alignments_view_furth
             seen = analyzer.describe_chips(analyzer.chips(res.image, [replace(face, transform=alternate)]))[0]
             gains[use].append(np.linalg.norm(seen_before - target) - np.linalg.norm(seen - target))
     assert np.mean(gains[True]) > np.mean(gains[False]), gains
+
+
+def test_ensemble_extractors_take_turns_over_the_views_they_can_tell_apart():
+    """In an ensemble mode every extractor after the first sees the exact view plus its share of the
+    others, in turn. For an extractor without alternate alignments the exact-alternate view (index 1) is
+    the exact view again: its turns go to the random views only, and over a few steps it sees each."""
+    from cloakd.core.cloak.optimise import _views_seen
+
+    strong = PRESETS["strong"]
+    n = strong.views_per_step
+    assert _views_seen(0, 0, strong, exact=2, has_alternates=False) == list(range(n))  # the first sees all
+    no_alternates = [_views_seen(1, step, strong, exact=2, has_alternates=False) for step in range(6)]
+    assert all(v[0] == 0 and len(v) == strong.ensemble_views for v in no_alternates)
+    assert {i for v in no_alternates for i in v[1:]} == set(range(2, n))
+    with_alternates = [_views_seen(1, step, strong, exact=2, has_alternates=True) for step in range(6)]
+    assert {i for v in with_alternates for i in v[1:]} == set(range(1, n))
+    # a photo whose faces have no alternate alignment at all: one exact view, every other view random
+    assert {i for step in range(6) for i in _views_seen(2, step, strong, exact=1, has_alternates=False)[1:]} == set(range(1, n))

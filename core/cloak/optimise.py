@@ -297,21 +297,22 @@ def cloak(
     per_pass = max(1, CHIPS_PER_PASS // preset.views_per_step)
     passes = [list(range(i, min(i + per_pass, len(faces)))) for i in range(0, len(faces), per_pass)]
     for step in range(preset.steps):
-        seen = [_views_seen(k, step, preset) for k in range(len(nets))]
         done: list[bool] = []
         for f in faces:
             f.delta.grad = None
         for members in passes:  # the faces' losses are independent: their gradients, a few faces at a time
             per_extractor: list[list[torch.Tensor]] = [[] for _ in nets]
+            seen: list[list[list[int]]] = []  # per face of the pass, per extractor: the views it sees
             for i in members:
                 f = faces[i]
                 phase = (int(rng.integers(0, JPEG_PHASES)), int(rng.integers(0, JPEG_PHASES)))  # one per step
                 exact = [IDENTITY] + ([EXACT_ALTERNATE] if preset.exact_alternate and f.has_alternates else [])
                 vs = exact + [views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
                               for k in range(preset.views_per_step - len(exact))]
+                seen.append([_views_seen(k, step, preset, len(exact), len(a) > 1) for k, a in enumerate(f.alignments)])
                 for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.alignments, vs)):
-                    per_extractor[k].append(chips[seen[k]])
-            embs = [net(torch.cat(chips)).split(len(seen[k])) for k, (net, chips) in enumerate(zip(nets, per_extractor))]
+                    per_extractor[k].append(chips[seen[-1][k]])
+            embs = [net(torch.cat(chips)).split([len(s[k]) for s in seen]) for k, (net, chips) in enumerate(zip(nets, per_extractor))]
             loss = torch.zeros(())  # summed over faces and extractors
             for j, i in enumerate(members):
                 mine = [e[j] for e in embs]
@@ -333,15 +334,19 @@ def cloak(
     return CloakResult(out, results, time.perf_counter() - t0, steps=len(history[0]))
 
 
-def _views_seen(k: int, step: int, preset: CloakPreset) -> list[int]:
-    """Which of a step's views extractor ``k`` sees: the first extractor all of them, the others the exact
-    view and ``preset.ensemble_views - 1`` of the random ones, in turn (each view costs every extractor
-    that sees it a forward and backward pass; over the steps each still sees every kind of view)."""
+def _views_seen(k: int, step: int, preset: CloakPreset, exact: int = 1, has_alternates: bool = True) -> list[int]:
+    """Which of a step's views (``exact`` exact views first, then random ones) extractor ``k`` sees: the
+    first extractor all of them, the others the exact view and ``preset.ensemble_views - 1`` of the other
+    views, in turn (each view costs every extractor that sees it a forward and backward pass; over the
+    steps each still sees every kind of view). An extractor without alternate alignments skips the exact
+    alternate view, which for it is the exact view again."""
     n = preset.views_per_step
     if k == 0 or preset.ensemble_views is None or preset.ensemble_views >= n:
         return list(range(n))
+    first = 1 if has_alternates else exact  # the views it takes turns over: first .. n - 1
+    pool = n - first
     start = step * (preset.ensemble_views - 1) + k
-    return [0] + sorted({1 + (start + j) % (n - 1) for j in range(preset.ensemble_views - 1)})
+    return [0] + sorted({first + (start + j) % pool for j in range(min(preset.ensemble_views - 1, pool))})
 
 
 class _Adam:
