@@ -29,6 +29,7 @@ from .privileges import Account, Original
 
 if TYPE_CHECKING:  # torch-heavy: the rest of the service (and its tests) run without loading it
     from cloakd.core.faces import FaceAnalyzer
+    from cloakd.core.protect import ProtectRequest
 
     from .targets import StoredTarget, TargetStore
 
@@ -75,16 +76,14 @@ class ProcessContext:
             return choice
 
 
-def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, original: Original) -> ProcessResult:
-    """Cloak and clean ``original`` for ``user``. PhotoError for a photo that cannot be protected (e.g.
-    ProtectionError: a cloak that did not verify), another CloakdError for a problem of the user's state."""
-    from cloakd.core.protect import ProtectRequest, protect
+def request_for(ctx: ProcessContext, user: UserConfig, account: Account, original: Original) -> "ProtectRequest":
+    """What to do with ``original`` for ``user``: the target class (chosen on first need), the user's
+    references and settings. An engine (daemon/engine/) carries it out, here or on another machine."""
+    from cloakd.core.protect import ProtectRequest
 
-    t0 = time.perf_counter()
-    label = str(original.path)
     references = ctx.references.get(user, account)
-    choice = ctx.target(user, references, original.data, label)
-    request = ProtectRequest(
+    choice = ctx.target(user, references, original.data, str(original.path))
+    return ProtectRequest(
         target=None if choice is None else ctx.targets.bank.point(choice.name, choice.centroid),
         references=references,
         others=user.others,
@@ -93,7 +92,16 @@ def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, or
         options=OutputOptions(heif_as=user.heic_as),
         seed=int(original.sha256[:8], 16),  # same photo, same output
     )
-    result = protect(ctx.analyzer, original.data, request, label=label)
+
+
+def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, original: Original) -> ProcessResult:
+    """Cloak and clean ``original`` for ``user``. PhotoError for a photo that cannot be protected (e.g.
+    ProtectionError: a cloak that did not verify), another CloakdError for a problem of the user's state."""
+    from cloakd.core.protect import protect
+
+    t0 = time.perf_counter()
+    request = request_for(ctx, user, account, original)
+    result = protect(ctx.analyzer, original.data, request, label=str(original.path))
     if not result.ok:
         raise ProtectionError(f"not protected: {result.reason}")
     return ProcessResult(
