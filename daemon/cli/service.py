@@ -66,6 +66,7 @@ def status(args: argparse.Namespace) -> int:
         counts = ledger.counts()
     except Exception as e:  # sqlite3 errors: usually no permission on the state directory
         raise CloakdError(f"cannot read the ledger in {config.state_dir}: {e} (run as the service's user)") from None
+    print(_engine(config))
     store = TargetStore(config.state_dir)
     header = ("user", "queued", "in progress", "done", "held", "references", "target class", "sybil made/left",
               "last error")
@@ -85,6 +86,13 @@ def status(args: argparse.Namespace) -> int:
     for r in [header, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
     return Exit.OK
+
+
+def _engine(config) -> str:
+    """Which engine the service uses and its state (a Dask cluster reachable, or waiting, or local fallback)."""
+    from ..engine.status import engine_line
+
+    return engine_line(config)
 
 
 def _references(config, user, extractor: str) -> str:
