@@ -91,25 +91,34 @@ def _address(args: argparse.Namespace):
 
 
 async def _serve(args: argparse.Namespace, address: str, tls) -> None:
-    from distributed import Nanny
-
-    from ..engine.remote import RESOURCE, Models
-
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     while not stopping.is_set():
-        nanny = Nanny(address, nthreads=args.nthreads, resources={RESOURCE: args.nthreads}, security=tls, dashboard=False,
-                      plugins={Models(args.device, args.torch_threads)}, name=args.name)
-        async with nanny:
-            ended = asyncio.ensure_future(nanny.finished())
-            await asyncio.wait([ended, asyncio.ensure_future(stopping.wait())], return_when=asyncio.FIRST_COMPLETED)
-            if stopping.is_set():
-                await nanny.close()
-                break
-        log.warning("the scheduler %s went away; joining it again in %.0f s", address, REJOIN_SECONDS)
+        try:
+            await _one_membership(args, address, tls, stopping)
+        except Exception as e:  # noqa: BLE001 - e.g. the scheduler refused the connection: try again
+            log.warning("cannot join the scheduler %s: %s", address, e)
+        if stopping.is_set():
+            break
+        log.warning("not a member of %s's cluster; joining it again in %.0f s", address, REJOIN_SECONDS)
         try:
             await asyncio.wait_for(stopping.wait(), REJOIN_SECONDS)
         except TimeoutError:
             pass
+
+
+async def _one_membership(args: argparse.Namespace, address: str, tls, stopping: asyncio.Event) -> None:
+    """One Nanny, from joining the cluster until the scheduler goes away or we are asked to stop."""
+    from distributed import Nanny
+
+    from ..engine.remote import RESOURCE, Models
+
+    nanny = Nanny(address, nthreads=args.nthreads, resources={RESOURCE: args.nthreads}, security=tls, dashboard=False,
+                  plugins={Models(args.device, args.torch_threads)}, name=args.name)
+    async with nanny:
+        ended = asyncio.ensure_future(nanny.finished())
+        await asyncio.wait([ended, asyncio.ensure_future(stopping.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            await nanny.close()

@@ -46,7 +46,7 @@ log = logging.getLogger("cloakd.engine")
 
 #: worker threads of the service: the most photos in flight at once (the cluster's threads + 1)
 MAX_IN_FLIGHT = 64
-CONNECT_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 5.0
 #: how often the watcher looks at the connection and the workers, and a waiting photo at the connection
 CHECK_SECONDS = 2.0
 
@@ -85,7 +85,7 @@ class DaskEngine:
         self.overheads = Overheads()
         self._client = None
         self._slots = 0  # cloakd worker threads in the cluster (0: none, or not connected)
-        self._trouble = "not connected yet"
+        self._trouble = "connecting to the scheduler"
         self._since = time.time()
         self._said = ""
         self._stop = threading.Event()

@@ -31,7 +31,7 @@ def engine_line(config: Config) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
     if not _running(pid):
         return f"engine: {configured} (the service is not running; last state, {stamp}: {text})"
-    return f"engine: {text} (since {stamp})"
+    return f"engine: {text}"
 
 
 def _running(pid: int) -> bool:
