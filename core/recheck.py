@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from .errors import ProtectionError
 from .faces import FaceAnalyzer
-from .photo.decode import decode
+from .photo.decode import decode, open_image
+from .photo.formats import detect
 from .photo.verify import verify_clean
 from .protect import FaceReport, ProtectRequest, _extractors, _roles, _verify_written
 
@@ -21,9 +22,9 @@ def recheck(analyzer: FaceAnalyzer, original: bytes, written: bytes, request: Pr
     """The number of faces checked; MetadataError or ProtectionError if ``written`` may not be delivered."""
     verify_clean(written, kept=request.keep)
     photo = decode(original, max_pixels=request.max_pixels, label=label).rgb
-    shape = decode(written, max_pixels=request.max_pixels, label=label).rgb.shape
-    if shape != photo.shape:
-        raise ProtectionError(f"not protected: the returned photo is {shape[1]}x{shape[0]}, the original "
+    size = open_image(written, detect(written, label=label)).size  # the header: a clean file has no orientation
+    if size != (photo.shape[1], photo.shape[0]):
+        raise ProtectionError(f"not protected: the returned photo is {size[0]}x{size[1]}, the original "
                               f"{photo.shape[1]}x{photo.shape[0]}")
     faces = analyzer.analyse(photo)
     roles = _roles(faces, request, analyzer.extractor.match_threshold)
