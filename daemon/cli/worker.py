@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-key", type=Path, metavar="FILE", help="this worker's private key")
     p.add_argument("--insecure", action="store_true",
                    help="allow plain TCP to a scheduler on another machine: photos cross the network unencrypted")
+    p.add_argument("--worker-port", type=number(int, 1), metavar="PORT",
+                   help="the port this worker listens on for the scheduler (default: any free one; fix it to open "
+                        "it in a firewall)")
     p.add_argument("--name", help="this worker's name in the cluster (default: its address)")
     p.set_defaults(func=worker)
 
@@ -122,7 +125,7 @@ async def _one_membership(args: argparse.Namespace, address: str, tls, stopping:
     from ..engine.remote import RESOURCE, Models
 
     nanny = Nanny(address, nthreads=args.nthreads, resources={RESOURCE: args.nthreads}, security=tls, dashboard=False,
-                  plugins={Models(args.device, args.torch_threads)}, name=args.name)
+                  plugins={Models(args.device, args.torch_threads)}, name=args.name, worker_port=args.worker_port or 0)
     async with nanny:
         ended = asyncio.ensure_future(nanny.finished())
         await asyncio.wait([ended, asyncio.ensure_future(stopping.wait())], return_when=asyncio.FIRST_COMPLETED)
