@@ -107,8 +107,8 @@ class DaskEngine:
         return f"dask {self.address}: {self._trouble} since {since}; {then}"
 
     def _set(self, client, slots: int, trouble: str = "") -> None:
-        if (client is None or slots == 0) and (self._client is not None and self._slots > 0 or trouble != self._trouble):
-            self._since = time.time()
+        if (client is not None and slots > 0) != (self._client is not None and self._slots > 0):
+            self._since = time.time()  # the cluster came or went
         self._client, self._slots, self._trouble = client, slots, trouble
         said = self.describe()
         if said != self._said:
@@ -163,8 +163,11 @@ class DaskEngine:
         request = request_for(self.context, user, account, original)
         label = f"photo {original.sha256[:12]}"
         sent = time.perf_counter()
-        future = client.submit(protect_task, original.data, request, label, VERSION, key=f"cloakd-{uuid.uuid4().hex}",
-                               resources={RESOURCE: 1}, pure=False)
+        try:
+            future = client.submit(protect_task, original.data, request, label, VERSION,
+                                   key=f"cloakd-{uuid.uuid4().hex}", resources={RESOURCE: 1}, pure=False)
+        except Exception as e:  # noqa: BLE001 - the client closed since it was looked at
+            raise Paused(f"the Dask client cannot send the photo now ({_short(e)})") from None
         try:
             result = self._wait(client, future, label, str(original.path))
         finally:
