@@ -72,6 +72,7 @@ class Service:
         self.config_path = config_path
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._publishing = threading.Lock()  # the engine's watcher thread and start-up both publish
 
     def run(self) -> int:
         config = load_config(self.config_path)
@@ -134,7 +135,8 @@ class Service:
     def _engine_changed(self, text: str) -> None:
         """The engine's state changed (a Dask cluster came or went): tell `cloakd status`, wake the workers."""
         try:
-            publish(self.config.state_dir, text)
+            with self._publishing:
+                publish(self.config.state_dir, text)
         except OSError as e:
             log.warning("cannot record the engine's state for `cloakd status`: %s", os_error_text(e))
         workers = getattr(self, "workers", None)
