@@ -31,6 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import yaml  # noqa: E402
+
 from common import DATA, machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,9 +52,13 @@ def setting(base: Path, mode: str, engine: dict | None):
 
     for name in ("out", "ready", "archive"):
         (base / name).mkdir(exist_ok=True)
-    user = {"account": pwd.getpwuid(os.geteuid()).pw_name,
-            "outbound": [str(base / "out")], "ready": str(base / "ready"), "mode": mode,
-            "originals": {"policy": "archive", "archive": str(base / "archive")}}
+    user = {
+        "account": pwd.getpwuid(os.geteuid()).pw_name,
+        "outbound": [str(base / "out")],
+        "ready": str(base / "ready"),
+        "mode": mode,
+        "originals": {"policy": "archive", "archive": str(base / "archive")},
+    }
     config = {"state_dir": str(base / "state"), "users": {"bench": user}, **({"engine": engine} if engine else {})}
     (base / "cloakd.yaml").write_text(yaml.safe_dump(config))
     return load_config(base / "cloakd.yaml")
@@ -65,8 +70,9 @@ def originals(paths: list[Path]):
     out = []
     for path in paths:
         data = path.read_bytes()
-        out.append(Original(path, data, hashlib.sha256(data + str(len(out)).encode()).hexdigest(), len(data), 0, 0,
-                            False))
+        out.append(
+            Original(path, data, hashlib.sha256(data + str(len(out)).encode()).hexdigest(), len(data), 0, 0, False)
+        )
     return out
 
 
@@ -151,13 +157,20 @@ def main() -> None:
             if overheads is None and args.sequential:  # one at a time: the round trip without queueing
                 run(engine, user, account, batch[:1], 1)  # warm-up
                 engine.overheads.__init__()
-                run(engine, user, account, batch[1:1 + args.sequential], 1)
+                run(engine, user, account, batch[1 : 1 + args.sequential], 1)
                 overheads = engine.overheads
                 engine.overheads = type(overheads)()
             wall, seconds = run(engine, user, account, batch, engine.capacity())
             o = batches[count] = engine.overheads
-            rows.append((f"dask, {count} worker{'s' if count > 1 else ''} on loopback", f"{count} x 1", wall,
-                         f"{o.remote_seconds / o.photos:.2f}", f"{o.recheck_seconds / o.photos * 1000:.0f}"))
+            rows.append(
+                (
+                    f"dask, {count} worker{'s' if count > 1 else ''} on loopback",
+                    f"{count} x 1",
+                    wall,
+                    f"{o.remote_seconds / o.photos:.2f}",
+                    f"{o.recheck_seconds / o.photos * 1000:.0f}",
+                )
+            )
             per_photo[count] = wall / len(batch)
         finally:
             engine.close()
@@ -166,10 +179,13 @@ def main() -> None:
 
     print(f"Machine: {machine()}, torch {torch.__version__}, 1 torch thread per photo  ")
     print(f"Date: {started:%Y-%m-%d %H:%M}; mode {args.mode}; {len(batch)} LFW photos (250x250, 1 face)  ")
-    print(f"Command: `.venv/bin/python bench/scale.py --photos {args.photos} --mode {args.mode} --workers {args.workers}`  ")
+    command = f"bench/scale.py --photos {args.photos} --mode {args.mode} --workers {args.workers}"
+    print(f"Command: `.venv/bin/python {command}`  ")
     print(f"Load average (1 min) at start and after each engine: {' / '.join(f'{x:.2f}' for x in load)}\n")
-    print("| engine | workers x threads | wall s | photos per hour | protect() s per photo (mean) | "
-          "service re-check ms per photo (mean) |")
+    print(
+        "| engine | workers x threads | wall s | photos per hour | protect() s per photo (mean) | "
+        "service re-check ms per photo (mean) |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for name, shape, wall, protect_seconds, rechecked in rows:
         print(f"| {name} | {shape} | {wall:.0f} | {3600 * len(batch) / wall:.0f} | {protect_seconds} | {rechecked} |")
@@ -179,23 +195,28 @@ def main() -> None:
         batch = batches[min(batches)]
         rechecked, remote = batch.recheck_seconds / batch.photos, batch.remote_seconds / batch.photos
         local = per_photo["local"]
-        print(f"\nDask overhead per photo: the round trip beyond protect() (serialisation, transfer, scheduling), "
-              f"{overheads.photos} photos one at a time: {trip * 1000:.0f} ms ({trip / alone:.1%} of their protect(), "
-              f"{alone:.2f} s); the service's re-verification, in the {min(batches)}-worker run: "
-              f"{rechecked * 1000:.0f} ms ({rechecked / remote:.1%} of its protect(), {remote:.2f} s); together "
-              f"{trip / alone + rechecked / remote:.1%} of a photo.")
+        print(
+            f"\nDask overhead per photo: the round trip beyond protect() (serialisation, transfer, scheduling), "
+            f"{overheads.photos} photos one at a time: {trip * 1000:.0f} ms ({trip / alone:.1%} of their protect(), "
+            f"{alone:.2f} s); the service's re-verification, in the {min(batches)}-worker run: "
+            f"{rechecked * 1000:.0f} ms ({rechecked / remote:.1%} of its protect(), {remote:.2f} s); together "
+            f"{trip / alone + rechecked / remote:.1%} of a photo."
+        )
         if 1 in per_photo and 2 in per_photo:
             print(f"2 workers / 1 worker: {per_photo[1] / per_photo[2]:.2f}x.")
         rate = 3600 / per_photo.get(1, local)
         ceiling = 3600 / (trip + rechecked)  # an upper bound of the service's cost: the trip is not all its CPU
         trip_and_check = trip + rechecked
-        print(f"\nProjection (a worker delivers {rate:.0f} photos/hour as measured; the service spends "
-              f"at most {trip_and_check * 1000:.0f} ms of one core per photo, so one service core carries at most "
-              f"{ceiling:.0f} photos/hour):\n")
+        print(
+            f"\nProjection (a worker delivers {rate:.0f} photos/hour as measured; the service spends "
+            f"at most {trip_and_check * 1000:.0f} ms of one core per photo, so one service core carries at most "
+            f"{ceiling:.0f} photos/hour):\n"
+        )
         print("| workers | photos per hour | limited by |")
         print("| ---: | ---: | --- |")
         for n in (1, 2, 4, 8, 16, 32, 64):
-            print(f"| {n} | {min(n * rate, ceiling):.0f} | {'the workers' if n * rate < ceiling else 'the service (one core)'} |")
+            limit = "the workers" if n * rate < ceiling else "the service (one core)"
+            print(f"| {n} | {min(n * rate, ceiling):.0f} | {limit} |")
 
 
 if __name__ == "__main__":

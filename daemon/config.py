@@ -27,8 +27,7 @@ from cloakd.core.cloak.presets import DEFAULT_PRESET, PRESETS
 from cloakd.core.errors import CloakdError, MetadataPolicyError, os_error_text
 from cloakd.core.photo.keep import resolve
 
-from .engine.address import EXAMPLE as ADDRESS_EXAMPLE
-from .engine.address import clear_text_refusal, parse_address
+from .engine.address import EXAMPLE as ADDRESS_EXAMPLE, clear_text_refusal, parse_address
 from .state import DEFAULT_STATE_DIR, USER_NAME_RULE, valid_user_name
 
 DEFAULT_CONFIG = Path("/etc/cloakd/cloakd.yaml")
@@ -475,7 +474,8 @@ def _engine(r: _Reader, top: _Items) -> Engine:
     if "kind" in items:
         r.lines["engine.kind"] = items["kind"][1].start_mark.line + 1
     insecure = bool(r.get(items, "insecure", "engine", (bool,), False))
-    settings = {"kind": kind, "insecure": insecure, "device": r.choice(items, "device", "engine", DEVICES, Engine.device),
+    settings = {"kind": kind, "insecure": insecure,
+                "device": r.choice(items, "device", "engine", DEVICES, Engine.device),
                 "fallback": r.choice(items, "fallback", "engine", FALLBACKS, Engine.fallback)}
     if kind == "local":
         for key in ("scheduler", "tls", "fallback", "insecure"):

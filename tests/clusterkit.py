@@ -34,10 +34,27 @@ def make_certificates(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    steps = [["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cloakd test CA"],
-             ["req", *ec, "-keyout", "member.key", "-out", "member.csr", "-subj", "/CN=127.0.0.1"],
-             ["x509", "-req", "-in", "member.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-              "-out", "member.pem", "-days", "2", "-extfile", "san.cnf"]]
+    steps = [
+        ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cloakd test CA"],
+        ["req", *ec, "-keyout", "member.key", "-out", "member.csr", "-subj", "/CN=127.0.0.1"],
+        [
+            "x509",
+            "-req",
+            "-in",
+            "member.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "member.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        ],
+    ]
     for step in steps:
         subprocess.run(["openssl", *step], cwd=folder, check=True, capture_output=True)
     return {"ca": folder / "ca.pem", "cert": folder / "member.pem", "key": folder / "member.key"}
@@ -55,8 +72,9 @@ class Proc:
     def __init__(self, args: list[str], log_path: Path):
         self.log_path = log_path
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, **QUIET})
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **QUIET}
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -91,12 +109,36 @@ class Cluster:
 
     def start_scheduler(self) -> None:
         protocol = ["--protocol", "tls"] if self.tls else []
-        self.scheduler = Proc([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-                               "--no-dashboard", *protocol, *tls_options(self.tls)], self.folder / "scheduler.log")
+        self.scheduler = Proc(
+            [
+                str(DASK),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-dashboard",
+                *protocol,
+                *tls_options(self.tls),
+            ],
+            self.folder / "scheduler.log",
+        )
 
     def start_worker(self, name: str) -> None:
-        self.workers[name] = Proc([str(CLOAKD), "worker", "--scheduler", self.address, "--device", "cpu",
-                                   "--name", name, *tls_options(self.tls)], self.folder / f"{name}.log")
+        self.workers[name] = Proc(
+            [
+                str(CLOAKD),
+                "worker",
+                "--scheduler",
+                self.address,
+                "--device",
+                "cpu",
+                "--name",
+                name,
+                *tls_options(self.tls),
+            ],
+            self.folder / f"{name}.log",
+        )
 
     def client(self):
         from distributed import Client
@@ -104,8 +146,12 @@ class Cluster:
 
         security = None
         if self.tls:
-            security = Security(tls_ca_file=str(self.tls["ca"]), tls_client_cert=str(self.tls["cert"]),
-                                tls_client_key=str(self.tls["key"]), require_encryption=True)
+            security = Security(
+                tls_ca_file=str(self.tls["ca"]),
+                tls_client_cert=str(self.tls["cert"]),
+                tls_client_key=str(self.tls["key"]),
+                require_encryption=True,
+            )
         return Client(self.address, security=security, timeout=30, set_as_default=False)
 
     def wait_workers(self, count: int, timeout: float = 180) -> None:
@@ -116,8 +162,9 @@ class Cluster:
                 if len(client.scheduler_info()["workers"]) >= count:
                     return
                 time.sleep(0.5)
-        raise AssertionError(f"{count} workers did not join within {timeout} s:\n" +
-                             "\n".join(w.log() for w in self.workers.values()))
+        raise AssertionError(
+            f"{count} workers did not join within {timeout} s:\n" + "\n".join(w.log() for w in self.workers.values())
+        )
 
     def busy_worker(self, client, timeout: float = 120) -> str:
         """The name of a worker that has one of cloakd's tasks in hand (waits for one)."""

@@ -7,7 +7,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -20,63 +19,78 @@ from cloakd.daemon.cli import main
 from cloakd.daemon.config import load_config, parse_config
 from cloakd.daemon.engine.device import OnDevice, resolve
 from cloakd.daemon.ledger import Ledger
-from cloakd.daemon.privileges import Account
 from cloakd.daemon.service import accounts_for
 from cloakd.daemon.worker import Pipeline, Workers
 from conftest import DATA, REPO
 from pipeline_child import strip_only
 from servicekit import second_account, shared_tmp, tiny_photos, user_tree
-from test_config import line_of, problems_of, tree, user_block  # noqa: F401 - tree is a fixture
+from test_config import line_of, problems_of, user_block
 
 EXAMPLE = REPO / "config" / "cloakd.example.yaml"
 
 
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """The folders of test_config's user_block()."""
+    for name in ("out", "ready", "archive"):
+        (tmp_path / name).mkdir()
+    return tmp_path
+
+
 # --- the engine: section --------------------------------------------------------------------------------
 
-def test_without_an_engine_section_the_service_works_alone(tree: Path):
-    path = tree / "cloakd.yaml"
+
+def test_without_an_engine_section_the_service_works_alone(site: Path):
+    path = site / "cloakd.yaml"
     path.write_text("users:\n" + user_block())
     engine = load_config(path).engine
     assert (engine.kind, engine.device, engine.scheduler) == ("local", "auto", "")
 
 
-def test_engine_problems_name_their_lines(tree: Path):
-    text = ("engine:\n  kind: dask\n  scheduler: tcp://192.0.2.7:8786\n  fallback: sometimes\n  devise: cpu\n"
-            "users:\n" + user_block())
-    problems = problems_of(text, tree, check_folders=False)
+def test_engine_problems_name_their_lines(site: Path):
+    text = (
+        "engine:\n  kind: dask\n  scheduler: tcp://192.0.2.7:8786\n  fallback: sometimes\n  devise: cpu\n"
+        "users:\n" + user_block()
+    )
+    problems = problems_of(text, site, check_folders=False)
     assert [line_of(p) for p in problems] == [3, 4, 5], problems
     assert "unencrypted" in problems[0] and "insecure: true" in problems[0] and "tls://" in problems[0]
     assert "use one of: wait, local" in problems[1]
     assert "unknown key 'engine.devise'" in problems[2] and "did you mean 'device'?" in problems[2]
 
 
-@pytest.mark.parametrize("engine, problem", [
-    ("{kind: dask, scheduler: 'tcp://192.0.2.7:8786', insecure: true}", None),
-    ("{kind: dask, scheduler: 'tcp://127.0.0.1:8786'}", None),
-    ("{kind: dask, scheduler: 'tcp://localhost:8786', fallback: local, device: cpu}", None),
-    ("{kind: dask}", "'engine.scheduler' is missing"),
-    ("{kind: dask, scheduler: 'gpu-box:8786'}", "is not a scheduler address"),
-    ("{kind: dask, scheduler: 'tls://gpu-box.lan:8786'}", "engine.tls is missing"),
-    ("{kind: dask, scheduler: 'tcp://127.0.0.1:8786', tls: {ca: a, cert: b, key: c}}", "only used with a tls://"),
-    ("{kind: local, scheduler: 'tcp://127.0.0.1:8786'}", "only used with kind: dask"),
-    ("{kind: cluster}", "use one of: local, dask"),
-    ("{device: tpu}", "use one of: auto, cpu, cuda"),
-])
-def test_engine_settings(tree: Path, engine: str, problem: str | None):
-    problems = problems_of(f"engine: {engine}\nusers:\n" + user_block(), tree, check_folders=False)
+@pytest.mark.parametrize(
+    "engine, problem",
+    [
+        ("{kind: dask, scheduler: 'tcp://192.0.2.7:8786', insecure: true}", None),
+        ("{kind: dask, scheduler: 'tcp://127.0.0.1:8786'}", None),
+        ("{kind: dask, scheduler: 'tcp://localhost:8786', fallback: local, device: cpu}", None),
+        ("{kind: dask}", "'engine.scheduler' is missing"),
+        ("{kind: dask, scheduler: 'gpu-box:8786'}", "is not a scheduler address"),
+        ("{kind: dask, scheduler: 'tls://gpu-box.lan:8786'}", "engine.tls is missing"),
+        ("{kind: dask, scheduler: 'tcp://127.0.0.1:8786', tls: {ca: a, cert: b, key: c}}", "only used with a tls://"),
+        ("{kind: local, scheduler: 'tcp://127.0.0.1:8786'}", "only used with kind: dask"),
+        ("{kind: cluster}", "use one of: local, dask"),
+        ("{device: tpu}", "use one of: auto, cpu, cuda"),
+    ],
+)
+def test_engine_settings(site: Path, engine: str, problem: str | None):
+    problems = problems_of(f"engine: {engine}\nusers:\n" + user_block(), site, check_folders=False)
     if problem is None:
         assert problems == []
     else:
         assert len(problems) == 1 and problem in problems[0] and line_of(problems[0]) == 1, problems
 
 
-def test_tls_files_must_be_readable_files(tree: Path):
-    (tree / "ca.pem").write_text("x")
-    text = ("engine:\n  kind: dask\n  scheduler: tls://gpu-box.lan:8786\n  tls:\n    ca: ca.pem\n    cert: nowhere.pem\n"
-            "    key: nowhere.key\nusers:\n" + user_block())
-    problems = problems_of(text, tree)
+def test_tls_files_must_be_readable_files(site: Path):
+    (site / "ca.pem").write_text("x")
+    text = (
+        "engine:\n  kind: dask\n  scheduler: tls://gpu-box.lan:8786\n  tls:\n    ca: ca.pem\n    cert: nowhere.pem\n"
+        "    key: nowhere.key\nusers:\n" + user_block()
+    )
+    problems = problems_of(text, site)
     assert [line_of(p) for p in problems] == [6, 7]
-    assert f"engine.tls.cert: {tree / 'nowhere.pem'} is not a readable file" in problems[0]
+    assert f"engine.tls.cert: {site / 'nowhere.pem'} is not a readable file" in problems[0]
 
 
 def test_the_example_documents_a_dask_engine():
@@ -97,12 +111,16 @@ def test_the_example_documents_a_dask_engine():
 
 # --- cloakd worker --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, message", [
-    (["--scheduler", "tcp://192.0.2.7:8786"], "unencrypted"),
-    (["--scheduler", "192.0.2.7"], "is not a scheduler address"),
-    (["--scheduler", "tls://gpu-box.lan:8786"], "give --tls-ca-file, --tls-cert and --tls-key"),
-    (["--scheduler", "tcp://127.0.0.1:1", "--device", "cuda"], "sees no CUDA GPU"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--scheduler", "tcp://192.0.2.7:8786"], "unencrypted"),
+        (["--scheduler", "192.0.2.7"], "is not a scheduler address"),
+        (["--scheduler", "tls://gpu-box.lan:8786"], "give --tls-ca-file, --tls-cert and --tls-key"),
+        (["--scheduler", "tcp://127.0.0.1:1", "--device", "cuda"], "sees no CUDA GPU"),
+    ],
+)
 def test_worker_refuses_before_connecting(capsys, args: list[str], message: str):
     assert main(["worker", *args]) == 2
     err = capsys.readouterr().err
@@ -110,6 +128,7 @@ def test_worker_refuses_before_connecting(capsys, args: list[str], message: str)
 
 
 # --- re-verification of what a worker returns ------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def protected(analyzer):
@@ -142,6 +161,7 @@ def test_the_services_check_trusts_nothing_of_the_worker(analyzer, protected):
 
 # --- device -------------------------------------------------------------------------------------------
 
+
 def test_a_model_on_a_device_gives_the_same_descriptors_and_gradients(resnet):
     assert resolve("cpu").type == "cpu" and resolve("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     wrapped = OnDevice(resnet, resolve("cpu"))
@@ -164,6 +184,7 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 # --- fair across users ----------------------------------------------------------------------------------
 
+
 def test_claims_take_turns_across_users_then_oldest_first(tmp_path: Path):
     ledger = Ledger(tmp_path / "state")
     for i in range(200):
@@ -183,8 +204,13 @@ def two_users(base: Path, owner) -> Path:
     users = {}
     for name in ("alice", "bob"):
         folders = user_tree(base / name, owner)
-        users[name] = {"account": owner.pw_name, "outbound": [str(folders["out"])], "ready": str(folders["ready"]),
-                       "held": str(folders["held"]), "originals": {"policy": "keep"}}
+        users[name] = {
+            "account": owner.pw_name,
+            "outbound": [str(folders["out"])],
+            "ready": str(folders["ready"]),
+            "held": str(folders["held"]),
+            "originals": {"policy": "keep"},
+        }
     path = base / "cloakd.yaml"
     path.write_text(yaml.safe_dump({"state_dir": str(base / "state"), "users": users}))
     return path

@@ -14,7 +14,17 @@ import pytest
 from cloakd.daemon.ledger import DONE, Ledger
 from clusterkit import Cluster, free_port, make_certificates
 from conftest import CLOAKD, DATA
-from servicekit import Service, copy_as, files, second_account, shared_tmp, tiny_photos, user_tree, wait_for, write_config
+from servicekit import (
+    Service,
+    copy_as,
+    files,
+    second_account,
+    shared_tmp,
+    tiny_photos,
+    user_tree,
+    wait_for,
+    write_config,
+)
 from test_service_e2e import accounted, outputs_named
 
 pytestmark = pytest.mark.slow
@@ -47,8 +57,9 @@ def engine(cluster: Cluster, **settings) -> dict:
 
 
 def status_of(config: Path) -> str:
-    return subprocess.run([str(CLOAKD), "status", "--config", str(config)], capture_output=True, text=True,
-                          timeout=60).stdout
+    return subprocess.run(
+        [str(CLOAKD), "status", "--config", str(config)], capture_output=True, text=True, timeout=60
+    ).stdout
 
 
 def final_rows(base: Path) -> list:
@@ -64,8 +75,9 @@ def test_a_killed_worker_and_a_killed_service_lose_nothing(cluster, owner):
         folders = user_tree(base, owner)
         (base / "staging").mkdir()
         names = tiny_photos(base / "staging", owner, 4)
-        config = write_config(base / "cloakd.yaml", folders, owner.pw_name, engine=engine(cluster),
-                              stop_timeout_seconds=1)
+        config = write_config(
+            base / "cloakd.yaml", folders, owner.pw_name, engine=engine(cluster), stop_timeout_seconds=1
+        )
         with Service(config) as service, cluster.client() as client:
             service.wait_ready()
             wait_for(lambda: "2 cloakd worker threads" in status_of(config), 30, "the engine line", service)

@@ -29,29 +29,53 @@ TLS_OPTIONS = ("tls_ca_file", "tls_cert", "tls_key")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
-        subparsers, "worker", summary="protect photos for a cloakd service on this machine (a Dask worker)",
+        subparsers,
+        "worker",
+        summary="protect photos for a cloakd service on this machine (a Dask worker)",
         description="Join the Dask cluster whose scheduler is at ADDRESS and protect photos for the cloakd service "
-                    "that uses it (engine kind dask). The face models are loaded once; each thread protects one "
-                    "photo at a time. A worker never sees a user's files, account or configuration: it gets a "
-                    "photo's bytes and returns the protected bytes, which the service checks again. Start the "
-                    "scheduler with `dask scheduler` (README, \"Several machines\"); stop the worker with Ctrl-C.",
-        example=f"cloakd worker --scheduler {EXAMPLE} --tls-ca-file ca.pem --tls-cert worker.pem --tls-key worker.key")
-    p.add_argument("--scheduler", required=True, metavar="ADDRESS",
-                   help="the Dask scheduler: tls://HOST:PORT, or tcp://HOST:PORT on this machine (or with --insecure)")
-    p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="where the face models run: auto (a CUDA GPU if torch sees one), cpu or cuda (default auto)")
-    p.add_argument("--nthreads", type=number(int, 1), default=1, metavar="N",
-                   help="photos protected at once (default 1; on a GPU several share it)")
-    p.add_argument("--torch-threads", type=number(int, 1), default=1, metavar="N",
-                   help="CPU threads per photo (default 1)")
+        "that uses it (engine kind dask). The face models are loaded once; each thread protects one "
+        "photo at a time. A worker never sees a user's files, account or configuration: it gets a "
+        "photo's bytes and returns the protected bytes, which the service checks again. Start the "
+        'scheduler with `dask scheduler` (README, "Several machines"); stop the worker with Ctrl-C.',
+        example=f"cloakd worker --scheduler {EXAMPLE} --tls-ca-file ca.pem --tls-cert worker.pem --tls-key worker.key",
+    )
+    p.add_argument(
+        "--scheduler",
+        required=True,
+        metavar="ADDRESS",
+        help="the Dask scheduler: tls://HOST:PORT, or tcp://HOST:PORT on this machine (or with --insecure)",
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the face models run: auto (a CUDA GPU if torch sees one), cpu or cuda (default auto)",
+    )
+    p.add_argument(
+        "--nthreads",
+        type=number(int, 1),
+        default=1,
+        metavar="N",
+        help="photos protected at once (default 1; on a GPU several share it)",
+    )
+    p.add_argument(
+        "--torch-threads", type=number(int, 1), default=1, metavar="N", help="CPU threads per photo (default 1)"
+    )
     p.add_argument("--tls-ca-file", type=Path, metavar="FILE", help="the cluster's CA certificate (tls://)")
     p.add_argument("--tls-cert", type=Path, metavar="FILE", help="this worker's certificate, signed by the CA")
     p.add_argument("--tls-key", type=Path, metavar="FILE", help="this worker's private key")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow plain TCP to a scheduler on another machine: photos cross the network unencrypted")
-    p.add_argument("--worker-port", type=number(int, 1), metavar="PORT",
-                   help="the port this worker listens on for the scheduler (default: any free one; fix it to open "
-                        "it in a firewall)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain TCP to a scheduler on another machine: photos cross the network unencrypted",
+    )
+    p.add_argument(
+        "--worker-port",
+        type=number(int, 1),
+        metavar="PORT",
+        help="the port this worker listens on for the scheduler (default: any free one; fix it to open "
+        "it in a firewall)",
+    )
     p.add_argument("--name", help="this worker's name in the cluster (default: its address)")
     p.set_defaults(func=worker)
 
@@ -79,8 +103,10 @@ def _address(args: argparse.Namespace):
         raise CloakdError(f"--scheduler: {e}") from None
     refusal = clear_text_refusal(address, args.insecure)
     if refusal:
-        raise CloakdError(f"--scheduler: {refusal}; fix: use a tls:// scheduler with --tls-ca-file, --tls-cert and "
-                          f"--tls-key (README, \"Several machines\"), or --insecure if this network is yours alone")
+        raise CloakdError(
+            f"--scheduler: {refusal}; fix: use a tls:// scheduler with --tls-ca-file, --tls-cert and "
+            f'--tls-key (README, "Several machines"), or --insecure if this network is yours alone'
+        )
     given = [o for o in TLS_OPTIONS if getattr(args, o) is not None]
     if address.protocol == "tls" and len(given) < len(TLS_OPTIONS):
         raise CloakdError("--scheduler is tls://: give --tls-ca-file, --tls-cert and --tls-key")
@@ -124,8 +150,16 @@ async def _one_membership(args: argparse.Namespace, address: str, tls, stopping:
 
     from ..engine.remote import RESOURCE, Models
 
-    nanny = Nanny(address, nthreads=args.nthreads, resources={RESOURCE: args.nthreads}, security=tls, dashboard=False,
-                  plugins={Models(args.device, args.torch_threads)}, name=args.name, worker_port=args.worker_port or 0)
+    nanny = Nanny(
+        address,
+        nthreads=args.nthreads,
+        resources={RESOURCE: args.nthreads},
+        security=tls,
+        dashboard=False,
+        plugins={Models(args.device, args.torch_threads)},
+        name=args.name,
+        worker_port=args.worker_port or 0,
+    )
     async with nanny:
         ended = asyncio.ensure_future(nanny.finished())
         await asyncio.wait([ended, asyncio.ensure_future(stopping.wait())], return_when=asyncio.FIRST_COMPLETED)

@@ -48,5 +48,4 @@ def clear_text_refusal(address: Address, insecure: bool) -> str | None:
     """Why photos may not travel to ``address`` (None if they may)."""
     if address.protocol == "tls" or address.loopback or insecure:
         return None
-    return (f"{address} is another machine over plain TCP: photos (biometric data) would cross the network "
-            f"unencrypted")
+    return f"{address} is another machine over plain TCP: photos (biometric data) would cross the network unencrypted"

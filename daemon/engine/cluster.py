@@ -74,8 +74,14 @@ class Overheads:
 class DaskEngine:
     threads = MAX_IN_FLIGHT
 
-    def __init__(self, config: Config, context: ProcessContext, local: Callable[..., ProcessResult],
-                 local_threads: int, on_change: Callable[[str], None]):
+    def __init__(
+        self,
+        config: Config,
+        context: ProcessContext,
+        local: Callable[..., ProcessResult],
+        local_threads: int,
+        on_change: Callable[[str], None],
+    ):
         settings = config.engine
         self.address = settings.scheduler
         self._security = security(self.address, settings.tls_ca, settings.tls_cert, settings.tls_key, "client")
@@ -125,8 +131,13 @@ class DaskEngine:
         while not self._stop.is_set():
             if client is None:
                 try:
-                    client = Client(self.address, security=self._security, timeout=CONNECT_TIMEOUT_SECONDS,
-                                    set_as_default=False, name="cloakd-service")
+                    client = Client(
+                        self.address,
+                        security=self._security,
+                        timeout=CONNECT_TIMEOUT_SECONDS,
+                        set_as_default=False,
+                        name="cloakd-service",
+                    )
                 except Exception as e:  # noqa: BLE001 - OSError, TimeoutError...: try again later
                     self._set(None, 0, f"scheduler unreachable ({_short(e)})")
                     self._stop.wait(CHECK_SECONDS)
@@ -164,8 +175,16 @@ class DaskEngine:
         label = f"photo {original.sha256[:12]}"
         sent = time.perf_counter()
         try:
-            future = client.submit(protect_task, original.data, request, label, VERSION,
-                                   key=f"cloakd-{uuid.uuid4().hex}", resources={RESOURCE: 1}, pure=False)
+            future = client.submit(
+                protect_task,
+                original.data,
+                request,
+                label,
+                VERSION,
+                key=f"cloakd-{uuid.uuid4().hex}",
+                resources={RESOURCE: 1},
+                pure=False,
+            )
         except Exception as e:  # noqa: BLE001 - the client closed since it was looked at
             raise Paused(f"the Dask client cannot send the photo now ({_short(e)})") from None
         try:
@@ -190,7 +209,9 @@ class DaskEngine:
                 if self._stop.is_set() or self._client is not client:
                     raise Paused("the connection to the Dask scheduler was lost with the photo in hand") from None
             except KilledWorker as e:
-                raise Transient(f"the photo's task ended {e.allowed_failures + 1} Dask workers (out of memory?)") from None
+                raise Transient(
+                    f"the photo's task ended {e.allowed_failures + 1} Dask workers (out of memory?)"
+                ) from None
             except CloakdError as e:  # raised by protect() on the worker
                 raise _relabelled(e, label, path) from None
             except (CancelledError, OSError) as e:

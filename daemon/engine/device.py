@@ -25,8 +25,10 @@ def resolve(device: str) -> torch.device:
         raise CloakdError(f"device {device!r}: use one of {', '.join(DEVICES)}")
     if device == "cuda" or device == "auto" and torch.cuda.is_available():
         if not torch.cuda.is_available():
-            raise CloakdError(f"device cuda: torch {torch.__version__} sees no CUDA GPU here; fix: install a CUDA "
-                              f"build of torch on this machine, or use device cpu (or auto)")
+            raise CloakdError(
+                f"device cuda: torch {torch.__version__} sees no CUDA GPU here; fix: install a CUDA "
+                f"build of torch on this machine, or use device cpu (or auto)"
+            )
         return torch.device("cuda")
     return torch.device("cpu")
 

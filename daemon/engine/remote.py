@@ -75,6 +75,7 @@ def protect_task(data: bytes, request: "ProtectRequest", label: str, version: st
     from cloakd.core.protect import protect
 
     if version != VERSION:
-        raise EngineMismatch(f"this Dask worker runs cloakd {VERSION}, the service {version}: install the "
-                             f"same version on both")
+        raise EngineMismatch(
+            f"this Dask worker runs cloakd {VERSION}, the service {version}: install the same version on both"
+        )
     return protect(models(), data, request, label=label)

@@ -21,5 +21,6 @@ def security(address: str, ca: Path | None, cert: Path | None, key: Path | None,
 
     if role not in ROLES:
         raise ValueError(f"role {role!r}")
-    return Security(tls_ca_file=str(ca), require_encryption=True,
-                    **{f"tls_{role}_cert": str(cert), f"tls_{role}_key": str(key)})
+    return Security(
+        tls_ca_file=str(ca), require_encryption=True, **{f"tls_{role}_cert": str(cert), f"tls_{role}_key": str(key)}
+    )
