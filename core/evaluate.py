@@ -34,7 +34,7 @@ from .cloak.presets import DEFAULT_PRESET, PRESETS
 from .errors import CloakdError
 from .faces import FaceAnalyzer, main_face
 from .photo.decode import decode
-from .protect import ProtectRequest, protect
+from .protect import ProtectRequest, protect, request_for_target
 from .sybil import Candidate, describe_candidates, make_sybil, sybil_target
 from .targets import TargetBank, choose_target
 
@@ -260,7 +260,7 @@ def evaluate(analyzer: FaceAnalyzer, people: Mapping[str, Sequence[Photo]], sett
         train = clean[user][: settings.train]
         train_x = np.stack([d for _, d in train])
         target = choose_target(bank, train_x, rng=np.random.default_rng([settings.seed, len(user)]))
-        request = ProtectRequest(target=bank.point(target.name), mode=settings.mode, seed=settings.seed)
+        request = request_for_target(target.name, bank=bank, mode=settings.mode, seed=settings.seed)
         cloaked = [_cloak(analyzer, photo, request, tally, note, step) for photo, _ in train]
         sybil = [] if pool is None else _sybil_images(analyzer, pool, train_x, settings, note, step)
         tally.sybil += len(sybil)

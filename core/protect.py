@@ -24,6 +24,7 @@ from .identity import single_out
 from .photo.container import OutputOptions
 from .photo.decode import DEFAULT_MAX_PIXELS, decode
 from .photo.strip import strip_and_verify
+from .targets import TargetBank
 
 #: Verification margins, in units of each extractor's identity gap (median different-person minus median
 #: same-person distance; dlib's is 0.384, where they are 0.15 and 0.25 as they were in dlib's own units):
@@ -68,6 +69,19 @@ class ProtectRequest:
                 raise ValueError(f"the target has no descriptor for the primary extractor {primary!r}")
             return {k: np.asarray(v, np.float32) for k, v in self.target.items()}
         return {primary: np.asarray(self.target, np.float32)}
+
+
+def request_for_target(name: str | None, centroid: np.ndarray | None = None, *, bank: TargetBank | None = None,
+                       **settings) -> ProtectRequest:
+    """The request that cloaks towards the target class ``name`` in every extractor's space ``bank`` holds
+    (default: the bank shipped with cloakd). ``centroid``: the primary centroid a user's target was stored
+    with, which wins over the bank's (a changed bank cannot move a chosen target); None: the bank's own.
+    ``name`` None: no target (every face is cloaked away from itself). ``settings``: the request's other
+    fields (references, others, mode, keep, options, seed, ...)."""
+    if name is None:
+        return ProtectRequest(**settings)
+    bank = TargetBank.load() if bank is None else bank
+    return ProtectRequest(target=bank.point(name, centroid), **settings)
 
 
 @dataclass
@@ -268,4 +282,4 @@ def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label:
     )
 
 
-__all__ = ["ProtectRequest", "ProtectResult", "FaceReport", "protect"]
+__all__ = ["FaceReport", "ProtectRequest", "ProtectResult", "protect", "request_for_target"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from .options import (add_command, add_output_options, add_state_options, number
 from .progress import Progress
 from .targets import describe_photos
 from .words import count
+
+if TYPE_CHECKING:
+    from cloakd.core.targets import TargetBank
 
 
 def register(sub) -> None:
@@ -58,24 +62,25 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _target(args, analyzer):
-    """(name, descriptors by extractor) of the user's stored target, or one chosen now from the photos' faces."""
+def _target(args, analyzer) -> tuple[str | None, np.ndarray | None, "TargetBank"]:
+    """(name, stored primary centroid or None, bank) of the user's stored target, or of one chosen now from
+    the photos' faces (name None: no face to choose it from)."""
     from cloakd.core.targets import TargetBank, choose_target
     from cloakd.daemon.targets import TargetStore
 
+    bank = TargetBank.load()
     if args.user:
         stored = TargetStore(args.state).get(args.user)
         if stored is None:
             raise CloakdError(f"user {args.user!r} has no target class yet: run 'cloakd target choose --user "
                               f"{args.user} --photos REFERENCE_PHOTOS' (or 'cloakd enrol') first")
-        return stored.name, TargetBank.load().point(stored.name, stored.centroid)
+        return stored.name, stored.centroid, bank
     refs = describe_photos(analyzer, list(args.photos), warn=False)  # unreadable photos fail in the main loop
     if len(refs) == 0:
-        return None, None
-    bank = TargetBank.load()
+        return None, None, bank
     choice = choose_target(bank, refs, rng=np.random.default_rng(args.seed))
     print(f"target class for this run: {choice.name} (not persisted; use --user for a lasting one)", file=sys.stderr)
-    return choice.name, bank.point(choice.name)
+    return choice.name, None, bank
 
 
 def _references(args, analyzer) -> np.ndarray | None:
@@ -91,7 +96,7 @@ def _references(args, analyzer) -> np.ndarray | None:
 
 
 def run(args) -> int:
-    from cloakd.core.protect import ProtectRequest, protect
+    from cloakd.core import protect, request_for_target
     from cloakd.daemon.files import write_new_file
 
     keep, options = output_settings(args)
@@ -99,10 +104,10 @@ def run(args) -> int:
     out = output_folder(args.out)
     previews = output_folder(args.preview) if args.preview else None
     analyzer = load_analyzer(cloaks=True)
-    name, centroid = _target(args, analyzer)
-    request = ProtectRequest(target=centroid, references=_references(args, analyzer), others=args.others,
-                             mode=args.mode, keep=keep, options=options,
-                             seed=args.seed, rho=args.rho, steps=args.steps)
+    name, centroid, bank = _target(args, analyzer)
+    request = request_for_target(name, centroid, bank=bank, references=_references(args, analyzer),
+                                 others=args.others, mode=args.mode, keep=keep, options=options, seed=args.seed,
+                                 rho=args.rho, steps=args.steps)
     failed = 0
     with Progress("protect", len(args.photos)) as progress:
         for path in args.photos:
