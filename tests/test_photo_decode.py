@@ -228,3 +228,23 @@ def test_each_format_class_carries_its_own_rules():
     assert by_name("HEIF").output_name(OutputOptions(heif_as="HEIF")) == "HEIF"
     assert [f.name for f in FORMATS if f.exif_structure_tags] == ["TIFF"]  # the TIFF file is its EXIF structure
     assert [f.name for f in FORMATS if not f.applies_exif_orientation()] == ["HEIF"]
+
+
+def test_each_format_declares_its_extensions_and_a_folder_offers_the_files_that_have_one(tmp_path):
+    """Discovery (core/photo/discover.py): the extensions come from the format classes, the output's first;
+    they filter a folder's files only, and a file named on its own is offered whatever its name."""
+    from cloakd.core.errors import CloakdError
+    from cloakd.core.photo.discover import photo_files
+
+    assert {f.name: f.extension for f in FORMATS} == {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp",
+                                                      "HEIF": ".heic", "TIFF": ".tif"}
+    assert all(f.extension in f.extensions for f in FORMATS)
+    names = ["a.JPG", "b.jpeg", "c.heif", "sub/d.tiff", "sub/e.webp", "f.png", "notes.txt", "raw.cr2", "noext"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "folder.jpg").mkdir()
+    assert [p.relative_to(tmp_path).as_posix() for p in photo_files(tmp_path)] == sorted(names[:6])
+    assert photo_files(tmp_path / "notes.txt") == [tmp_path / "notes.txt"]  # named: its content decides
+    with pytest.raises(CloakdError, match="no such file or folder"):
+        photo_files(tmp_path / "missing")

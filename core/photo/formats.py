@@ -24,6 +24,8 @@ from .webp import WebP
 
 FORMATS: tuple[ImageFormat, ...] = (Jpeg(), Png(), WebP(), Heif(), Tiff())
 _BY_NAME = {f.name: f for f in FORMATS}
+#: the usual file name extensions of the supported formats (lower case): a first filter only (discover.py)
+PHOTO_EXTENSIONS = frozenset(e for f in FORMATS for e in f.extensions)
 
 
 @dataclass(frozen=True)

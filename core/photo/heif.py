@@ -286,7 +286,7 @@ def walk(data: bytes) -> list[Block]:
 class Heif(ImageFormat):
     name = "HEIF"
     pillow_id = "HEIF"
-    extension = ".heic"
+    extensions = (".heic", ".heif")
     has_grey = False
 
     def sniff(self, head: bytes) -> bool:

@@ -130,7 +130,7 @@ def _marker_block(marker: int, payload: bytes) -> Block:
 class Jpeg(ImageFormat):
     name = "JPEG"
     pillow_id = "JPEG"
-    extension = ".jpg"
+    extensions = (".jpg", ".jpeg")
     has_alpha = False
 
     def sniff(self, head: bytes) -> bool:

@@ -114,7 +114,7 @@ def walk(data: bytes) -> list[Block]:
 class Png(ImageFormat):
     name = "PNG"
     pillow_id = "PNG"
-    extension = ".png"
+    extensions = (".png",)
 
     def sniff(self, head: bytes) -> bool:
         return head[:8] == SIGNATURE

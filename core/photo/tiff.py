@@ -71,7 +71,7 @@ def walk(data: bytes) -> list[Block]:
 class Tiff(ImageFormat):
     name = "TIFF"
     pillow_id = "TIFF"
-    extension = ".tif"
+    extensions = (".tif", ".tiff")
     exif_structure_tags = STRUCTURE_TAGS  # the whole file is the EXIF structure: its pixel tags are allowed
 
     def check_supported(self, data: bytes, label: str) -> None:

@@ -47,7 +47,7 @@ def walk(data: bytes) -> list[Block]:
 class WebP(ImageFormat):
     name = "WEBP"
     pillow_id = "WEBP"
-    extension = ".webp"
+    extensions = (".webp",)
     has_grey = False  # WebP stores colour only; greyscale is written as RGB with R = G = B
 
     def sniff(self, head: bytes) -> bool:

@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 from cloakd.core.errors import CloakdError
+from cloakd.core.photo.discover import photo_files
 from cloakd.core.targets import TargetBank
 
 from .exits import Exit, skip
 from .models import load_analyzer
 from .options import add_command, add_state_options, state_dir
 from .progress import Progress
-from .targets import photo_files
 
 
 def register(sub) -> None:

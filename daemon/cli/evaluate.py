@@ -15,13 +15,13 @@ from pathlib import Path
 
 from cloakd.core.cloak.presets import DEFAULT_PRESET
 from cloakd.core.errors import CloakdError
+from cloakd.core.photo.discover import photo_files
 
 from ..config import MODES
 from .exits import Exit
 from .models import load_analyzer
 from .options import add_command, number
 from .progress import Progress
-from .targets import photo_files
 
 
 def register(sub) -> None:

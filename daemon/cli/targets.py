@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from cloakd.core.errors import CloakdError
+from cloakd.core.photo.discover import photo_files
 from cloakd.core.targets import DEFAULT_CANDIDATES, TargetBank
 
 from .exits import Exit, skip
 from .models import load_analyzer
 from .options import add_command, add_state_options, number, state_dir
-
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".tif", ".tiff"}
-
 
 def register(sub) -> None:
     p = add_command(sub, "targets", summary="build a target bank from a folder of identities",
@@ -51,14 +49,6 @@ def register(sub) -> None:
                    help="how many random identities of the bank are compared (K of the Fawkes paper's eq. 3; "
                         "default %(default)s)")
     t.set_defaults(func=target)
-
-
-def photo_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise CloakdError(f"{path}: no such file or folder")
-    return sorted(p for p in path.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
 
 
 def describe_photos(analyzer, paths: list[Path], *, warn=True) -> np.ndarray:
