@@ -131,8 +131,8 @@ def main() -> None:
             visibility.append(butteraugli(f, res.data))
             rgb, faces = measured.read(data)
             face = main_face(faces)
-            before = measured.describe_all(rgb, [face])
-            loose_before = measured.describe_all(rgb, [_looser(face, primary.geometry)])
+            before = measured.describe_face(rgb, face)
+            loose_before = measured.describe_face(rgb, _looser(face, primary.geometry))
             views = []
             written, uploaded = np.asarray(Image.open(io.BytesIO(res.data)).convert("RGB")), jpeg75(res.data)
             for img in (written, uploaded):
@@ -141,9 +141,9 @@ def main() -> None:
                     views.append(None)
                     continue
                 near = min(found, key=lambda g: np.linalg.norm((g.box - face.box)))
-                views.append(measured.describe_all(img, [near]))
+                views.append(measured.describe_face(img, near))
             if views[-1] is not None:  # another aligner's crop: looser and off-centre, after JPEG 75
-                views.append(measured.describe_all(uploaded, [_looser(near, primary.geometry)]))
+                views.append(measured.describe_face(uploaded, _looser(near, primary.geometry)))
             if pipeline is not None:
                 seen = [pipeline.descriptor(img) for img in (rgb, written, uploaded)]
                 if all(v is not None for v in seen):
@@ -159,8 +159,8 @@ def main() -> None:
                 t = point[name]
                 out = []
                 for j, v in enumerate(views):
-                    b = (loose_before if j == 2 else before)[name][0]
-                    a = v[name][0]
+                    b = (loose_before if j == 2 else before)[name]
+                    a = v[name]
                     out += [np.linalg.norm(a - b) / unit, (np.linalg.norm(b - t) - np.linalg.norm(a - t)) / unit]
                 rows[name].append(tuple(out))
         print(f"{person.name} -> {choice.name}: {statistics.median(seconds):.1f} s per photo so far", file=sys.stderr)

@@ -244,8 +244,8 @@ def _references(analyzer, files: list[Path]) -> dict[str, np.ndarray]:
     rows = []
     for f in files:
         rgb, faces = analyzer.read(f.read_bytes(), str(f))
-        rows.append(analyzer.describe_all(rgb, [main_face(faces)]))
-    return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+        rows.append(analyzer.describe_face(rgb, main_face(faces)))
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def _write(work: Path, mode: str, user: str, name: str, data: bytes) -> None:

@@ -122,9 +122,9 @@ class FaceAnalyzer:
         rgb = decode(data, max_pixels=max_pixels, label=label).rgb
         return rgb, self.analyse(rgb)
 
-    def describe_all(self, image: np.ndarray, faces: list[Face]) -> dict[str, np.ndarray]:
-        """``faces``' descriptors by every cloak extractor (extractor name -> N x D)."""
-        return {e.name: self.describe(image, faces, e) for e in self.cloak_extractors}
+    def describe_face(self, image: np.ndarray, face: Face) -> dict[str, np.ndarray]:
+        """One face described by every cloak extractor, each through its own alignment (extractor name -> D)."""
+        return {e.name: self.describe(image, [face], e)[0] for e in self.cloak_extractors}
 
 
 @torch.inference_mode()

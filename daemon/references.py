@@ -106,8 +106,8 @@ def describe(analyzer: "FaceAnalyzer", label: str, data: bytes) -> Described:
     sha256 = hashlib.sha256(data).hexdigest()
     if len(faces) != 1:
         return Described(label, sha256, None, len(faces))
-    others = analyzer.cloak_extractors[1:]  # the primary's descriptor came with the face
-    spaces = {e.name: analyzer.describe(rgb, faces, e)[0] for e in others}
+    spaces = analyzer.describe_face(rgb, faces[0])
+    del spaces[analyzer.extractor.name]  # the primary's descriptor came with the face
     return Described(label, sha256, faces[0].descriptor, 1, spaces)
 
 

@@ -40,8 +40,8 @@ def main() -> None:
         if face is None:
             continue
         names.append(f.parent.name)
-        for k, d in analyzer.describe_all(rgb, [face]).items():
-            descs[k].append(d[0])
+        for k, d in analyzer.describe_face(rgb, face).items():
+            descs[k].append(d)
         if i % 500 == 0:
             print(f"{i}/{len(photos)}", file=sys.stderr)
     names = np.array(names)

@@ -91,7 +91,7 @@ def build(args) -> int:
             except (CloakdError, OSError):
                 continue
             if (face := main_face(faces)) is not None:
-                rows.append({k: v[0] for k, v in analyzer.describe_all(rgb, [face]).items()})
+                rows.append(analyzer.describe_face(rgb, face))
         if rows:
             names.append(person.name)
             for k in spaces:
