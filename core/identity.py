@@ -11,8 +11,16 @@ Everyone else follows the user's policy for other people.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
+
+
+class Others(StrEnum):
+    """What is done with the faces that are not the user's (a user's ``others`` setting, ``--others``)."""
+
+    AWAY = "away"  # cloaked untargeted, away from their own features: a user's face missed stays protected
+    LEAVE = "leave"  # left as they are
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cloak.optimise import AWAY, FaceTask, Goal, cloak
+from .cloak.optimise import FaceTask, Goal, cloak
 from .cloak.presets import STRONGER, CloakPreset, preset
 from .faces import Face, FaceAnalyzer
-from .identity import single_out
+from .identity import Others, single_out
 from .photo.container import OutputOptions
 from .photo.decode import DEFAULT_MAX_PIXELS, Photo, decode
 from .photo.strip import CleanPhoto, strip_and_verify
@@ -34,6 +34,10 @@ from .targets import TargetBank
 TOWARDS_MARGIN = 0.4
 MOVED_MARGIN = 0.65
 
+#: the role of a face that is not the user's, by the ``others`` policy: "other" is cloaked away from itself,
+#: "left" is not cloaked
+ROLE_OF_OTHERS = {Others.AWAY: "other", Others.LEAVE: "left"}
+
 
 @dataclass(frozen=True)
 class ProtectRequest:
@@ -41,13 +45,12 @@ class ProtectRequest:
     name (e.g. the target class's centroid in each extractor's space; a bare array is the primary
     extractor's); an extractor without one pushes the face away from itself only. None: no targeted
     cloak, every face is cloaked away from itself. ``references``: the user's own (primary) descriptors;
-    when given, only the face matching them gets the targeted cloak and the others follow ``others``
-    ("away" or "leave").
+    when given, only the face matching them gets the targeted cloak and the others follow ``others``.
     """
 
     target: Mapping[str, np.ndarray] | np.ndarray | None = None
     references: np.ndarray | None = None
-    others: str = AWAY
+    others: Others = Others.AWAY
     mode: str = "mid"
     keep: tuple[str, ...] = ()
     options: OutputOptions = OutputOptions()
@@ -138,7 +141,7 @@ def _roles(faces: list[Face], request: ProtectRequest, threshold: float) -> list
     Without a target, nobody is the user. Without references, every face is taken to be the user's (the
     service's behaviour before enrolment). With references, at most the one face that matches them.
     """
-    other = "other" if request.others == AWAY else "left"
+    other = ROLE_OF_OTHERS[Others(request.others)]
     if request.target is None:
         return [other] * len(faces)
     if request.references is None or len(request.references) == 0:

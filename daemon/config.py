@@ -24,6 +24,7 @@ import yaml
 
 from cloakd.core.cloak.presets import DEFAULT_PRESET, PRESETS
 from cloakd.core.errors import CloakdError, MetadataPolicyError, os_error_text
+from cloakd.core.identity import Others
 from cloakd.core.photo.keep import resolve
 
 from .state import DEFAULT_STATE_DIR, USER_NAME_RULE, valid_user_name
@@ -31,7 +32,7 @@ from .state import DEFAULT_STATE_DIR, USER_NAME_RULE, valid_user_name
 DEFAULT_CONFIG = Path("/etc/cloakd/cloakd.yaml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MODES = tuple(PRESETS)
-OTHERS = ("away", "leave")
+OTHERS = tuple(Others)
 HEIC_AS = ("jpeg", "heif")
 POLICIES = ("archive", "keep", "delete")
 RATE_UNITS = {"hour": 24.0, "day": 1.0, "week": 1 / 7}
@@ -109,7 +110,7 @@ class UserConfig:
     originals: Originals
     mode: str = DEFAULT_PRESET
     references: Path | None = None
-    others: str = "away"
+    others: Others = Others.AWAY
     keep_metadata: tuple[str, ...] = ()
     heic_as: str = "JPEG"
     sybil: Sybil | None = None
@@ -363,7 +364,7 @@ def _user(r: _Reader, name: str, node: yaml.Node) -> UserConfig | None:
         originals=_originals(r, items, where),
         mode=r.choice(items, "mode", where, MODES, UserConfig.mode),
         references=r.path(items, "references", where, required=False),
-        others=r.choice(items, "others", where, OTHERS, UserConfig.others),
+        others=Others(r.choice(items, "others", where, OTHERS, UserConfig.others)),
         keep_metadata=tuple(keep),
         heic_as=r.choice(items, "heic_as", where, HEIC_AS, UserConfig.heic_as.lower()).upper(),
         sybil=_sybil(r, items, where),
