@@ -39,9 +39,6 @@ from .presets import CloakPreset
 from .ssim import dssim, dssim_large
 from .views import EXACT_ALTERNATE, IDENTITY, View, ViewDistribution, render_chips
 
-TOWARDS = "towards"
-AWAY = "away"
-
 #: Adam's iterate is projected a little inside the budget, so the next step rarely needs a second projection
 PROJECTION_SAFETY = 0.995
 #: the first full-resolution rescale aims just inside the budget (DSSIM grows about as amplitude squared)
@@ -79,10 +76,6 @@ class FaceTask:
     """One face to cloak: one :class:`Goal` per extractor, in the order the extractors are given."""
 
     goals: list[Goal]
-
-    @property
-    def direction(self) -> str:
-        return TOWARDS if any(g.target is not None for g in self.goals) else AWAY
 
 
 @dataclass
