@@ -93,7 +93,7 @@ def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, or
         others=user.others,
         mode=user.mode,
         keep=user.keep_metadata,
-        options=OutputOptions(heif_as=user.heic_as),
+        options=OutputOptions(heic_as=user.heic_as),
         seed=int(original.sha256[:8], 16),  # same photo, same output
     )
     result = protect(ctx.analyzer, original.data, request, label=label)

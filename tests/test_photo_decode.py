@@ -225,7 +225,7 @@ def test_each_format_class_carries_its_own_rules():
         ImageFormat()
     written_as = {f.name: f.output_name(OutputOptions()) for f in FORMATS}
     assert written_as == {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "HEIF": "JPEG", "TIFF": "TIFF"}
-    assert by_name("HEIF").output_name(OutputOptions(heif_as="HEIF")) == "HEIF"
+    assert by_name("HEIF").output_name(OutputOptions(heic_as="HEIF")) == "HEIF"
     assert [f.name for f in FORMATS if f.exif_structure_tags] == ["TIFF"]  # the TIFF file is its EXIF structure
     assert [f.name for f in FORMATS if not f.applies_exif_orientation()] == ["HEIF"]
 

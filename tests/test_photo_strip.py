@@ -148,7 +148,7 @@ def test_tags_that_may_never_be_kept_are_refused(data_dir):
 
 def test_heif_output_option_is_clean(data_dir, tmp_path):
     source = data_dir / "metadata" / "samplefilehub.heif"  # small: x265 encoding is slow on 2 cores
-    clean = strip_bytes(source.read_bytes(), options=OutputOptions(heif_as="HEIF"))
+    clean = strip_bytes(source.read_bytes(), options=OutputOptions(heic_as="HEIF"))
     assert clean.format == "HEIF"
     target = tmp_path / "out.heic"
     target.write_bytes(clean.data)

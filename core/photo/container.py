@@ -57,20 +57,20 @@ class Block:
 class OutputOptions:
     """How clean files are written. Defaults are the documented product policy (see encode.py).
 
-    heif_as: "JPEG" (default: every browser and upload form takes it) or "HEIF" to keep HEIC as HEIC.
+    heic_as: "JPEG" (default: every browser and upload form takes it) or "HEIF" to keep HEIC as HEIC.
     jpeg_quality: 95 with 4:4:4 chroma (no colour bleeding at edges; larger files than 4:2:0).
     webp_quality: for lossy WebP inputs; lossless WebP inputs stay lossless.
-    heif_quality: pillow-heif/x265 quality when heif_as="HEIF" (its default of 50 is visibly soft).
+    heif_quality: pillow-heif/x265 quality when heic_as="HEIF" (its default of 50 is visibly soft).
     """
 
-    heif_as: str = "JPEG"
+    heic_as: str = "JPEG"
     jpeg_quality: int = 95
     webp_quality: int = 95
     heif_quality: int = 90
 
     def __post_init__(self) -> None:
-        if self.heif_as not in ("JPEG", "HEIF"):
-            raise ValueError(f"heif_as must be 'JPEG' or 'HEIF', not {self.heif_as!r}")
+        if self.heic_as not in ("JPEG", "HEIF"):
+            raise ValueError(f"heic_as must be 'JPEG' or 'HEIF', not {self.heic_as!r}")
         for name in ("jpeg_quality", "webp_quality", "heif_quality"):
             if not 1 <= getattr(self, name) <= 100:
                 raise ValueError(f"{name} must be within 1..100")

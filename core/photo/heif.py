@@ -13,7 +13,7 @@ Orientation inside a HEIF is informative only (HEIF spec), so decode.py must not
 Only the primary image is processed; other top-level images of a collection are dropped. Image
 sequences (a "moov" track, .heics) count as animated.
 
-Output (OutputOptions.heif_as="HEIF"): pillow-heif writes ftyp, meta (hdlr, pinf, iloc, iinf, iprp with an
+Output (OutputOptions.heic_as="HEIF"): pillow-heif writes ftyp, meta (hdlr, pinf, iloc, iinf, iprp with an
 "nclx" colour box) and mdat; EXIF/XMP items only if asked to, which verification checks.
 """
 
@@ -308,7 +308,7 @@ class Heif(ImageFormat):
         return False
 
     def output_name(self, options: OutputOptions) -> str:
-        return options.heif_as  # JPEG by default: every browser and upload form takes it
+        return options.heic_as  # JPEG by default: every browser and upload form takes it
 
     def save_options(self, *, lossless: bool, options: OutputOptions) -> dict[str, Any]:
         return {"quality": options.heif_quality}

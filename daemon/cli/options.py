@@ -85,7 +85,7 @@ def add_output_options(p: argparse.ArgumentParser, what: str) -> None:
 def output_settings(args: argparse.Namespace) -> tuple[tuple[str, ...], OutputOptions]:
     """(tags to keep, output options) from ``--keep`` and ``--heic-as``; a bad tag name is an error before any
     file is touched."""
-    return resolve(args.keep), OutputOptions(heif_as=args.heic_as.upper())
+    return resolve(args.keep), OutputOptions(heic_as=args.heic_as.upper())
 
 
 def output_folder(folder: Path) -> Path:
