@@ -264,7 +264,7 @@ def evaluate(analyzer: FaceAnalyzer, people: Mapping[str, Sequence[Photo]], sett
         cloaked = [_cloak(analyzer, photo, request, tally, note, step) for photo, _ in train]
         sybil = [] if pool is None else _sybil_images(analyzer, pool, train_x, settings, note, step)
         tally.sybil += len(sybil)
-        _World(clean, user, settings.train).score(cloaked, sybil, settings.leaked, tally)
+        _UserExperiment(clean, user, settings.train).score(cloaked, sybil, settings.leaked, tally)
     return tally.result(users, settings)
 
 
@@ -337,9 +337,10 @@ def _present(rows: Sequence[dict[str, np.ndarray | None] | None], variant: str) 
     return [row[variant] for row in rows if row is not None and row[variant] is not None]
 
 
-class _World:
-    """What a tracker knows besides the user's published photos: the other identities' training photos, and
-    the test photos it is asked about (the user's clean ones and everyone else's)."""
+class _UserExperiment:
+    """One user's turn of the experiment: what a tracker knows besides the user's published photos (the
+    other identities' training photos), the test photos it is asked about (the user's clean ones and
+    everyone else's), and the trackers trained and scored on them."""
 
     def __init__(self, clean: dict[str, list[tuple[Photo, np.ndarray]]], user: str, train: int):
         self.user = user

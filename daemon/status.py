@@ -94,7 +94,7 @@ def _enrolled(config: Config, user: UserConfig, extractor: str, unreadable: dict
 def _sybil(config: Config, user: UserConfig, unreadable: dict[str, str]) -> SybilStatus | None:
     """Images made and candidates not looked at yet (from the record and a listing: no photo is read)."""
     from .privileges import Account
-    from .sybil import SybilRecord, made, unrecorded
+    from .sybil import SybilRecord, made_entries, unrecorded
 
     if user.sybil is None:
         return None
@@ -108,4 +108,4 @@ def _sybil(config: Config, user: UserConfig, unreadable: dict[str, str]) -> Sybi
     except (CloakdError, OSError) as e:
         unreadable["sybil candidates"] = str(e)
         left = None
-    return SybilStatus(len(made(entries)), left)
+    return SybilStatus(len(made_entries(entries)), left)

@@ -101,7 +101,8 @@ class SybilRecord:
         replace_file(self.path, json.dumps({"candidates": entries}, indent=1, sort_keys=True).encode())
 
 
-def made(entries: dict[str, dict]) -> list[dict]:
+def made_entries(entries: dict[str, dict]) -> list[dict]:
+    """The record's entries of candidates an image was made from."""
     return [e for e in entries.values() if e.get("state") == MADE]
 
 
@@ -192,7 +193,7 @@ def make_one(analyzer: "FaceAnalyzer", account: Account, candidates: Path, outpu
 
     run = _Run(account, candidates, output, record, record.load())
     primary = references[analyzer.extractor.name]
-    result = make_sybil(analyzer, _unused(run), sybil_target(references), references=primary, tries=TRIES,
+    result = make_sybil(analyzer, _unused_candidates(run), sybil_target(references), references=primary, tries=TRIES,
                         at_most=RANK_AT_MOST, mode=mode, busy=busy)
     for tried in result.tried:
         if tried.reason:  # no face, several, looks like the user, or its cloak did not verify
@@ -209,7 +210,7 @@ def make_one(analyzer: "FaceAnalyzer", account: Account, candidates: Path, outpu
     return run.outcome
 
 
-def _unused(run: _Run) -> Iterator["Candidate"]:
+def _unused_candidates(run: _Run) -> Iterator["Candidate"]:
     """The unused candidates, read one at a time as they are asked for, each seeded by its content's hash.
     A candidate whose output exists already is recorded as made instead; what was read is kept (without
     its bytes) in ``run.read`` under the candidate's label."""
@@ -356,7 +357,7 @@ class SybilJob:
     def _due(self, record: SybilRecord, per_day: float) -> bool:
         """Whether the rate allows an image now, from when the last one was made (survives restarts). A tenth
         of a tick early still counts, since ticks and runs do not start on the same millisecond."""
-        times = [e.get("at", 0.0) for e in made(record.load())]
+        times = [e.get("at", 0.0) for e in made_entries(record.load())]
         interval = 86400.0 / per_day
         return not times or time.time() - max(times) >= interval - 0.1 * tick_seconds(per_day)
 

@@ -169,14 +169,15 @@ class _Face:
     """Per-face optimisation state at the face's own working resolution.
 
     Each face's region (with a little context) is cut from the photo and resampled on its own, so a large
-    face next to a small one costs what each costs alone. ``full_box`` is the region in the photo's
-    pixels, ``work_box`` the same region in the working crop's pixels.
+    face next to a small one costs what each costs alone. ``work_scale`` is the working resolution as a
+    factor of the photo's, ``full_box`` the region in the photo's pixels, ``work_box`` the same region in
+    the working crop's pixels; ``gaps`` the extractors' identity gaps.
     """
 
-    def __init__(self, task: FaceTask, scales: Sequence[float], image: np.ndarray, work_side: int, margin: float):
+    def __init__(self, task: FaceTask, gaps: Sequence[float], image: np.ndarray, work_side: int, margin: float):
         h, w = image.shape[:2]
         self.task = task
-        self.s = working_scale(h, w, [g.transform for g in task.goals], work_side)
+        self.work_scale = working_scale(h, w, [g.transform for g in task.goals], work_side)
         self.full_box = _region_box([tf for g in task.goals for tf in g.alignments], (h, w), margin)  # every chip
         crop = self._working_crop(image)
         self.alignments = [tuple(self._local(tf) for tf in g.alignments) for g in task.goals]
@@ -185,36 +186,36 @@ class _Face:
         self.work_box = _region_box(every_local, crop.shape[:2], margin)
         wl, wt, wr, wb = self.work_box
         self.base = _to_tensor(crop[wt:wb, wl:wr])
-        self.long_side = max(h, w) * self.s  # the photo's long side at this face's working resolution
+        self.long_side = max(h, w) * self.work_scale  # the photo's long side at this face's working resolution
         footprints = [chip_to_box(_feather(tf.size), tf, self.work_box).float() for tf in every_local]
         self.mask = torch.stack(footprints).amax(0)  # where the perturbation may act: the chips, feathered
         self.delta = torch.zeros(3, wb - wt, wr - wl, requires_grad=True)
-        self._aim(task.goals, scales)
+        self._aim(task.goals, gaps)
 
-    def _aim(self, goals: list[Goal], scales: Sequence[float]) -> None:
+    def _aim(self, goals: list[Goal], gaps: Sequence[float]) -> None:
         """Per extractor: its identity gap, the target and the face's own descriptor as tensors, and where
         the face starts, in gaps from the target."""
-        self.scales = list(scales)
+        self.gaps = list(gaps)
         self.targets = [None if g.target is None else torch.as_tensor(np.asarray(g.target, np.float32)) for g in goals]
         self.origins = [torch.as_tensor(np.asarray(g.origin, np.float32)) for g in goals]
         self.start = [None if t is None else float((o - t).norm()) / u
-                      for o, t, u in zip(self.origins, self.targets, scales)]
+                      for o, t, u in zip(self.origins, self.targets, gaps)]
 
     def _working_crop(self, image: np.ndarray) -> np.ndarray:
         """The face's region of the photo with a little context (for the resampling filter at the region's
         edge), at the working resolution; its top-left corner in the photo is ``crop_origin``."""
         h, w = image.shape[:2]
         left, top, right, bottom = self.full_box
-        context = int(math.ceil(2 / self.s)) + 1
+        context = int(math.ceil(2 / self.work_scale)) + 1
         crop_left, crop_top = max(left - context, 0), max(top - context, 0)
         self.crop_origin = (crop_left, crop_top)
         crop = image[crop_top : min(bottom + context, h), crop_left : min(right + context, w)]
-        return _resize_uint8(crop, self.s) if self.s != 1.0 else crop
+        return _resize_uint8(crop, self.work_scale) if self.work_scale != 1.0 else crop
 
     def _local(self, tf: ChipTransform) -> ChipTransform:
         """A chip of the photo in the working crop's pixels."""
         tf = _translated(tf, -self.crop_origin[0], -self.crop_origin[1])
-        return _scaled(tf, self.s) if self.s != 1.0 else tf
+        return _scaled(tf, self.work_scale) if self.work_scale != 1.0 else tf
 
     def pixels(self) -> torch.Tensor:
         """The face's working pixels as the extractors see them: the perturbation ``delta`` (the search's
@@ -224,16 +225,16 @@ class _Face:
     def full_resolution_delta(self) -> torch.Tensor:
         """The perturbation on the full-resolution pixels of ``full_box``."""
         d = self.mask * self.delta.detach()
-        if self.s == 1.0:
+        if self.work_scale == 1.0:
             return d
         crop_left, crop_top = self.crop_origin
         left, top, right, bottom = self.full_box
         box_in_crop = (left - crop_left, top - crop_top, right - crop_left, bottom - crop_top)
-        return _resample_box(d, self.work_box, box_in_crop, self.s)
+        return _resample_box(d, self.work_box, box_in_crop, self.work_scale)
 
     def _distances(self, k: int, emb: torch.Tensor, to: torch.Tensor) -> torch.Tensor:
         """Distances of extractor k's descriptors ``emb`` (views x D) to ``to``, in identity gaps of k."""
-        return (emb - to).pow(2).sum(-1).clamp_min(1e-12).sqrt() / self.scales[k]
+        return (emb - to).pow(2).sum(-1).clamp_min(1e-12).sqrt() / self.gaps[k]
 
     def converged(self, embs: list[torch.Tensor], preset: CloakPreset) -> bool:
         """Whether this step's views (before the step) show every extractor's goal reached: a target on

@@ -59,25 +59,25 @@ def run(args) -> int:
                           f"{args.user} PHOTOS' first")
     record = SybilRecord(state, args.user)
     candidates, out = args.candidates.absolute(), args.out.absolute()  # the record outlives this directory
-    made, told = 0, set()
+    images, told = 0, set()
     with Progress("sybil", args.count) as progress:
-        while made < args.count:
+        while images < args.count:
             try:
                 outcome = make_one(analyzer, Account.current(), candidates, out, references, record, mode=args.mode)
             except OSError as e:  # e.g. the output folder is not writable; what was made so far is recorded
-                raise CloakdError(f"{os_error_text(e, out)} ({made} Sybil images made)") from None
+                raise CloakdError(f"{os_error_text(e, out)} ({images} Sybil images made)") from None
             for refused in outcome.refused:
                 if refused not in told:  # an unreadable candidate is met again by every run
                     told.add(refused)
                     print(f"cloakd: not used: {refused[0]}: {refused[1]}", file=sys.stderr)
             if outcome.made is not None:
-                made += 1
+                images += 1
                 m = outcome.made
                 print(f"{m.candidate} -> {m.output}: distance to {args.user}'s features {m.distances()}")
                 progress.advance()
             elif outcome.exhausted:
                 break
-    if made < args.count:
-        print(f"cloakd: error: {made} of {args.count} Sybil images made: {outcome.reason}", file=sys.stderr)
+    if images < args.count:
+        print(f"cloakd: error: {images} of {args.count} Sybil images made: {outcome.reason}", file=sys.stderr)
         return Exit.FAILED
     return Exit.OK
