@@ -279,4 +279,4 @@ def dlib_resnet(path: str | os.PathLike[str] | None = None) -> DlibResNet:
         source = Path(path)
         fix = f"use an unmodified copy of {Path(MODEL_FILE).name}"
     network = dat.read_dat(source, sha256=MODEL_SHA256, fix=fix)
-    return DlibResNet(network, str(source)).eval()
+    return DlibResNet(network, str(source))

@@ -151,7 +151,4 @@ def omz_reid(path: str | os.PathLike[str] | None = None) -> OMZFaceReid:
     state = load_state(WEIGHTS_FILE if path is None else path, WEIGHTS_DIGEST, "omz_reid", fix)
     model = OMZFaceReid()
     model.load_state_dict(state)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     return model
