@@ -15,6 +15,7 @@ import difflib
 import os
 import pwd
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -440,6 +441,21 @@ def _sybil(r: _Reader, items: _Items, where: str) -> Sybil | None:
     return Sybil(candidates, output, float(m[1]) * RATE_UNITS[m[2]])
 
 
+def _folders(user: UserConfig) -> list[tuple[str, str, Path, bool]]:
+    """A user's folders: (role, line key, path, whether it must exist already)."""
+    w = f"users.{user.name}"
+    roles = [("outbound folder", f"{w}.outbound[{i}].path", f.path, True) for i, f in enumerate(user.outbound)]
+    roles += [("ready folder", f"{w}.ready", user.ready, True), ("held folder", f"{w}.held", user.held, False)]
+    if user.originals.archive is not None:
+        roles.append(("archive folder", f"{w}.originals.archive", user.originals.archive, True))
+    if user.references is not None:
+        roles.append(("references folder", f"{w}.references", user.references, True))
+    if user.sybil is not None:
+        roles += [("sybil candidates folder", f"{w}.sybil.candidates", user.sybil.candidates, True),
+                  ("sybil output folder", f"{w}.sybil.output", user.sybil.output, True)]
+    return roles
+
+
 def folder_problems(config: Config) -> list[str]:
     """Missing folders and folders that overlap where they must not (within a user or across users)."""
     problems: list[str] = []
@@ -449,17 +465,7 @@ def folder_problems(config: Config) -> list[str]:
 
     owned: list[tuple[str, str, str, Path]] = []  # user, role, line key, resolved path
     for user in config.users.values():
-        w = f"users.{user.name}"
-        roles = [("outbound folder", f"{w}.outbound[{i}].path", f.path, True) for i, f in enumerate(user.outbound)]
-        roles += [("ready folder", f"{w}.ready", user.ready, True), ("held folder", f"{w}.held", user.held, False)]
-        if user.originals.archive is not None:
-            roles.append(("archive folder", f"{w}.originals.archive", user.originals.archive, True))
-        if user.references is not None:
-            roles.append(("references folder", f"{w}.references", user.references, True))
-        if user.sybil is not None:
-            roles += [("sybil candidates folder", f"{w}.sybil.candidates", user.sybil.candidates, True),
-                      ("sybil output folder", f"{w}.sybil.output", user.sybil.output, True)]
-        for role, key, path, must_exist in roles:
+        for role, key, path, must_exist in _folders(user):
             if must_exist and not path.is_dir():
                 say(key, f"user {user.name}: the {role} {path} does not exist",
                     f"create it (mkdir -p {path}; chown {user.account} {path}) or correct the path")
@@ -467,6 +473,12 @@ def folder_problems(config: Config) -> list[str]:
                 say(key, f"user {user.name}: the {role} {path} cannot be created: {path.parent} does not exist",
                     "create its parent folder or set `held:` to another folder")
             owned.append((user.name, role, key, path.resolve()))
+    _overlaps(owned, say)
+    return problems
+
+
+def _overlaps(owned: list[tuple[str, str, str, Path]], say: Callable[[str, str, str], None]) -> None:
+    """Say every pair of ``owned`` folders (user, role, line key, resolved path) that nest where they must not."""
     for i, (u1, role1, key1, p1) in enumerate(owned):
         for u2, role2, key2, p2 in owned[i + 1:]:
             if not (p1 == p2 or p1.is_relative_to(p2) or p2.is_relative_to(p1)):
@@ -479,7 +491,6 @@ def folder_problems(config: Config) -> list[str]:
                 say(key2, f"user {u1}: the {inner} {pi} is inside (or is) the {outer} {po}",
                     "use separate folders: a ready, held or archive folder inside an outbound folder would be "
                     "processed again, and held or archived originals inside a ready folder would be published")
-    return problems
 
 
 def _conflict(role1: str, role2: str) -> bool:
