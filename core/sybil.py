@@ -144,6 +144,18 @@ def rank_candidates(analyzer: FaceAnalyzer, candidates: Iterable[Candidate], tow
     return ranking
 
 
+def _cloak_candidate(analyzer: FaceAnalyzer, c: Candidate, start: float,
+                     request: ProtectRequest) -> tuple[Tried, SybilResult | None]:
+    """One candidate (``start`` from where it is pulled) protected with ``request``: what became of it, and
+    the image when its cloak verified."""
+    result = protect(analyzer, c.data, request, label=c.label)
+    face = result.faces[0] if result.faces else None
+    if not result.ok or face is None or face.to_target_after is None:
+        return Tried(c.label, None, result.reason or "no face after cloaking"), None
+    image = SybilResult(True, result.data, result.extension, c.label, face.to_target_after, start)
+    return Tried(c.label, face.to_target_after), image
+
+
 def make_sybil(analyzer: FaceAnalyzer, candidates: Iterable[Candidate],
                toward: np.ndarray | Mapping[str, np.ndarray], *,
                references: np.ndarray | None = None, tries: int = 3, at_most: int | None = None, mode: str = "mid",
@@ -166,14 +178,10 @@ def make_sybil(analyzer: FaceAnalyzer, candidates: Iterable[Candidate],
         if stopped := busy():
             break
         request = ProtectRequest(target=target, mode=mode, seed=seed if c.seed is None else c.seed, options=options)
-        result = protect(analyzer, c.data, request, label=c.label)
-        face = result.faces[0] if result.faces else None
-        if not result.ok or face is None or face.to_target_after is None:
-            tried.append(Tried(c.label, None, result.reason or "no face after cloaking"))
-            continue
-        tried.append(Tried(c.label, face.to_target_after))
-        if best is None or face.to_target_after < best.distance:
-            best = SybilResult(True, result.data, result.extension, c.label, face.to_target_after, start)
+        outcome, image = _cloak_candidate(analyzer, c, start, request)
+        tried.append(outcome)
+        if image is not None and (best is None or image.distance < best.distance):
+            best = image
     if best is None:
         reasons = "; ".join(f"{t.label}: {t.reason}" for t in tried) or "no candidates"
         best = SybilResult(False, reason=stopped or f"no Sybil image could be made ({reasons})")
