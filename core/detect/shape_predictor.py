@@ -140,16 +140,7 @@ def _parse(data: bytes) -> ShapePredictor:
         raise ModelCorruptError("dlib landmark model: unsupported version")
     initial = r.column().reshape(-1, 2)
     points = len(initial)
-    cascades = r.integer()
-    forests = []
-    for _ in range(cascades):
-        tree_count = r.integer()
-        trees = []
-        for _ in range(tree_count):
-            splits = [(r.integer(), r.integer(), r.floating()) for _ in range(r.integer())]
-            leaves = [r.column() for _ in range(r.integer())]
-            trees.append((splits, leaves))
-        forests.append(trees)
+    forests = _forests(r)
     anchors = [[r.integer() for _ in range(r.integer())] for _ in range(r.integer())]
     offsets = [[(r.floating(), r.floating()) for _ in range(r.integer())] for _ in range(r.integer())]
     if r.pos != len(data):
@@ -165,6 +156,20 @@ def _parse(data: bytes) -> ShapePredictor:
         anchors=np.array(anchors, np.int64),
         offsets=np.array(offsets, np.float64),
     )
+
+
+def _forests(r: "_Packed") -> list[list[tuple[list, list]]]:
+    """The cascades of regression trees: per cascade, per tree, its splits (two pixel indices and a
+    threshold) and its leaves."""
+    forests = []
+    for _ in range(r.integer()):
+        trees = []
+        for _ in range(r.integer()):
+            splits = [(r.integer(), r.integer(), r.floating()) for _ in range(r.integer())]
+            leaves = [r.column() for _ in range(r.integer())]
+            trees.append((splits, leaves))
+        forests.append(trees)
+    return forests
 
 
 class _Packed:
