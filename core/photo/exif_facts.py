@@ -70,16 +70,23 @@ def exif_findings(tiff: bytes, source: str = "EXIF") -> list[Finding]:
         add(PEOPLE, "user comment", _user_comment(exif.entries.get(_USER_COMMENT)))
         note = exif.entries.get(_MAKER_NOTE)
         if note is not None and note.raw:
-            add(CAMERA, "maker note", f"{make or 'camera maker'} private data, {len(note.raw)} bytes", "MakerNote")
-            for what, value in _maker_serials(reader, note, make):
-                add(CAMERA, what, value, "MakerNote")
-            previews = note.raw.count(b"\xff\xd8\xff")
-            if previews:
-                add(PREVIEWS, "preview image in the maker note", f"{previews} JPEG stream(s)", "MakerNote")
+            for topic, what, value in _maker_note(reader, note, make):
+                add(topic, what, value, "MakerNote")
     if gps is not None:
         out += _gps(gps, source)
     if len(chain) > 1:
         out.append(_thumbnail(reader, chain[1], source))
+    return out
+
+
+def _maker_note(reader: TiffReader, note: Entry, make: str) -> list[tuple[str, str, str]]:
+    """What a maker note tells, as (topic, what, value): that it is there, the serial numbers in it, and the
+    previews it hides."""
+    out = [(CAMERA, "maker note", f"{make or 'camera maker'} private data, {len(note.raw)} bytes")]
+    out += [(CAMERA, what, value) for what, value in _maker_serials(reader, note, make)]
+    previews = note.raw.count(b"\xff\xd8\xff")
+    if previews:
+        out.append((PREVIEWS, "preview image in the maker note", f"{previews} JPEG stream(s)"))
     return out
 
 
