@@ -115,15 +115,20 @@ class _Meta:
                 self._iprp(s, e)
             elif btype == b"idat":
                 self.idat = d[s:e]
-            elif btype == b"hdlr":
-                name = d[s + 24:e].split(b"\x00")[0]
-                self.extra.append(Block(Kind.TEXT, "hdlr name", name) if name else Block(Kind.STRUCTURE, "hdlr"))
-            elif btype in (b"dinf", b"grpl", b"pinf"):
-                self.extra.append(Block(Kind.STRUCTURE, btype.decode("latin-1")))
-            elif btype in (b"xml ", b"bxml"):
-                self.extra.append(Block(Kind.XMP, f"meta {btype.decode('latin-1').strip()} box", d[s + 4:e]))
             else:
-                self.extra.append(Block(Kind.UNKNOWN, f"meta box {btype!r}", d[s:e]))
+                self.extra.append(self._other(btype, s, e))
+
+    def _other(self, btype: bytes, s: int, e: int) -> Block:
+        """A box of meta that is not about items: the handler's name, structure, XMP, or unknown."""
+        d = self.data
+        if btype == b"hdlr":
+            name = d[s + 24:e].split(b"\x00")[0]
+            return Block(Kind.TEXT, "hdlr name", name) if name else Block(Kind.STRUCTURE, "hdlr")
+        if btype in (b"dinf", b"grpl", b"pinf"):
+            return Block(Kind.STRUCTURE, btype.decode("latin-1"))
+        if btype in (b"xml ", b"bxml"):
+            return Block(Kind.XMP, f"meta {btype.decode('latin-1').strip()} box", d[s + 4:e])
+        return Block(Kind.UNKNOWN, f"meta box {btype!r}", d[s:e])
 
     def _infe(self, s: int, e: int) -> None:
         d = self.data
