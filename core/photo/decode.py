@@ -162,13 +162,7 @@ def _planes(image: Image.Image, high: np.ndarray | None, label: str) -> tuple[Im
     if high is None and image.mode in _HIGH_DEPTH_MODES:
         high = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
     if high is not None:
-        samples = reduce_depth(high)
-        if samples.ndim == 2:
-            return Image.fromarray(samples), None, 16
-        colour_channels = 1 if samples.shape[2] in (1, 2) else 3
-        colour = samples[..., 0] if colour_channels == 1 else samples[..., :3]
-        alpha = samples[..., colour_channels] if samples.shape[2] in (2, 4) else None
-        return Image.fromarray(np.ascontiguousarray(colour)), alpha, 16
+        return _high_depth_planes(high)
     mode = image.mode
     if mode == "F":
         raise UnsupportedFormatError(f"{label} has floating-point samples, which cloakd does not process")
@@ -187,6 +181,17 @@ def _planes(image: Image.Image, high: np.ndarray | None, label: str) -> tuple[Im
     if mode == "RGBA":
         return image.convert("RGB"), np.asarray(image.getchannel("A")), 8
     return image.convert("RGB"), None, 8  # YCbCr, LAB, HSV, RGBX: Pillow converts
+
+
+def _high_depth_planes(high: np.ndarray) -> tuple[Image.Image, np.ndarray | None, int]:
+    """The planes of 16-bit samples (H x W or H x W x C), reduced to 8 bits (reduce_depth)."""
+    samples = reduce_depth(high)
+    if samples.ndim == 2:
+        return Image.fromarray(samples), None, 16
+    colour_channels = 1 if samples.shape[2] in (1, 2) else 3
+    colour = samples[..., 0] if colour_channels == 1 else samples[..., :3]
+    alpha = samples[..., colour_channels] if samples.shape[2] in (2, 4) else None
+    return Image.fromarray(np.ascontiguousarray(colour)), alpha, 16
 
 
 def _depalette(image: Image.Image) -> Image.Image:
