@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import DATA, machine
 from cloakd.core.detect import FaceDetector
 from cloakd.core.extractors import DEFAULT_EXTRACTOR, load_extractor
 from cloakd.core.faces import FaceAnalyzer
+from common import DATA, machine
 
 THREADS = (1, 2)
 TWELVE_MP = (4000, 3000)

@@ -25,7 +25,6 @@ from PIL import Image
 from cloakd.core.photo.decode import decode
 from cloakd.core.photo.encode import encode, output_format
 from cloakd.core.photo.verify import verify_clean
-
 from common import DATA as SHARED, machine
 
 DATA = SHARED / "metadata"

@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 
 import yaml
-from common import DATA, machine
 from PIL import Image
+
+from common import DATA, machine
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = DATA / "faces"

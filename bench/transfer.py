@@ -40,8 +40,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common import DATA, butteraugli, machine, preset_variant  # noqa: E402
 from cloakd.core.evaluate import upload_processing  # noqa: E402
+from common import DATA, butteraugli, machine, preset_variant  # noqa: E402
 from trackers import BLACK_BOX, DlibPipeline, HumanTrackers, OwnExtractors  # noqa: E402
 
 TRAIN = 6  # photos of each identity that train the tracker (the user's are cloaked); the rest test it

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 
 from cloakd.core.targets import TargetBank
-
 from conftest import REPO
 
 

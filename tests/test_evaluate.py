@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 
 from cloakd.core.errors import CloakdError
-from cloakd.core.evaluate import (TRACKERS, VARIANTS, LinearClassifier, NearestCentroid, Settings, evaluate, psnr,
-                                  score_tracker, upload_processing)
+from cloakd.core.evaluate import (
+    TRACKERS,
+    VARIANTS,
+    LinearClassifier,
+    NearestCentroid,
+    Settings,
+    evaluate,
+    psnr,
+    score_tracker,
+    upload_processing,
+)
 from cloakd.core.photo.decode import decode
 from cloakd.core.sybil import Candidate
-
 from conftest import REPO
 
 

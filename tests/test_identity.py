@@ -15,7 +15,6 @@ from PIL import Image
 from cloakd.core.identity import select_references, single_out
 from cloakd.core.protect import ProtectRequest, protect
 from cloakd.core.targets import TargetBank
-
 from conftest import REPO
 
 THRESHOLD = 0.6

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from cloakd.core.errors import CloakdError, ProtectionError
 from cloakd.core.photo.decode import decode
 from cloakd.daemon import deliver

@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image, features
 
-from cloakd.core.errors import (AnimatedImageError, ImageTooLargeError, NotAnImageError, TruncatedImageError,
-                                UnsupportedFormatError)
+from cloakd.core.errors import (
+    AnimatedImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+    TruncatedImageError,
+    UnsupportedFormatError,
+)
 from cloakd.core.photo.decode import decode
 from cloakd.daemon.cli import main
 

@@ -14,7 +14,6 @@ from cloakd.core.photo.decode import decode
 from cloakd.core.photo.verify import verify_clean
 from cloakd.core.protect import MOVED_MARGIN, TOWARDS_MARGIN, ProtectRequest, protect
 from cloakd.core.targets import TargetBank
-
 from conftest import REPO
 
 

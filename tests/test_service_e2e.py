@@ -22,8 +22,18 @@ from cloakd.core.protect import MOVED_MARGIN
 from cloakd.daemon.ledger import DONE, Ledger
 from cloakd.daemon.worker import REASON_SUFFIX
 from conftest import CLOAKD, DATA
-from servicekit import (Service, bad_files, copy_as, files, second_account, shared_tmp, tiny_photos, user_tree,
-                        wait_for, write_config)
+from servicekit import (
+    Service,
+    bad_files,
+    copy_as,
+    files,
+    second_account,
+    shared_tmp,
+    tiny_photos,
+    user_tree,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 

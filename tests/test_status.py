@@ -11,7 +11,6 @@ from cloakd.core.targets import TargetBank
 from cloakd.daemon.cli import main
 from cloakd.daemon.ledger import DONE, HELD, Ledger
 from cloakd.daemon.targets import TargetStore
-
 from servicekit import write_config
 
 

@@ -12,7 +12,6 @@ from cloakd.core.errors import CloakdError
 from cloakd.core.extractors import DEFAULT_EXTRACTOR
 from cloakd.core.targets import TargetBank, choose_target
 from cloakd.daemon.targets import TargetStore
-
 from conftest import REPO
 
 

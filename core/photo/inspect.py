@@ -19,6 +19,7 @@ from .orient import orientation_of
 from .report import OTHER, PEOPLE, PREVIEWS, Finding, Report, text_value
 from .xmp import xmp_findings
 
+
 def inspect(data: bytes, *, label: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS) -> Report:
     """Report on ``data``; NotAnImageError/UnsupportedFormatError if it is not a supported image."""
     fmt = detect(data, label=label)

@@ -24,8 +24,15 @@ from cloakd.core.errors import CloakdError
 from ..config import MODES, OTHERS, UserConfig
 from .exits import Exit, fail
 from .models import load_analyzer
-from .options import (add_command, add_output_options, add_state_options, number, output_folder, output_settings,
-                      state_dir)
+from .options import (
+    add_command,
+    add_output_options,
+    add_state_options,
+    number,
+    output_folder,
+    output_settings,
+    state_dir,
+)
 from .progress import Progress
 from .targets import describe_photos
 from .words import count

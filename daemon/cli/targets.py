@@ -20,6 +20,7 @@ from .exits import Exit, skip
 from .models import load_analyzer
 from .options import add_command, add_state_options, number, state_dir
 
+
 def register(sub) -> None:
     p = add_command(sub, "targets", summary="build a target bank from a folder of identities",
                     description="Describe every identity sub-folder of DIR (one folder per person, a few photos "
