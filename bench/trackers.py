@@ -106,7 +106,10 @@ class HumanTrackers:
         try:
             proc = subprocess.run(
                 ["node", str(self.script), "--models", ",".join(HUMAN_MODELS), "--list", lst.name],
-                capture_output=True, text=True, check=False, cwd=self.script.parent,
+                capture_output=True,
+                text=True,
+                check=False,
+                cwd=self.script.parent,
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
             )
         finally:

@@ -74,8 +74,9 @@ class ProtectRequest:
         return {primary: np.asarray(self.target, np.float32)}
 
 
-def request_for_target(name: str | None, centroid: np.ndarray | None = None, *, bank: TargetBank | None = None,
-                       **settings) -> ProtectRequest:
+def request_for_target(
+    name: str | None, centroid: np.ndarray | None = None, *, bank: TargetBank | None = None, **settings
+) -> ProtectRequest:
     """The request that cloaks towards the target class ``name`` in every extractor's space ``bank`` holds
     (default: the bank shipped with cloakd). ``centroid``: the primary centroid a user's target was stored
     with, which wins over the bank's (a changed bank cannot move a chosen target); None: the bank's own.
@@ -106,8 +107,9 @@ class FaceReport:
 
 
 def _rounded(d: dict) -> dict:
-    return {k: (round(v, 4) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v)
-            for k, v in d.items()}
+    return {
+        k: (round(v, 4) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v) for k, v in d.items()
+    }
 
 
 @dataclass
@@ -136,7 +138,7 @@ def _match(face: Face, candidates: list[Face]) -> Face | None:
 
 
 def _roles(faces: list[Face], request: ProtectRequest, threshold: float) -> list[str]:
-    """"user" for the face(s) that get the targeted cloak, "other" or "left" for the rest (policy).
+    """ "user" for the face(s) that get the targeted cloak, "other" or "left" for the rest (policy).
 
     Without a target, nobody is the user. Without references, every face is taken to be the user's (the
     service's behaviour before enrolment). With references, at most the one face that matches them.
@@ -160,16 +162,29 @@ def _extractors(analyzer: FaceAnalyzer, settings: CloakPreset) -> list[int]:
     return list(range(len(analyzer.cloak_extractors))) if settings.ensemble else [0]  # the primary is first
 
 
-def _task(analyzer: FaceAnalyzer, image: np.ndarray, face: Face, role: str, targets: dict[str, np.ndarray],
-          origins: dict[int, np.ndarray], used: list[int]) -> FaceTask:
+def _task(
+    analyzer: FaceAnalyzer,
+    image: np.ndarray,
+    face: Face,
+    role: str,
+    targets: dict[str, np.ndarray],
+    origins: dict[int, np.ndarray],
+    used: list[int],
+) -> FaceTask:
     """One goal per extractor in ``used``: the face's chip in that extractor's alignment (and as other
     landmark models align it), its own descriptor there, and (for the user's face) the target there, if
     the target has one."""
     goals = []
     for k in used:
         extractor, origin = analyzer.cloak_extractors[k], origins[k]
-        goals.append(Goal(analyzer.transform(face, extractor), origin, targets.get(extractor.name) if role == "user" else None,
-                          analyzer.alternate_alignments(image, face, extractor)))
+        goals.append(
+            Goal(
+                analyzer.transform(face, extractor),
+                origin,
+                targets.get(extractor.name) if role == "user" else None,
+                analyzer.alternate_alignments(image, face, extractor),
+            )
+        )
     return FaceTask(goals)
 
 
@@ -184,8 +199,10 @@ def _judge(extractor, role: str, original: np.ndarray, written: np.ndarray, targ
         check["to_target_after"] = float(np.linalg.norm(written - target))
         gained = check["to_target_before"] - check["to_target_after"]
         ok = ok and gained >= TOWARDS_MARGIN * unit
-        why = (f"moved {check['moved']:.2f} (needs {MOVED_MARGIN * unit:.2f}), {gained:.2f} closer to the target "
-               f"(needs {TOWARDS_MARGIN * unit:.2f})")
+        why = (
+            f"moved {check['moved']:.2f} (needs {MOVED_MARGIN * unit:.2f}), {gained:.2f} closer to the target "
+            f"(needs {TOWARDS_MARGIN * unit:.2f})"
+        )
     check["verified"] = bool(ok)
     if not ok:
         check["reason"] = why
@@ -223,8 +240,9 @@ def _summarise(report: FaceReport, primary: str) -> None:
     report.to_target_after = checks.get("to_target_after")
     failed = [f"{name}: {c['reason']}" for name, c in report.checks.items() if not c["verified"]]
     report.verified = not failed
-    report.reason = "; ".join(failed) if len(report.checks) > 1 else "".join(
-        c.get("reason", "") for c in report.checks.values())
+    report.reason = (
+        "; ".join(failed) if len(report.checks) > 1 else "".join(c.get("reason", "") for c in report.checks.values())
+    )
 
 
 @dataclass
@@ -273,8 +291,18 @@ def _prepare(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label
         if rep.role == "user":
             rep.to_target_before = float(np.linalg.norm(f.descriptor - targets[primary]))
     todo = [i for i, r in enumerate(roles) if r != "left"]
-    return _Job(analyzer, request, label, photo, faces, roles, reports, targets, todo,
-                own={0: [faces[i].descriptor for i in todo]})
+    return _Job(
+        analyzer,
+        request,
+        label,
+        photo,
+        faces,
+        roles,
+        reports,
+        targets,
+        todo,
+        own={0: [faces[i].descriptor for i in todo]},
+    )
 
 
 def _cloak_faces(job: _Job, mode: str) -> tuple[np.ndarray, list[int]]:
@@ -284,8 +312,9 @@ def _cloak_faces(job: _Job, mode: str) -> tuple[np.ndarray, list[int]]:
     settings = job.request.preset(mode)
     used = _extractors(analyzer, settings)
     job.describe_own(used)
-    tasks = [_task(analyzer, rgb, job.faces[i], job.roles[i], job.targets, o, used)
-             for i, o in zip(job.todo, job.origins())]
+    tasks = [
+        _task(analyzer, rgb, job.faces[i], job.roles[i], job.targets, o, used) for i, o in zip(job.todo, job.origins())
+    ]
     result = cloak(rgb, tasks, [analyzer.cloak_extractors[k] for k in used], settings, seed=job.request.seed)
     for i, fr in zip(job.todo, result.faces):
         job.reports[i].mode, job.reports[i].dssim = mode, fr.dssim
@@ -331,9 +360,15 @@ def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label:
             break
         mode = STRONGER[mode]
     reason = "; ".join(f"face {i + 1}: {job.reports[i].reason}" for i in failed)
-    return ProtectResult(ok=not failed, data=None if failed else clean.data, format=clean.format,
-                         extension=clean.extension, faces=job.reports, reason=reason,
-                         seconds=time.perf_counter() - t0)
+    return ProtectResult(
+        ok=not failed,
+        data=None if failed else clean.data,
+        format=clean.format,
+        extension=clean.extension,
+        faces=job.reports,
+        reason=reason,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 __all__ = ["FaceReport", "ProtectRequest", "ProtectResult", "protect", "request_for_target"]

@@ -56,7 +56,9 @@ class ProcessContext:
     references: UserReferences
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def target(self, user: UserConfig, references: np.ndarray | None, photo: bytes, label: str) -> "StoredTarget | None":
+    def target(
+        self, user: UserConfig, references: np.ndarray | None, photo: bytes, label: str
+    ) -> "StoredTarget | None":
         """The user's target class, choosing (and persisting) it on first need; None while there is no face
         to choose it from."""
         with self._lock:
@@ -70,9 +72,12 @@ class ProcessContext:
             if basis is None:
                 return None
             choice = self.targets.choose(user.name, basis)
-            log.info("%s: target class chosen: %s (from %s)", user.name, choice.name,
-                     f"the user's {len(references)} references" if references is not None
-                     else f"the faces in {label}")
+            log.info(
+                "%s: target class chosen: %s (from %s)",
+                user.name,
+                choice.name,
+                f"the user's {len(references)} references" if references is not None else f"the faces in {label}",
+            )
             return choice
 
 

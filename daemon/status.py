@@ -58,15 +58,18 @@ def snapshot(config: Config) -> Status:
     users = []
     for name, user in config.users.items():
         c, unreadable = counts.get(name), {}
-        users.append(UserStatus(
-            name, *(getattr(c, k, 0) for k in ("queued", "working", "done", "held")),
-            enrolled=_enrolled(config, user, store.bank.extractor, unreadable),
-            references_folder=user.references is not None,
-            target=_target(store, name, unreadable),
-            sybil=_sybil(config, user, unreadable),
-            last_error=(c.last_error if c else "") or "",
-            unreadable=unreadable,
-        ))
+        users.append(
+            UserStatus(
+                name,
+                *(getattr(c, k, 0) for k in ("queued", "working", "done", "held")),
+                enrolled=_enrolled(config, user, store.bank.extractor, unreadable),
+                references_folder=user.references is not None,
+                target=_target(store, name, unreadable),
+                sybil=_sybil(config, user, unreadable),
+                last_error=(c.last_error if c else "") or "",
+                unreadable=unreadable,
+            )
+        )
     return Status(str(config.state_dir), users)
 
 

@@ -38,15 +38,20 @@ def _nested(blocks: Iterable[Function | Class]) -> Iterator[Function]:
 
 
 def main(folders: list[str]) -> int:
-    measured = [(f.complexity, f"{path}:{f.lineno}: {f.fullname}")
-                for folder in folders for path in sorted(Path(folder).rglob("*.py"))
-                for f in functions(cc_visit(path.read_text(encoding="utf-8")))]
+    measured = [
+        (f.complexity, f"{path}:{f.lineno}: {f.fullname}")
+        for folder in folders
+        for path in sorted(Path(folder).rglob("*.py"))
+        for f in functions(cc_visit(path.read_text(encoding="utf-8")))
+    ]
     too_complex = sorted((m for m in measured if m[0] > MAX_COMPLEXITY), reverse=True)
     for complexity, where in too_complex:
         print(f"{where} has cyclomatic complexity {complexity} (at most {MAX_COMPLEXITY}): split it into named steps")
     worst = max(measured, default=(0, "-"))
-    print(f"complexity: {len(measured)} functions in {', '.join(folders)}, the most complex {worst[0]} ({worst[1]}); "
-          f"limit {MAX_COMPLEXITY}: {'FAILED' if too_complex else 'ok'}")
+    print(
+        f"complexity: {len(measured)} functions in {', '.join(folders)}, the most complex {worst[0]} ({worst[1]}); "
+        f"limit {MAX_COMPLEXITY}: {'FAILED' if too_complex else 'ok'}"
+    )
     return 1 if too_complex else 0
 
 

@@ -23,8 +23,12 @@ def _service_state(tmp_path: Path) -> Path:
     for name in ("a.jpg", "b.jpg"):
         (folders["candidates"] / name).write_bytes(b"not read by status")
     account = pwd.getpwuid(os.getuid()).pw_name
-    config = write_config(tmp_path / "cloakd.yaml", folders, account, user_sybil={
-        "candidates": str(folders["candidates"]), "output": str(folders["sybil"]), "rate": "1/day"})
+    config = write_config(
+        tmp_path / "cloakd.yaml",
+        folders,
+        account,
+        user_sybil={"candidates": str(folders["candidates"]), "output": str(folders["sybil"]), "rate": "1/day"},
+    )
     state = tmp_path / "state"
     ledger = Ledger(state)
     for i, end in enumerate((None, DONE, HELD)):
@@ -46,8 +50,14 @@ def test_status_as_json_and_as_a_table_show_the_same_snapshot(tmp_path: Path, ca
     [bee] = snap["users"]
     target = TargetStore(tmp_path / "state").get("bee").name
     assert {k: bee[k] for k in ("name", "queued", "in_progress", "done", "held", "target", "sybil")} == {
-        "name": "bee", "queued": 1, "in_progress": 0, "done": 1, "held": 1, "target": target,
-        "sybil": {"made": 0, "left": 2}}
+        "name": "bee",
+        "queued": 1,
+        "in_progress": 0,
+        "done": 1,
+        "held": 1,
+        "target": target,
+        "sybil": {"made": 0, "left": 2},
+    }
     assert bee["last_error"].endswith("no face could be cloaked") and not bee["references_folder"]
     assert bee["enrolled"] is None and "unreadable reference record" in bee["unreadable"]["references"]
 

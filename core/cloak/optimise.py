@@ -198,8 +198,9 @@ class _Face:
         self.gaps = list(gaps)
         self.targets = [None if g.target is None else torch.as_tensor(np.asarray(g.target, np.float32)) for g in goals]
         self.origins = [torch.as_tensor(np.asarray(g.origin, np.float32)) for g in goals]
-        self.start = [None if t is None else float((o - t).norm()) / u
-                      for o, t, u in zip(self.origins, self.targets, gaps)]
+        self.start = [
+            None if t is None else float((o - t).norm()) / u for o, t, u in zip(self.origins, self.targets, gaps)
+        ]
 
     def _working_crop(self, image: np.ndarray) -> np.ndarray:
         """The face's region of the photo with a little context (for the resampling filter at the region's
@@ -293,8 +294,17 @@ def cloak(
     if not tasks:
         return CloakResult(image.copy(), [], 0.0)
     extractors = [extractors] if isinstance(extractors, Extractor) else list(extractors)
-    search = _Search(image, tasks, extractors, preset, views if views is not None else preset.views, seed=seed,
-                     work_side=work_side, margin=margin, bf16=bf16_supported() if bf16 is None else bf16)
+    search = _Search(
+        image,
+        tasks,
+        extractors,
+        preset,
+        views if views is not None else preset.views,
+        seed=seed,
+        work_side=work_side,
+        margin=margin,
+        bf16=bf16_supported() if bf16 is None else bf16,
+    )
     for step in range(preset.steps):
         if search.gradients(step):  # every face already where it should be, in every view of this step: stop early
             break
@@ -313,8 +323,19 @@ class _Search:
     gradient is the same, and the activations kept for the backward pass stay bounded.
     """
 
-    def __init__(self, image: np.ndarray, tasks: list[FaceTask], extractors: list[Extractor], preset: CloakPreset,
-                 views: ViewDistribution, *, seed: int, work_side: int, margin: float, bf16: bool):
+    def __init__(
+        self,
+        image: np.ndarray,
+        tasks: list[FaceTask],
+        extractors: list[Extractor],
+        preset: CloakPreset,
+        views: ViewDistribution,
+        *,
+        seed: int,
+        work_side: int,
+        margin: float,
+        bf16: bool,
+    ):
         if any(len(t.goals) != len(extractors) for t in tasks):
             raise ValueError("every face task needs one goal per extractor")
         self.preset, self.views = preset, views
@@ -353,8 +374,10 @@ class _Search:
         preset, rng = self.preset, self.rng
         phase = (int(rng.integers(0, JPEG_PHASES)), int(rng.integers(0, JPEG_PHASES)))  # one per step
         exact = [IDENTITY] + ([EXACT_ALTERNATE] if preset.exact_alternate and f.has_alternates else [])
-        drawn = [self.views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
-                 for k in range(preset.views_per_step - len(exact))]
+        drawn = [
+            self.views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
+            for k in range(preset.views_per_step - len(exact))
+        ]
         return exact + drawn, len(exact)
 
     def _embed(self, members: list[int], step: int) -> list[list[torch.Tensor]]:
@@ -367,8 +390,10 @@ class _Search:
             seen.append([_views_seen(k, step, self.preset, exact, len(a) > 1) for k, a in enumerate(f.alignments)])
             for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.alignments, views)):
                 per_extractor[k].append(chips[seen[-1][k]])
-        embs = [net(torch.cat(chips)).split([len(s[k]) for s in seen])
-                for k, (net, chips) in enumerate(zip(self.nets, per_extractor))]
+        embs = [
+            net(torch.cat(chips)).split([len(s[k]) for s in seen])
+            for k, (net, chips) in enumerate(zip(self.nets, per_extractor))
+        ]
         return [[e[j] for e in embs] for j in range(len(members))]
 
     def _loss(self, members: list[int], embs: list[list[torch.Tensor]], done: list[bool]) -> torch.Tensor:

@@ -90,13 +90,14 @@ def hog_like_box(transform: ChipTransform, padding: float = FIT_PADDING) -> tupl
     bottom)."""
     k = (1 + 2 * FIT_PADDING) / (1 + 2 * padding)  # the chip's side at the fitted padding, per side at this one
     n = transform.size - 1  # chip pixels across the chip's rect
-    (cx, cy), = transform.chip_to_image(n * (0.5 + k * np.array([HOG_BOX_CENTRE])))
+    ((cx, cy),) = transform.chip_to_image(n * (0.5 + k * np.array([HOG_BOX_CENTRE])))
     half = HOG_BOX_SIDE * k * (transform.rect[2] - transform.rect[0]) / 2
     return cx - half, cy - half, cx + half, cy + half
 
 
-def dlib_pipeline_chip(predictor: ShapePredictor, image: np.ndarray, transform: ChipTransform,
-                       padding: float) -> ChipTransform:
+def dlib_pipeline_chip(
+    predictor: ShapePredictor, image: np.ndarray, transform: ChipTransform, padding: float
+) -> ChipTransform:
     """The chip dlib's own pipeline (HOG box, this predictor, get_face_chip with ``padding``) would cut
     for the face whose chip in cloakd's alignment (the same geometry) is ``transform``."""
     points = predictor.predict(image, hog_like_box(transform, padding))

@@ -97,8 +97,10 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "i
             raise ImageTooLargeError(too_large(label, width, height, max_pixels))
         frames = fmt.frame_count(image, blocks)
         if frames > 1:
-            raise AnimatedImageError(f"{label} has {frames} frames or pages (animated or multi-page "
-                                     f"{fmt.name}): cloakd processes still photos only")
+            raise AnimatedImageError(
+                f"{label} has {frames} frames or pages (animated or multi-page "
+                f"{fmt.name}): cloakd processes still photos only"
+            )
         high = fmt.high_depth_samples(image, data)
         image.load()
     exif = first_payload(blocks, Kind.EXIF)
@@ -137,8 +139,10 @@ def open_image(data: bytes, fmt: ImageFormat) -> Image.Image:
 
 def too_large(label: str, width: int, height: int, limit: int) -> str:
     """The message for an image above the pixel limit."""
-    return (f"{label} is too large: {width}x{height} = {width * height / 1e6:.0f} MP, above the "
-            f"{limit / 1e6:.0f} MP limit (decompression-bomb guard); reduce its resolution first")
+    return (
+        f"{label} is too large: {width}x{height} = {width * height / 1e6:.0f} MP, above the "
+        f"{limit / 1e6:.0f} MP limit (decompression-bomb guard); reduce its resolution first"
+    )
 
 
 @contextmanager
@@ -149,7 +153,8 @@ def _pillow_errors(fmt: ImageFormat, label: str) -> Iterator[None]:
     except Image.DecompressionBombError as e:
         detail = str(e).split(",")[0]  # "Image size (N pixels) exceeds limit of M pixels"
         raise ImageTooLargeError(
-            f"{label} is too large to decode safely ({detail}): reduce its resolution first") from e
+            f"{label} is too large to decode safely ({detail}): reduce its resolution first"
+        ) from e
     except UnidentifiedImageError as e:
         raise TruncatedImageError(f"{label} looks like {fmt.name} but its header is truncated or damaged") from e
     except (OSError, SyntaxError, ValueError, EOFError, RuntimeError, struct.error, zlib.error) as e:

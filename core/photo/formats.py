@@ -77,5 +77,6 @@ def detect(data: bytes, *, label: str = "input") -> ImageFormat:
             if refused.frames is not None and refused.frames(data) > 1:
                 raise AnimatedImageError(f"{label} is an animated {refused.name}: cloakd processes still photos only")
             raise UnsupportedFormatError(
-                f"{label} is a {refused.name} image, which cloakd does not process: convert it to JPEG or PNG")
+                f"{label} is a {refused.name} image, which cloakd does not process: convert it to JPEG or PNG"
+            )
     raise NotAnImageError(f"{label} is not an image cloakd recognises (JPEG, PNG, WebP, HEIC/HEIF or TIFF)")

@@ -19,8 +19,28 @@ _SOI = b"\xff\xd8"
 # Next marker inside scan data: 0xFF not followed by a stuffed 0x00, a restart marker or fill byte.
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 # Segments that make up the picture itself (frame, tables, scan, restart interval, hierarchical).
-_STRUCTURE = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF,
-              0xC4, 0xCC, 0xDB, 0xDD, 0xDC, 0xDE, 0xDF}
+_STRUCTURE = {
+    0xC0,
+    0xC1,
+    0xC2,
+    0xC3,
+    0xC5,
+    0xC6,
+    0xC7,
+    0xC9,
+    0xCA,
+    0xCB,
+    0xCD,
+    0xCE,
+    0xCF,
+    0xC4,
+    0xCC,
+    0xDB,
+    0xDD,
+    0xDC,
+    0xDE,
+    0xDF,
+}
 #: marker, signature, kind, name, and the header bytes after the signature that are not the payload
 _APP_SIGNATURES: list[tuple[int, bytes, Kind, str, int]] = [
     (0xE1, b"Exif\x00", Kind.EXIF, "APP1 Exif", 1),  # a pad byte (normally \0)
@@ -43,7 +63,7 @@ def _app_block(marker: int, payload: bytes) -> Block:
         return Block(Kind.STRUCTURE, "APP14 Adobe (colour transform)")  # fixed 12 bytes: decoding flags only
     for m, sig, kind, name, header in _APP_SIGNATURES:
         if marker == m and payload.startswith(sig):
-            return Block(kind, name, payload[len(sig) + header:])
+            return Block(kind, name, payload[len(sig) + header :])
     label = payload[:16].split(b"\x00")[0].decode("latin-1", "replace")
     return Block(Kind.UNKNOWN, f"APP{marker - 0xE0} {label!r}", payload)
 
@@ -86,22 +106,24 @@ def _segment(data: bytes, pos: int) -> tuple[list[Block], int | None]:
         return [Block(Kind.UNKNOWN, f"{nxt - pos} stray bytes at byte {pos}", data[pos:nxt])], nxt
     marker = data[pos + 1]
     if marker == 0xD9:  # EOI
-        return [Block(Kind.STRUCTURE, "EOI")] + _after_end(data[pos + 2:]), None
+        return [Block(Kind.STRUCTURE, "EOI")] + _after_end(data[pos + 2 :]), None
     if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn / TEM: no length
         return [], pos + 2
     if pos + 4 > n:
         return [Block(Kind.DAMAGED, f"segment header cut at byte {pos}")], None
-    (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+    (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
     end = pos + 2 + length
     if length < 2 or end > n:
         return [Block(Kind.DAMAGED, f"segment 0x{marker:02X} at byte {pos} runs past the end of the file")], None
     if marker == 0xDA:  # SOS: header, then entropy-coded data up to the next real marker
         found = _NEXT_MARKER.search(data, end)
         if found is None:
-            return [Block(Kind.STRUCTURE, "SOS"),
-                    Block(Kind.DAMAGED, "scan data runs to the end of the file (no end-of-image marker)")], None
+            return [
+                Block(Kind.STRUCTURE, "SOS"),
+                Block(Kind.DAMAGED, "scan data runs to the end of the file (no end-of-image marker)"),
+            ], None
         return [Block(Kind.STRUCTURE, "SOS")], found.start()
-    return [_marker_block(marker, data[pos + 4:end])], end
+    return [_marker_block(marker, data[pos + 4 : end])], end
 
 
 def _after_end(trailer: bytes) -> list[Block]:

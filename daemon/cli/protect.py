@@ -42,28 +42,42 @@ if TYPE_CHECKING:
 
 
 def register(sub) -> None:
-    p = add_command(sub, "protect", summary="write cloaked, metadata-free copies of photos",
-                    description="Cloak the faces in each photo and strip its metadata, check the result after "
-                                "writing, and write it into a folder (never replacing anything). A photo whose "
-                                "cloak does not check out is not written. With --user, the user's lasting "
-                                "target class is used and, once the user is enrolled, only the user's face is "
-                                "cloaked towards it; without --user, a target class is chosen for this run "
-                                "from the faces in the photos.",
-                    example="cloakd protect holiday.jpg party.heic --out ready --user alice")
+    p = add_command(
+        sub,
+        "protect",
+        summary="write cloaked, metadata-free copies of photos",
+        description="Cloak the faces in each photo and strip its metadata, check the result after "
+        "writing, and write it into a folder (never replacing anything). A photo whose "
+        "cloak does not check out is not written. With --user, the user's lasting "
+        "target class is used and, once the user is enrolled, only the user's face is "
+        "cloaked towards it; without --user, a target class is chosen for this run "
+        "from the faces in the photos.",
+        example="cloakd protect holiday.jpg party.heic --out ready --user alice",
+    )
     p.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="photos to protect")
     add_output_options(p, "the protected copies")
-    p.add_argument("--user", help="protect as this user: their lasting target class and enrolled face "
-                   "(cloakd enrol)")
+    p.add_argument("--user", help="protect as this user: their lasting target class and enrolled face (cloakd enrol)")
     p.add_argument("--mode", default=DEFAULT_PRESET, choices=MODES, help="cloak strength (default %(default)s)")
-    p.add_argument("--others", default=UserConfig.others, choices=OTHERS,
-                   help="faces that are not the enrolled user's: cloak them away from their own features "
-                        "(default) or leave them as they are")
-    p.add_argument("--rho", type=number(float, 0, inclusive=False),
-                   help="DSSIM budget instead of the mode's (the paper's is 0.007)")
+    p.add_argument(
+        "--others",
+        default=UserConfig.others,
+        choices=OTHERS,
+        help="faces that are not the enrolled user's: cloak them away from their own features "
+        "(default) or leave them as they are",
+    )
+    p.add_argument(
+        "--rho",
+        type=number(float, 0, inclusive=False),
+        help="DSSIM budget instead of the mode's (the paper's is 0.007)",
+    )
     p.add_argument("--steps", type=number(int, 0), help="optimisation steps instead of the mode's")
     p.add_argument("--seed", type=int, default=0, help="same seed, input, mode and target: identical output")
-    p.add_argument("--preview", type=Path, metavar="DIR", help="also write a picture of each cloak into DIR "
-                   "(original | cloaked | difference, around each cloaked face)")
+    p.add_argument(
+        "--preview",
+        type=Path,
+        metavar="DIR",
+        help="also write a picture of each cloak into DIR (original | cloaked | difference, around each cloaked face)",
+    )
     add_state_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per photo")
     p.set_defaults(func=run)
@@ -79,8 +93,10 @@ def _target(args, analyzer) -> tuple[str | None, np.ndarray | None, "TargetBank"
     if args.user:
         stored = TargetStore(args.state).get(args.user)
         if stored is None:
-            raise CloakdError(f"user {args.user!r} has no target class yet: run 'cloakd target choose --user "
-                              f"{args.user} --photos REFERENCE_PHOTOS' (or 'cloakd enrol') first")
+            raise CloakdError(
+                f"user {args.user!r} has no target class yet: run 'cloakd target choose --user "
+                f"{args.user} --photos REFERENCE_PHOTOS' (or 'cloakd enrol') first"
+            )
         return stored.name, stored.centroid, bank
     refs = describe_photos(analyzer, list(args.photos), warn=False)  # unreadable photos fail in the main loop
     if len(refs) == 0:
@@ -97,8 +113,11 @@ def _references(args, analyzer) -> np.ndarray | None:
         return None
     references = ReferenceStore(args.state, analyzer.extractor.name).get(args.user)
     if references is None:
-        print(f"cloakd: {args.user} is not enrolled: every face is cloaked towards the target class "
-              f"('cloakd enrol --user {args.user} PHOTOS' singles out the user's face)", file=sys.stderr)
+        print(
+            f"cloakd: {args.user} is not enrolled: every face is cloaked towards the target class "
+            f"('cloakd enrol --user {args.user} PHOTOS' singles out the user's face)",
+            file=sys.stderr,
+        )
     return references
 
 
@@ -112,9 +131,19 @@ def run(args) -> int:
     previews = output_folder(args.preview) if args.preview else None
     analyzer = load_analyzer(cloaks=True)
     name, centroid, bank = _target(args, analyzer)
-    request = request_for_target(name, centroid, bank=bank, references=_references(args, analyzer),
-                                 others=args.others, mode=args.mode, keep=keep, options=options, seed=args.seed,
-                                 rho=args.rho, steps=args.steps)
+    request = request_for_target(
+        name,
+        centroid,
+        bank=bank,
+        references=_references(args, analyzer),
+        others=args.others,
+        mode=args.mode,
+        keep=keep,
+        options=options,
+        seed=args.seed,
+        rho=args.rho,
+        steps=args.steps,
+    )
     failed = 0
     with Progress("protect", len(args.photos)) as progress:
         for path in args.photos:
@@ -165,10 +194,21 @@ def outcome(result, user: str | None) -> str:
 
 def _report(args, path: Path, out: Path | None, preview: Path | None, result, target: str | None) -> None:
     if args.json:
-        print(json.dumps({"photo": str(path), "output": str(out) if out else None, "protected": result.ok,
-                          "cloaked": cloaked_faces(result),
-                          "preview": str(preview) if preview else None, "target": target, "reason": result.reason,
-                          "seconds": round(result.seconds, 2), "faces": [f.as_dict() for f in result.faces]}))
+        print(
+            json.dumps(
+                {
+                    "photo": str(path),
+                    "output": str(out) if out else None,
+                    "protected": result.ok,
+                    "cloaked": cloaked_faces(result),
+                    "preview": str(preview) if preview else None,
+                    "target": target,
+                    "reason": result.reason,
+                    "seconds": round(result.seconds, 2),
+                    "faces": [f.as_dict() for f in result.faces],
+                }
+            )
+        )
         return
     print(f"{path} -> {out or '-'}: {outcome(result, args.user)}, {result.seconds:.1f} s")
     for i, f in enumerate(result.faces, 1):
@@ -176,8 +216,9 @@ def _report(args, path: Path, out: Path | None, preview: Path | None, result, ta
             print(f"  face {i}: left as is (not the user's)")
             continue
         shift = f"moved {f.moved:.3f}" if f.moved is not None else ""
-        towards = (f", to target {f.to_target_before:.3f} -> {f.to_target_after:.3f}"
-                   if f.to_target_after is not None else "")
+        towards = (
+            f", to target {f.to_target_before:.3f} -> {f.to_target_after:.3f}" if f.to_target_after is not None else ""
+        )
         ok = "verified" if f.verified else f"FAILED: {f.reason}"
         print(f"  face {i} ({f.role}, {f.mode}): DSSIM {f.dssim:.4f}, {shift}{towards}: {ok}")
     if preview:

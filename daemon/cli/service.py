@@ -17,31 +17,44 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     commands = [
-        ("run", run, "run the service in the foreground",
-         "Run the service in the foreground: watch every user's outbound folders, protect each photo that "
-         "arrives and deliver it to the user's ready folder. systemd runs this (systemd/cloakd.service); "
-         "stop it with Ctrl-C.",
-         "sudo cloakd run --config /etc/cloakd/cloakd.yaml"),
-        ("status", status, "show what the service is doing, per user",
-         "Show per user: photos queued, in progress, done and held, enrolled reference photos, the target "
-         "class, Sybil images made and candidates left, and the last error. With --json, one JSON object: "
-         "state_dir, and users, each with name, queued, in_progress, done, held, enrolled (reference photos), "
-         "references_folder (true if a references folder adds photos), target (the target class, null if not "
-         "chosen yet), sybil (null without Sybil images, else made and left), last_error (\"\" if none) and "
-         "unreadable (what could not be read, with why; its fields are then null).",
-         "sudo cloakd status --json"),
-        ("check-config", check_config, "check the configuration file",
-         "Check the configuration file and list every problem with its line and how to fix it (unknown keys, "
-         "wrong values, missing or shared folders...).",
-         "cloakd check-config --config /etc/cloakd/cloakd.yaml"),
+        (
+            "run",
+            run,
+            "run the service in the foreground",
+            "Run the service in the foreground: watch every user's outbound folders, protect each photo that "
+            "arrives and deliver it to the user's ready folder. systemd runs this (systemd/cloakd.service); "
+            "stop it with Ctrl-C.",
+            "sudo cloakd run --config /etc/cloakd/cloakd.yaml",
+        ),
+        (
+            "status",
+            status,
+            "show what the service is doing, per user",
+            "Show per user: photos queued, in progress, done and held, enrolled reference photos, the target "
+            "class, Sybil images made and candidates left, and the last error. With --json, one JSON object: "
+            "state_dir, and users, each with name, queued, in_progress, done, held, enrolled (reference photos), "
+            "references_folder (true if a references folder adds photos), target (the target class, null if not "
+            'chosen yet), sybil (null without Sybil images, else made and left), last_error ("" if none) and '
+            "unreadable (what could not be read, with why; its fields are then null).",
+            "sudo cloakd status --json",
+        ),
+        (
+            "check-config",
+            check_config,
+            "check the configuration file",
+            "Check the configuration file and list every problem with its line and how to fix it (unknown keys, "
+            "wrong values, missing or shared folders...).",
+            "cloakd check-config --config /etc/cloakd/cloakd.yaml",
+        ),
     ]
     parsers = {}
     for name, handler, summary, description, example in commands:
         parsers[name] = p = add_command(subparsers, name, summary=summary, description=description, example=example)
         add_config_option(p)
         p.set_defaults(func=handler)
-    parsers["status"].add_argument("--json", action="store_true",
-                                   help="print the status as one JSON object (its fields above)")
+    parsers["status"].add_argument(
+        "--json", action="store_true", help="print the status as one JSON object (its fields above)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,10 +84,28 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(snap.as_dict(), indent=1))
         return Exit.OK
-    header = ("user", "queued", "in progress", "done", "held", "references", "target class", "sybil made/left",
-              "last error")
-    rows = [(u.name, *map(str, (u.queued, u.in_progress, u.done, u.held)), _references(u), _target(u), _sybil(u),
-             u.last_error or "-") for u in snap.users]
+    header = (
+        "user",
+        "queued",
+        "in progress",
+        "done",
+        "held",
+        "references",
+        "target class",
+        "sybil made/left",
+        "last error",
+    )
+    rows = [
+        (
+            u.name,
+            *map(str, (u.queued, u.in_progress, u.done, u.held)),
+            _references(u),
+            _target(u),
+            _sybil(u),
+            u.last_error or "-",
+        )
+        for u in snap.users
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for r in [header, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
