@@ -61,7 +61,7 @@ class Photo:
         self.path, self.user, self.target = path, user, target
         self.rgb, faces = analyzer.read(path.read_bytes(), str(path))
         self.face = main_face(faces)
-        self.own = {name: d[0] for name, d in analyzer.describe_all(self.rgb, [self.face]).items()}
+        self.own = analyzer.describe_face(self.rgb, self.face)
 
 
 def _photos(analyzer, count: int, seed: int) -> list[Photo]:
