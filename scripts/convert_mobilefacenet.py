@@ -4,6 +4,7 @@ weights, core/data/mobilefacenet.fp16.pt.
     OMP_NUM_THREADS=1 .venv/bin/python scripts/convert_mobilefacenet.py               # about 1 min of CPU
     OMP_NUM_THREADS=1 .venv/bin/python scripts/convert_mobilefacenet.py --alignments  # plus about 1 min
     OMP_NUM_THREADS=1 .venv/bin/python scripts/convert_mobilefacenet.py --calibrate   # plus about 10 min
+    ... --alignments --calibrate                                     # plus about 15 min
 
 1. Check the source's sha256 and load its state dict as published into ``MobileFaceNet(folded=False)``
    (strict: no missing and no unexpected key).
@@ -13,7 +14,8 @@ weights, core/data/mobilefacenet.fp16.pt.
 3. Write the folded state dict as float16 (``weights.save_state``) and measure what that rounding costs
    against the original float32 network (max abs difference of the unit descriptors, max 1 - cosine).
 4. ``--alignments``: leave-one-out 1-NN identification (cosine) on faces/ (the face nearest each photo's
-   centre) for each candidate chip geometry of :data:`ALIGNMENTS`.
+   centre) for each candidate chip geometry of :data:`ALIGNMENTS`; with ``--calibrate`` also their best
+   verification accuracy on the train/ pairs below, where the differences show.
 5. ``--calibrate``: on ../shared/data/train, the identity scale with scripts/calibrate_extractors.py's
    method (largest face of every photo of the identities with >= 2, its same-person pairs and the same
    random different-person pairs; the medians are ``same_person`` and ``other_person``), and the distance
@@ -54,9 +56,10 @@ SOURCE_SHA256 = "4c08e11a0a2bbf299910210da647c7d8105c348f4c533868e1710dbcf7b2248
 _ARCFACE = np.array(MobileFaceNet.geometry.template)
 
 
-def _about_centre(scale: float) -> ChipGeometry:
-    """The ArcFace template scaled about the chip centre (> 1: the face fills more of the chip)."""
-    return ChipGeometry(size=112, template=tuple(map(tuple, (_ARCFACE - 56) * scale + 56)))
+def _about_centre(scale: float, down: float = 0) -> ChipGeometry:
+    """The ArcFace template scaled about the chip centre (> 1: the face fills more of the chip) and moved
+    ``down`` chip pixels."""
+    return ChipGeometry(size=112, template=tuple(map(tuple, (_ARCFACE - 56) * scale + 56 + (0, down))))
 
 
 #: candidate chips for --alignments: name -> (geometry, columns to paint grey at each side)
@@ -64,7 +67,11 @@ ALIGNMENTS = {
     "ArcFace template (SFace's)": (MobileFaceNet.geometry, 0),
     "ArcFace 96 x 112 letterboxed to 112 (grey sides)": (MobileFaceNet.geometry, 8),
     "ArcFace template x 0.9 (looser)": (_about_centre(0.9), 0),
+    "ArcFace template x 0.95": (_about_centre(0.95), 0),
+    "ArcFace template x 1.05": (_about_centre(1.05), 0),
     "ArcFace template x 1.1 (tighter)": (_about_centre(1.1), 0),
+    "ArcFace template 3 px lower in the chip": (_about_centre(1.0, 3), 0),
+    "ArcFace template 3 px higher in the chip": (_about_centre(1.0, -3), 0),
     "dlib's chip (padding 0.25)": (ChipGeometry(size=112, padding=0.25), 0),
 }
 
@@ -142,39 +149,45 @@ def leave_one_out(names: np.ndarray, descriptors: np.ndarray) -> float:
 # --- calibration --------------------------------------------------------------------------------------------
 
 
-def train_descriptors(model: MobileFaceNet) -> tuple[np.ndarray, np.ndarray]:
-    """(identity names, descriptors) of the largest face of every photo of the train/ identities with >= 2
-    photos, read and described as scripts/calibrate_extractors.py does."""
+def train_descriptors(model: MobileFaceNet, alignments: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(identity names, descriptors N x alignments x 128) of the largest face of every photo of the train/
+    identities with >= 2 photos, read as scripts/calibrate_extractors.py reads them, in each alignment."""
     analyzer = FaceAnalyzer(FaceDetector(), model, cloak_extractors=[model])
     people = [sorted(p.glob("*.jpg")) for p in sorted((DATA / "train").iterdir()) if p.is_dir()]
     names, descriptors = [], []
     for path in (f for person in people if len(person) >= 2 for f in person):
-        face = main_face(analyzer.read(path.read_bytes(), str(path))[1])
+        image, faces = analyzer.read(path.read_bytes(), str(path))
+        face = main_face(faces)
         if face is not None:
             names.append(path.parent.name)
-            descriptors.append(face.descriptor)
+            views = [chips([image], [face], geometry, grey) for geometry, grey in alignments.values()]
+            descriptors.append(describe(model, np.concatenate(views)))
     return np.array(names), np.stack(descriptors)
 
 
-def calibrate(names: np.ndarray, descriptors: np.ndarray) -> None:
+def train_pairs(names: np.ndarray) -> tuple[list, list, list]:
+    """Same-person pairs, scripts/calibrate_extractors.py's different-person pairs (about 4 per same-person
+    pair) and scripts/convert_sface.py --threshold's (as many as same-person pairs), both seed 0."""
     groups = defaultdict(list)
     for i, name in enumerate(names):
         groups[name].append(i)
     same = [pair for g in groups.values() for pair in itertools.combinations(g, 2)]
-    rng = np.random.default_rng(0)  # scripts/calibrate_extractors.py's different-person pairs
+    rng = np.random.default_rng(0)
     other = [(a, b) for a, b in rng.integers(0, len(names), (4 * len(same), 2)) if names[a] != names[b]]
-    d_same, d_other = distances(descriptors, same), distances(descriptors, other)
-    print(f"train: {len(names)} faces, {len(same)} same-person pairs, {len(other)} different-person pairs")
-    print(f"  same_person, other_person = {np.median(d_same):.4f}, {np.median(d_other):.4f}"
-          f" (identity gap {np.median(d_other) - np.median(d_same):.4f})")
-
-    rng = np.random.default_rng(0)  # scripts/convert_sface.py --threshold's: as many as same-person pairs
+    rng = np.random.default_rng(0)
     balanced: set[tuple[int, int]] = set()
     while len(balanced) < len(same):
         i, j = sorted(rng.choice(len(names), 2, replace=False))
         if names[i] != names[j]:
             balanced.add((int(i), int(j)))
-    d_balanced = distances(descriptors, sorted(balanced))
+    return same, other, sorted(balanced)
+
+
+def calibrate(descriptors: np.ndarray, same: list, other: list, balanced: list) -> None:
+    d_same, d_other, d_balanced = (distances(descriptors, pairs) for pairs in (same, other, balanced))
+    print(f"  identity scale on {len(same)} same-person and {len(other)} different-person pairs: same_person, "
+          f"other_person = {np.median(d_same):.4f}, {np.median(d_other):.4f} "
+          f"(identity gap {np.median(d_other) - np.median(d_same):.4f})")
     threshold, accuracy = best_threshold(d_same, d_balanced)
     print(f"  threshold {threshold:.4f} (cosine {1 - threshold**2 / 2:.4f}) maximises accuracy on "
           f"{len(d_same)} + {len(d_balanced)} pairs: {accuracy:.4f}; same pairs below it "
@@ -231,14 +244,19 @@ def main() -> None:
     if digest != WEIGHTS_DIGEST:
         print("  (differs from WEIGHTS_DIGEST in core/extractors/mobilefacenet.py: update it)")
 
+    alignments = ALIGNMENTS if args.alignments else dict(list(ALIGNMENTS.items())[:1])
     if args.alignments:
         print(f"leave-one-out 1-NN on faces/ ({len(names)} faces of {len(set(names))} identities):")
-        for label, (geometry, grey) in ALIGNMENTS.items():
-            accuracy = leave_one_out(names, describe(shipped, chips(images, faces, geometry, grey)))
-            print(f"  {label}: {accuracy:.4f}")
+        for label, (geometry, grey) in alignments.items():
+            print(f"  {label}: {leave_one_out(names, describe(shipped, chips(images, faces, geometry, grey))):.4f}")
     if args.calibrate:
-        calibrate(*train_descriptors(shipped))
-
+        train_names, descriptors = train_descriptors(shipped, alignments)
+        same, other, balanced = train_pairs(train_names)
+        print(f"train: {len(train_names)} faces of {len(set(train_names))} identities")
+        calibrate(descriptors[:, 0], same, other, balanced)
+        for i, label in enumerate(alignments if args.alignments else ()):
+            d_same, d_balanced = distances(descriptors[:, i], same), distances(descriptors[:, i], balanced)
+            print(f"  {label}: best verification accuracy {best_threshold(d_same, d_balanced)[1]:.4f}")
 
 if __name__ == "__main__":
     main()

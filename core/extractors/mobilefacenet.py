@@ -133,13 +133,13 @@ class MobileFaceNet(Extractor):
     """
 
     name = "mobilefacenet"
-    # The ArcFace 5-point template at 112 px, as SFace's: measured best among the candidates of
-    # scripts/convert_mobilefacenet.py --alignments. Leave-one-out 1-NN on ../shared/data/faces: 0.9958
-    # (478/480), equal to the template x 1.1 (tighter), above x 0.9 (looser, 0.9917), the 96 x 112 crop
-    # letterboxed to 112 with grey sides as the training code pads (0.9938) and dlib's chip (0.873). On the
-    # train/ pairs below (best balanced accuracy), where differences show: 0.9817; x 1.05 0.9810, x 0.95
-    # 0.9806, x 1.1 0.9792, x 0.9 0.9770, shifted 3 px down or up 0.978; letterboxed 0.9827, within noise
-    # (5 pairs in 10,000) and not worth a grey mask inside the module.
+    # The ArcFace 5-point template at 112 px, as SFace's: the best of the candidates measured by
+    # scripts/convert_mobilefacenet.py --alignments --calibrate. Leave-one-out 1-NN on ../shared/data/faces:
+    # 0.9958 (478/480), as the template x 1.05 and x 1.1 (tighter); x 0.95 0.9938, x 0.9 (looser) 0.9917,
+    # 3 px lower/higher 0.9917/0.9896, the 96 x 112 crop letterboxed to 112 with grey sides (how the training
+    # code pads a non-square crop) 0.9938, dlib's chip 0.873. Best verification accuracy on the train/ pairs
+    # below, where the differences show: 0.9831; letterboxed 0.9830, x 1.05 0.9818, x 0.95 0.9814, x 1.1
+    # 0.9803, 3 px lower/higher 0.9805/0.9784, x 0.9 0.9765, dlib's chip 0.834.
     geometry = SFace.geometry
     dim = 128
     # Chosen by scripts/convert_mobilefacenet.py --calibrate on ../shared/data/train (LFW identities not used
