@@ -39,7 +39,7 @@ from PIL import Image  # noqa: E402
 
 from common import DATA, butteraugli, machine  # noqa: E402
 
-NETWORKS = ("dlib_resnet", "sface", "omz_reid", "facenet", "mobilefacenet")
+NETWORKS = ("dlib_resnet", "sface", "omz_reid", "facenet", "arcface_mbf")
 
 
 def _jpeg(rgb: np.ndarray, quality: int, full_chroma: bool = False) -> bytes:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import CloakdError
+from .arcface_mbf import arcface_mbf
 from .base import ChipGeometry, Extractor
 from .dlib_resnet import dlib_resnet
-from .mobilefacenet import mobilefacenet
 from .omz_reid import omz_reid
 from .sface import sface
 
@@ -25,7 +25,7 @@ FACTORIES: dict[str, Callable[..., Extractor]] = {
     "dlib_resnet": dlib_resnet,
     "sface": sface,
     "omz_reid": omz_reid,
-    "mobilefacenet": mobilefacenet,
+    "arcface_mbf": arcface_mbf,
 }
 
 DEFAULT_EXTRACTOR = "dlib_resnet"

@@ -14,7 +14,7 @@ import torch
 
 from cloakd.core.errors import ModelCorruptError, ModelMissingError
 from cloakd.core.extractors import load_extractor
-from cloakd.core.extractors.mobilefacenet import WEIGHTS, MobileFaceNet, mobilefacenet
+from cloakd.core.extractors.arcface_mbf import WEIGHTS, MobileFaceNet, arcface_mbf
 from conftest import REPO
 
 SOURCE = "surrogates/arcface-mobilefacenet-casia/arcface_mobilefacenet.pth"
@@ -27,7 +27,7 @@ FP16_MAX_ONE_MINUS_COS = 1e-5
 
 @pytest.fixture(scope="module")
 def model() -> MobileFaceNet:
-    return load_extractor("mobilefacenet")
+    return load_extractor("arcface_mbf")
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def original(data_dir) -> tuple[MobileFaceNet, dict[str, torch.Tensor]]:
 
 @pytest.fixture(scope="module")
 def convert():
-    """scripts/convert_mobilefacenet.py: how faces are found, aligned and described there and here."""
-    spec = importlib.util.spec_from_file_location("convert_mobilefacenet", REPO / "scripts" / "convert_mobilefacenet.py")
+    """scripts/convert_arcface_mbf.py: how faces are found, aligned and described there and here."""
+    spec = importlib.util.spec_from_file_location("convert_arcface_mbf", REPO / "scripts" / "convert_arcface_mbf.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -119,14 +119,14 @@ def test_bfloat16_twin_describes_as_float32(model, lfw, convert):
 
 def test_metadata(model):
     assert not model.training
-    assert (model.name, model.dim, model.geometry.size) == ("mobilefacenet", 128, 112)
+    assert (model.name, model.dim, model.geometry.size) == ("arcface_mbf", 128, 112)
     assert 0.5 < model.same_person < model.match_threshold < model.other_person < 1.5
 
 
 def test_missing_or_damaged_weights_file_is_a_one_line_error(tmp_path):
     missing = tmp_path / "missing.fp16.pt"
     with pytest.raises(ModelMissingError, match=re.escape(str(missing))) as missing_error:
-        mobilefacenet(missing)
+        arcface_mbf(missing)
     assert not isinstance(missing_error.value, ModelCorruptError)
 
     data = bytearray(WEIGHTS.read_bytes())
@@ -134,5 +134,5 @@ def test_missing_or_damaged_weights_file_is_a_one_line_error(tmp_path):
     damaged = tmp_path / "damaged.fp16.pt"
     damaged.write_bytes(bytes(data))
     with pytest.raises(ModelCorruptError, match=re.escape(str(damaged))) as damaged_error:
-        mobilefacenet(damaged)
+        arcface_mbf(damaged)
     assert "\n" not in str(missing_error.value) + str(damaged_error.value)

@@ -1,14 +1,14 @@
 """Convert bubbliiiing/arcface-pytorch's MobileFaceNet (ArcFace, CASIA-WebFace; MIT) into cloakd's torch
-weights, core/data/mobilefacenet.fp16.pt.
+weights, core/data/arcface_mbf.fp16.pt.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/convert_mobilefacenet.py               # about 1 min of CPU
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/convert_mobilefacenet.py --alignments  # plus about 1 min
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/convert_mobilefacenet.py --calibrate   # plus about 10 min
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/convert_arcface_mbf.py               # about 1 min of CPU
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/convert_arcface_mbf.py --alignments  # plus about 1 min
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/convert_arcface_mbf.py --calibrate   # plus about 10 min
     ... --alignments --calibrate                                     # plus about 15 min
 
 1. Check the source's sha256 and load its state dict as published into ``MobileFaceNet(folded=False)``
    (strict: no missing and no unexpected key).
-2. Fold every batch norm into its conv (:func:`~cloakd.core.extractors.mobilefacenet.fold`, float64) and
+2. Fold every batch norm into its conv (:func:`~cloakd.core.extractors.arcface_mbf.fold`, float64) and
    load the result strictly into ``MobileFaceNet()``; compare both on real chips (the central face of the
    first two photos of each identity of ../shared/data/faces, cloakd's MTCNN + the module's alignment).
 3. Write the folded state dict as float16 (``weights.save_state``) and measure what that rounding costs
@@ -23,7 +23,7 @@ weights, core/data/mobilefacenet.fp16.pt.
    same-person pairs, as many random different-person pairs, seed 0).
 
 The conversion is deterministic; the weights digest printed must equal ``WEIGHTS_DIGEST`` in
-core/extractors/mobilefacenet.py.
+core/extractors/arcface_mbf.py.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from PIL import Image  # noqa: E402
 
 from cloakd.core.align import extract_chip  # noqa: E402
 from cloakd.core.detect import FaceDetector  # noqa: E402
+from cloakd.core.extractors.arcface_mbf import WEIGHTS, WEIGHTS_DIGEST, MobileFaceNet, fold  # noqa: E402
 from cloakd.core.extractors.base import ChipGeometry  # noqa: E402
-from cloakd.core.extractors.mobilefacenet import WEIGHTS, WEIGHTS_DIGEST, MobileFaceNet, fold  # noqa: E402
 from cloakd.core.extractors.weights import save_state  # noqa: E402
 from cloakd.core.faces import Face, FaceAnalyzer, main_face  # noqa: E402
 
@@ -185,13 +185,17 @@ def train_pairs(names: np.ndarray) -> tuple[list, list, list]:
 
 def calibrate(descriptors: np.ndarray, same: list, other: list, balanced: list) -> None:
     d_same, d_other, d_balanced = (distances(descriptors, pairs) for pairs in (same, other, balanced))
-    print(f"  identity scale on {len(same)} same-person and {len(other)} different-person pairs: same_person, "
-          f"other_person = {np.median(d_same):.4f}, {np.median(d_other):.4f} "
-          f"(identity gap {np.median(d_other) - np.median(d_same):.4f})")
+    print(
+        f"  identity scale on {len(same)} same-person and {len(other)} different-person pairs: same_person, "
+        f"other_person = {np.median(d_same):.4f}, {np.median(d_other):.4f} "
+        f"(identity gap {np.median(d_other) - np.median(d_same):.4f})"
+    )
     threshold, accuracy = best_threshold(d_same, d_balanced)
-    print(f"  threshold {threshold:.4f} (cosine {1 - threshold**2 / 2:.4f}) maximises accuracy on "
-          f"{len(d_same)} + {len(d_balanced)} pairs: {accuracy:.4f}; same pairs below it "
-          f"{(d_same < threshold).mean():.4f}, different pairs below it {(d_balanced < threshold).mean():.4f}")
+    print(
+        f"  threshold {threshold:.4f} (cosine {1 - threshold**2 / 2:.4f}) maximises accuracy on "
+        f"{len(d_same)} + {len(d_balanced)} pairs: {accuracy:.4f}; same pairs below it "
+        f"{(d_same < threshold).mean():.4f}, different pairs below it {(d_balanced < threshold).mean():.4f}"
+    )
     for t in np.round(threshold + np.arange(-0.1, 0.11, 0.05), 2):
         print(f"  accuracy at {t:.2f}: {((d_same < t).sum() + (d_balanced >= t).sum()) / (2 * len(d_same)):.4f}")
 
@@ -242,7 +246,7 @@ def main() -> None:
     compare("folded float16 (shipped)", describe(shipped.eval(), sample), reference)
     print(f"wrote {args.output} ({args.output.stat().st_size:,} bytes), weights digest {digest}")
     if digest != WEIGHTS_DIGEST:
-        print("  (differs from WEIGHTS_DIGEST in core/extractors/mobilefacenet.py: update it)")
+        print("  (differs from WEIGHTS_DIGEST in core/extractors/arcface_mbf.py: update it)")
 
     alignments = ALIGNMENTS if args.alignments else dict(list(ALIGNMENTS.items())[:1])
     if args.alignments:
@@ -257,6 +261,7 @@ def main() -> None:
         for i, label in enumerate(alignments if args.alignments else ()):
             d_same, d_balanced = distances(descriptors[:, i], same), distances(descriptors[:, i], balanced)
             print(f"  {label}: best verification accuracy {best_threshold(d_same, d_balanced)[1]:.4f}")
+
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,8 @@
 """MobileFaceNet (Chen et al., "MobileFaceNets: Efficient CNNs for Accurate Real-Time Face Verification on
 Mobile Devices", 2018) trained with ArcFace on CASIA-WebFace: bubbliiiing/arcface-pytorch's
-``arcface_mobilefacenet.pth`` (MIT), a surrogate extractor the cloak can optimise against.
+``arcface_mobilefacenet.pth`` (MIT), a surrogate extractor the cloak can optimise against. Its cloakd name,
+``arcface_mbf``, keeps it apart from the unrelated ``mobilefacenet`` of the measuring trackers
+(../shared/trackers/human), which the cloak never sees.
 
 The network is the paper's Table 1 (112 x 112 input, sizes after each row)::
 
@@ -14,8 +16,8 @@ A bottleneck is MobileNet-V2's inverted residual with PReLU: 1x1 expand + PReLU,
 stride) + PReLU, linear 1x1 projection; stride-1 blocks of equal width add their input. Every conv is
 followed by a batch norm and has no bias. Module names are those of the original state dict, so that it
 loads as it is (``MobileFaceNet(folded=False)``); :func:`fold` folds every batch norm (inference
-statistics) into its conv, which is the layout cloakd ships (``core/data/mobilefacenet.fp16.pt``, made by
-scripts/convert_mobilefacenet.py; float16, float32 once loaded; digest checked). Folding makes forward +
+statistics) into its conv, which is the layout cloakd ships (``core/data/arcface_mbf.fp16.pt``, made by
+scripts/convert_arcface_mbf.py; float16, float32 once loaded; digest checked). Folding makes forward +
 backward about 20% cheaper (35 against 42 ms of CPU per face at batch 1, one thread) and keeps the tiny
 running variances (down to 2e-15) out of float16. PReLU is torch's own: the relu-difference form that
 sface.py uses measured no faster here (within 2%, float32 and bfloat16).
@@ -40,7 +42,7 @@ from .base import Extractor
 from .sface import SFace
 from .weights import DATA, load_state
 
-WEIGHTS = DATA / "mobilefacenet.fp16.pt"
+WEIGHTS = DATA / "arcface_mbf.fp16.pt"
 WEIGHTS_DIGEST = "47c2a23e4d3988b163cd3b626c3343dcf89ffc6ef9b5b1f165d2553fb5ba5278"
 
 #: (transition name, residual stage name, input, expanded, output channels, stride, repeats) of each stage:
@@ -61,8 +63,16 @@ class ConvBlock(nn.Module):
     """Conv, batch norm and (unless ``linear``) per-channel PReLU; ``folded``: the batch norm lives in the
     conv's weight and bias."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1,
-                 linear: bool = False, folded: bool = False) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        linear: bool = False,
+        folded: bool = False,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=folded)
         self.bn = _batch_norm(cout, folded)
@@ -128,13 +138,13 @@ class Network(nn.Module):
 class MobileFaceNet(Extractor):
     """128-d L2-normalised descriptors of 112 x 112 chips aligned to the ArcFace template.
 
-    ``folded``: the batch norms are folded into the convs (the shipped weights, :func:`mobilefacenet`);
+    ``folded``: the batch norms are folded into the convs (the shipped weights, :func:`arcface_mbf`);
     ``folded=False`` is the original layout, whose state dict (keys ``arcface.*``) loads as published.
     """
 
-    name = "mobilefacenet"
+    name = "arcface_mbf"
     # The ArcFace 5-point template at 112 px, as SFace's: the best of the candidates measured by
-    # scripts/convert_mobilefacenet.py --alignments --calibrate. Leave-one-out 1-NN on ../shared/data/faces:
+    # scripts/convert_arcface_mbf.py --alignments --calibrate. Leave-one-out 1-NN on ../shared/data/faces:
     # 0.9958 (478/480), as the template x 1.05 and x 1.1 (tighter); x 0.95 0.9938, x 0.9 (looser) 0.9917,
     # 3 px lower/higher 0.9917/0.9896, the 96 x 112 crop letterboxed to 112 with grey sides (how the training
     # code pads a non-square crop) 0.9938, dlib's chip 0.873. Best verification accuracy on the train/ pairs
@@ -142,7 +152,7 @@ class MobileFaceNet(Extractor):
     # 0.9803, 3 px lower/higher 0.9805/0.9784, x 0.9 0.9765, dlib's chip 0.834.
     geometry = SFace.geometry
     dim = 128
-    # Chosen by scripts/convert_mobilefacenet.py --calibrate on ../shared/data/train (LFW identities not used
+    # Chosen by scripts/convert_arcface_mbf.py --calibrate on ../shared/data/train (LFW identities not used
     # in evaluation; cloakd's MTCNN, the largest face, this geometry): 3474 faces of the 1279 identities with
     # >= 2 photos, all 5182 same-person pairs and 5182 random different-person pairs (seed 0), as
     # scripts/convert_sface.py --threshold does. 1.151 (cosine 0.338) maximises accuracy: 0.9831 (same pairs
@@ -179,16 +189,18 @@ def fold(state: dict[str, torch.Tensor], eps: float = 1e-5) -> dict[str, torch.T
     for bn in (k.removesuffix(".running_mean") for k in state if k.endswith(".running_mean")):
         module, _, name = bn.rpartition(".")
         conv = f"{module}.{_HEAD_CONVS.get(name, 'conv')}"
-        gamma, beta, mean, var = (state[f"{bn}.{p}"].double() for p in ("weight", "bias", "running_mean", "running_var"))
+        gamma, beta, mean, var = (
+            state[f"{bn}.{p}"].double() for p in ("weight", "bias", "running_mean", "running_var")
+        )
         scale = gamma / torch.sqrt(var + eps)
         folded[f"{conv}.weight"] = (state[f"{conv}.weight"].double() * scale.view(-1, 1, 1, 1)).float()
         folded[f"{conv}.bias"] = (beta - mean * scale).float()
     return folded
 
 
-def mobilefacenet(path: str | os.PathLike[str] | None = None) -> MobileFaceNet:
-    """MobileFaceNet with the shipped weights (``path``: another copy of ``mobilefacenet.fp16.pt``)."""
-    fix = "reinstall cloakd" if path is None else "regenerate it with scripts/convert_mobilefacenet.py"
+def arcface_mbf(path: str | os.PathLike[str] | None = None) -> MobileFaceNet:
+    """MobileFaceNet with the shipped weights (``path``: another copy of ``arcface_mbf.fp16.pt``)."""
+    fix = "reinstall cloakd" if path is None else "regenerate it with scripts/convert_arcface_mbf.py"
     model = MobileFaceNet()
     model.load_state_dict(load_state(WEIGHTS if path is None else path, WEIGHTS_DIGEST, "MobileFaceNet", fix))
     model.eval()
