@@ -61,9 +61,11 @@ def accounts_for(config: Config) -> dict[str, Account]:
         try:
             make_folder(accounts[name], user.held)
         except OSError as e:
-            raise CloakdError(f"user {name}: cannot create the held folder as {user.account}: "
-                              f"{os_error_text(e, user.held)}; fix: create it (mkdir -p {user.held}; "
-                              f"chown {user.account} {user.held}) or set `held:` to a folder of {user.account}") from None
+            raise CloakdError(
+                f"user {name}: cannot create the held folder as {user.account}: "
+                f"{os_error_text(e, user.held)}; fix: create it (mkdir -p {user.held}; "
+                f"chown {user.account} {user.held}) or set `held:` to a folder of {user.account}"
+            ) from None
     return accounts
 
 
@@ -84,16 +86,18 @@ class Service:
         self.ledger = Ledger(config.state_dir)
         self.candidates = Candidates(config.stable_seconds)
         self.jobs = Jobs(rescan=self._rescan, housekeeping=self._housekeeping, wake=self._wake, sybil=self._sybil)
-        self.pipeline = Pipeline(config, accounts, self.ledger, engine, notice=self.candidates.note,
-                                 on_retry=self.jobs.wake_at)
+        self.pipeline = Pipeline(
+            config, accounts, self.ledger, engine, notice=self.candidates.note, on_retry=self.jobs.wake_at
+        )
         self._engine_changed(engine.describe())
         self.pipeline.reconcile()
         self.accounts = accounts
         self.watcher = Watcher(config, accounts, self.candidates)
         self.watcher.start()
         self.watcher.rescan()
-        self.workers = Workers(self.pipeline, engine.threads, lambda: self.config.in_window(datetime.now()),
-                               engine.capacity)
+        self.workers = Workers(
+            self.pipeline, engine.threads, lambda: self.config.in_window(datetime.now()), engine.capacity
+        )
         self.workers.start()
         self.jobs.start(config)
         due = self.ledger.next_due()
@@ -102,8 +106,12 @@ class Service:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
-        log.info("started: %d users, %d outbound folders, engine %s", len(config.users),
-                 sum(len(u.outbound) for u in config.users.values()), engine.describe())
+        log.info(
+            "started: %d users, %d outbound folders, engine %s",
+            len(config.users),
+            sum(len(u.outbound) for u in config.users.values()),
+            engine.describe(),
+        )
         notify("READY=1", f"STATUS={self._status()}")
         self._loop()
         return self._shutdown()
@@ -127,8 +135,12 @@ class Service:
         references = UserReferences(analyzer, config.state_dir)
         context = ProcessContext(analyzer, TargetStore(config.state_dir), references)
         self.sybil = SybilJob(analyzer, references, config.state_dir, busy=self._photos_waiting)
-        log.info("face models loaded in %.1f s on %s (torch threads: %d)", time.perf_counter() - t0, device,
-                 config.torch_threads)
+        log.info(
+            "face models loaded in %.1f s on %s (torch threads: %d)",
+            time.perf_counter() - t0,
+            device,
+            config.torch_threads,
+        )
         self.engine = open_engine(config, context, str(device), self._engine_changed)
         return self.engine
 

@@ -40,15 +40,15 @@ def main() -> None:
         if face is None:
             continue
         names.append(f.parent.name)
-        for k, d in analyzer.describe_all(rgb, [face]).items():
-            descs[k].append(d[0])
+        for k, d in analyzer.describe_face(rgb, face).items():
+            descs[k].append(d)
         if i % 500 == 0:
             print(f"{i}/{len(photos)}", file=sys.stderr)
     names = np.array(names)
     groups = defaultdict(list)
     for i, n in enumerate(names):
         groups[n].append(i)
-    same_pairs = [(a, b) for g in groups.values() for j, a in enumerate(g) for b in g[j + 1:]]
+    same_pairs = [(a, b) for g in groups.values() for j, a in enumerate(g) for b in g[j + 1 :]]
     rng = np.random.default_rng(0)
     other_pairs = [(a, b) for a, b in rng.integers(0, len(names), (4 * len(same_pairs), 2)) if names[a] != names[b]]
     print(f"{len(names)} faces, {len(same_pairs)} same-person pairs, {len(other_pairs)} different-person pairs")

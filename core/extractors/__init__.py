@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import CloakdError
+from .arcface_mbf import arcface_mbf
 from .base import ChipGeometry, Extractor
 from .dlib_resnet import dlib_resnet
 from .omz_reid import omz_reid
@@ -24,6 +25,7 @@ FACTORIES: dict[str, Callable[..., Extractor]] = {
     "dlib_resnet": dlib_resnet,
     "sface": sface,
     "omz_reid": omz_reid,
+    "arcface_mbf": arcface_mbf,
 }
 
 DEFAULT_EXTRACTOR = "dlib_resnet"
@@ -31,16 +33,13 @@ CLOAK_EXTRACTORS = ("dlib_resnet", "sface", "omz_reid")
 
 
 def load_extractor(name: str, **options) -> Extractor:
-    """Build the extractor ``name`` (eval mode, gradients off for its parameters)."""
+    """Build the extractor ``name``, frozen: eval mode, gradients off for its parameters (here only: a
+    factory returns the bare network)."""
     try:
         factory = FACTORIES[name]
     except KeyError:
         raise CloakdError(f"unknown extractor {name!r} (available: {', '.join(sorted(FACTORIES))})") from None
-    model = factory(**options)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return factory(**options).eval().requires_grad_(False)
 
 
 __all__ = ["CLOAK_EXTRACTORS", "ChipGeometry", "DEFAULT_EXTRACTOR", "Extractor", "FACTORIES", "load_extractor"]

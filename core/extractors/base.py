@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 
-
 @dataclass(frozen=True)
 class ChipGeometry:
     """Where an extractor's input chip lies relative to the face.
@@ -37,7 +36,7 @@ class ChipGeometry:
 
     def transform(self, landmarks: np.ndarray):
         """The :class:`~cloakd.core.align.ChipTransform` that aligns a face with these 5 landmarks."""
-        from ..align import ChipTransform, MTCNN_TEMPLATE, template_in_chip
+        from ..align import MTCNN_TEMPLATE, ChipTransform, template_in_chip
 
         if self.template is not None:
             chip_points = np.asarray(self.template, dtype=np.float64)
