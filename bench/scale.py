@@ -151,7 +151,7 @@ def main() -> None:
         for i in range(count):
             cluster.start_worker(f"w{i + 1}")
         dask_config = setting(base, args.mode, {"kind": "dask", "scheduler": cluster.address})
-        engine = DaskEngine(dask_config, context, None, 0, on_change=lambda text: None)
+        engine = DaskEngine(dask_config, context, None, 0, on_change=lambda state: None)
         try:
             wait_capacity(engine, count + 1)
             if overheads is None and args.sequential:  # one at a time: the round trip without queueing

@@ -30,7 +30,7 @@ from cloakd.core.errors import CloakdError, os_error_text
 
 from .config import Config, load_config
 from .deliver import make_folder
-from .engine.status import publish
+from .engine.status import EngineState, publish
 from .housekeeping import housekeeping
 from .ledger import Ledger
 from .privileges import Account, check_single_user
@@ -89,7 +89,7 @@ class Service:
         self.pipeline = Pipeline(
             config, accounts, self.ledger, engine, notice=self.candidates.note, on_retry=self.jobs.wake_at
         )
-        self._engine_changed(engine.describe())
+        self._engine_changed(engine.state())
         self.pipeline.reconcile()
         self.accounts = accounts
         self.watcher = Watcher(config, accounts, self.candidates)
@@ -144,11 +144,11 @@ class Service:
         self.engine = open_engine(config, context, str(device), self._engine_changed)
         return self.engine
 
-    def _engine_changed(self, text: str) -> None:
+    def _engine_changed(self, state: EngineState) -> None:
         """The engine's state changed (a Dask cluster came or went): tell `cloakd status`, wake the workers."""
         try:
             with self._publishing:
-                publish(self.config.state_dir, text)
+                publish(self.config.state_dir, state)
         except OSError as e:
             log.warning("cannot record the engine's state for `cloakd status`: %s", os_error_text(e))
         workers = getattr(self, "workers", None)

@@ -5,6 +5,7 @@ and mid-burst; with ``fallback: local`` the service works alone while there is n
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -62,6 +63,14 @@ def status_of(config: Path) -> str:
     ).stdout
 
 
+def engine_of(config: Path) -> dict:
+    """The engine in `cloakd status --json`."""
+    out = subprocess.run(
+        [str(CLOAKD), "status", "--config", str(config), "--json"], capture_output=True, text=True, timeout=60
+    ).stdout
+    return json.loads(out)["engine"]
+
+
 def final_rows(base: Path) -> list:
     ledger = Ledger(base / "state", readonly=True)
     try:
@@ -81,6 +90,9 @@ def test_a_killed_worker_and_a_killed_service_lose_nothing(cluster, owner):
         with Service(config) as service, cluster.client() as client:
             service.wait_ready()
             wait_for(lambda: "2 cloakd worker threads" in status_of(config), 30, "the engine line", service)
+            engine_now = engine_of(config)
+            assert engine_now["service_running"] and (engine_now["kind"], engine_now["state"]) == ("dask", "connected")
+            assert engine_now["scheduler"] == cluster.address and engine_now["detail"] == "2 cloakd worker threads"
             copy_as(FACES[0], folders["out"] / FACES[0].name, owner)
             victim = cluster.busy_worker(client)
             cluster.workers[victim].kill9()  # mid-photo: the scheduler gives its task to the other worker
@@ -118,6 +130,8 @@ def test_the_scheduler_down_at_start_and_mid_burst(cluster, owner):
         with Service(config) as service:
             service.wait_ready()
             wait_for(lambda: "photos wait" in status_of(config), 30, "the engine line", service)
+            engine_now = engine_of(config)
+            assert (engine_now["state"], engine_now["fallback"]) == ("waiting for the scheduler", "wait")
             time.sleep(2)
             assert files(folders["ready"]) == [] and files(folders["held"]) == []  # waiting, not failing
             cluster.start_scheduler()  # the remaining worker joins it again by itself
@@ -149,4 +163,7 @@ def test_fallback_local_works_alone_while_there_is_no_scheduler(owner):
             assert files(folders["ready"]) == outputs_named(names)
             wait_for(lambda: "scheduler unreachable" in status_of(config), 60, "the connection refused", service)
             assert "working locally (fallback: local)" in status_of(config).splitlines()[0]
+            engine_now = engine_of(config)
+            assert (engine_now["state"], engine_now["fallback"]) == ("working locally (fallback: local)", "local")
+            assert engine_now["detail"].startswith("scheduler unreachable") and engine_now["since"]
             assert service.stop() == 0

@@ -41,6 +41,7 @@ from ..process import ProcessContext, ProcessResult, request_for
 from ..worker import Paused, Transient
 from .remote import RESOURCE, VERSION, protect_task
 from .security import security
+from .status import CONNECTED, FALLBACK, NO_SCHEDULER, NO_WORKER, EngineState, iso
 
 log = logging.getLogger("cloakd.engine")
 
@@ -80,12 +81,13 @@ class DaskEngine:
         context: ProcessContext,
         local: Callable[..., ProcessResult],
         local_threads: int,
-        on_change: Callable[[str], None],
+        on_change: Callable[[EngineState], None],
     ):
         settings = config.engine
         self.address = settings.scheduler
         self._security = security(self.address, settings.tls_ca, settings.tls_cert, settings.tls_key, "client")
         self.context, self.on_change = context, on_change
+        self._fallback = settings.fallback
         self._local = local if settings.fallback == "local" else None
         self._local_threads = local_threads
         self.overheads = Overheads()
@@ -105,22 +107,26 @@ class DaskEngine:
             return self._slots + 1
         return self._local_threads if self._local is not None else 0
 
-    def describe(self) -> str:
+    def state(self) -> EngineState:
         if self._client is not None and self._slots > 0:
-            return f"dask {self.address}: {self._slots} cloakd worker thread{'s' if self._slots != 1 else ''}"
-        since = time.strftime("%H:%M:%S", time.localtime(self._since))
-        then = "working locally (fallback: local)" if self._local is not None else "photos wait (fallback: wait)"
-        return f"dask {self.address}: {self._trouble} since {since}; {then}"
+            state, detail = CONNECTED, f"{self._slots} cloakd worker thread{'s' if self._slots != 1 else ''}"
+        else:
+            state = FALLBACK if self._local is not None else NO_SCHEDULER if self._client is None else NO_WORKER
+            detail = self._trouble
+        return EngineState("dask", state, detail, iso(self._since), self.address, self._fallback)
+
+    def describe(self) -> str:
+        return self.state().text()
 
     def _set(self, client, slots: int, trouble: str = "") -> None:
         if (client is not None and slots > 0) != (self._client is not None and self._slots > 0):
             self._since = time.time()  # the cluster came or went
         self._client, self._slots, self._trouble = client, slots, trouble
-        said = self.describe()
-        if said != self._said:
-            self._said = said
-            (log.info if slots else log.warning)("engine: %s", said)
-            self.on_change(said)
+        state = self.state()
+        if state.text() != self._said:
+            self._said = state.text()
+            (log.info if slots else log.warning)("engine: %s", self._said)
+            self.on_change(state)
 
     # --- the watcher ------------------------------------------------------------------------------------
 

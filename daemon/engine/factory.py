@@ -10,6 +10,7 @@ from cloakd.core.errors import CloakdError
 from ..config import INSTALL_DASK, Config
 from ..process import ProcessContext
 from .local import LocalEngine
+from .status import EngineState
 
 
 def dask_missing() -> str | None:
@@ -19,7 +20,7 @@ def dask_missing() -> str | None:
     return None
 
 
-def open_engine(config: Config, context: ProcessContext, device: str, on_change: Callable[[str], None]):
+def open_engine(config: Config, context: ProcessContext, device: str, on_change: Callable[[EngineState], None]):
     """LocalEngine or DaskEngine (which falls back to a LocalEngine's work if the configuration says so)."""
     local = LocalEngine(config, context, device)
     if config.engine.kind == "local":
