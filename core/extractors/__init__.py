@@ -16,6 +16,7 @@ from collections.abc import Callable
 from ..errors import CloakdError
 from .base import ChipGeometry, Extractor
 from .dlib_resnet import dlib_resnet
+from .facenet import facenet
 from .omz_reid import omz_reid
 from .sface import sface
 
@@ -24,6 +25,7 @@ FACTORIES: dict[str, Callable[..., Extractor]] = {
     "dlib_resnet": dlib_resnet,
     "sface": sface,
     "omz_reid": omz_reid,
+    "facenet": facenet,
 }
 
 DEFAULT_EXTRACTOR = "dlib_resnet"
