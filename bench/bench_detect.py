@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 
 from cloakd.core.detect import FaceDetector
-
 from common import DATA  # noqa: E402
 
 

@@ -53,8 +53,12 @@ def stretched(image: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
     """facenet-pytorch's extract_face: per-axis margin in output pixels, clipped, int, bilinear resize."""
     w, h = box[2] - box[0], box[3] - box[1]
     mx, my = margin * w / (SIZE - margin), margin * h / (SIZE - margin)
-    crop = (int(max(box[0] - mx / 2, 0)), int(max(box[1] - my / 2, 0)),
-            int(min(box[2] + mx / 2, image.shape[1])), int(min(box[3] + my / 2, image.shape[0])))
+    crop = (
+        int(max(box[0] - mx / 2, 0)),
+        int(max(box[1] - my / 2, 0)),
+        int(min(box[2] + mx / 2, image.shape[1])),
+        int(min(box[3] + my / 2, image.shape[0])),
+    )
     return np.asarray(Image.fromarray(image).crop(crop).resize((SIZE, SIZE), Image.BILINEAR))
 
 
@@ -102,8 +106,10 @@ def main() -> None:
     labels = np.array([f[0] for f in faces])
     boxes = np.stack([f[2] for f in faces])
     aspect = (boxes[:, 3] - boxes[:, 1]) / (boxes[:, 2] - boxes[:, 0])
-    print(f"faces/: {len(faces)} faces of {len(set(labels))} identities; MTCNN box height / width: median "
-          f"{np.median(aspect):.3f}, 5-95% {np.percentile(aspect, 5):.3f}-{np.percentile(aspect, 95):.3f}")
+    print(
+        f"faces/: {len(faces)} faces of {len(set(labels))} identities; MTCNN box height / width: median "
+        f"{np.median(aspect):.3f}, 5-95% {np.percentile(aspect, 5):.3f}-{np.percentile(aspect, 95):.3f}"
+    )
     train = central_faces(sorted((DATA / "train").glob("*/*.jpg"))[::6], detector)
     print(f"template fitted on {len(train)} faces of train/", file=sys.stderr)
 
@@ -116,23 +122,35 @@ def main() -> None:
         template = fit_template(train, margin, "mean")
         geometry = ChipGeometry(size=SIZE, template=tuple(map(tuple, np.round(template, 2))))
         print(f"template fitted to square-mean, margin {margin:g}: {np.round(template, 2).tolist()}")
-        results[f"template, margin {margin:g}"] = describe([extract_chip(im, geometry.transform(lm)) for _, im, _, lm in faces])
+        results[f"template, margin {margin:g}"] = describe(
+            [extract_chip(im, geometry.transform(lm)) for _, im, _, lm in faces]
+        )
     print("| crop | leave-one-out 1-NN |")
     print("| --- | --- |")
     for name, desc in results.items():
         print(f"| {name} | {loo(labels, desc):.4f} |")
     for margin in (float(m) for m in args.margins.split(",")):
         real = results[f"stretched, margin {margin:g}"]  # what facenet-pytorch's own pipeline would describe
-        for name in (f"square-max, margin {margin:g}", f"square-mean, margin {margin:g}", f"template, margin {margin:g}"):
+        for name in (
+            f"square-max, margin {margin:g}",
+            f"square-mean, margin {margin:g}",
+            f"template, margin {margin:g}",
+        ):
             gap = np.linalg.norm(results[name] - real, axis=1)
-            print(f"{name} vs stretched (facenet-pytorch) of the same face: distance median {np.median(gap):.3f}, "
-                  f"90% {np.percentile(gap, 90):.3f}; 1-NN of stretched probes in a gallery of these "
-                  f"{loo(labels, results[name], real):.4f}, the reverse {loo(labels, real, results[name]):.4f}")
+            print(
+                f"{name} vs stretched (facenet-pytorch) of the same face: distance median {np.median(gap):.3f}, "
+                f"90% {np.percentile(gap, 90):.3f}; 1-NN of stretched probes in a gallery of these "
+                f"{loo(labels, results[name], real):.4f}, the reverse {loo(labels, real, results[name]):.4f}"
+            )
         box, tpl = results[f"square-mean, margin {margin:g}"], results[f"template, margin {margin:g}"]
         gap = np.linalg.norm(box - tpl, axis=1)
-        print(f"margin {margin:g}: square-mean vs template of the same face: distance median {np.median(gap):.3f}, "
-              f"90% {np.percentile(gap, 90):.3f}; 1-NN of template probes in a square-mean gallery {loo(labels, box, tpl):.4f}")
+        print(
+            f"margin {margin:g}: square-mean vs template of the same face: distance median {np.median(gap):.3f}, "
+            f"90% {np.percentile(gap, 90):.3f}; 1-NN of template probes in a square-mean gallery "
+            f"{loo(labels, box, tpl):.4f}"
+        )
     print(f"(FaceNet's identity gap: {model.identity_gap:.3f})")
+
 
 if __name__ == "__main__":
     main()

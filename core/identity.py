@@ -11,8 +11,16 @@ Everyone else follows the user's policy for other people.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
+
+
+class Others(StrEnum):
+    """What is done with the faces that are not the user's (a user's ``others`` setting, ``--others``)."""
+
+    AWAY = "away"  # cloaked untargeted, away from their own features: a user's face missed stays protected
+    LEAVE = "leave"  # left as they are
 
 
 @dataclass(frozen=True)
@@ -50,8 +58,9 @@ def distances(descriptors: np.ndarray, references: np.ndarray) -> np.ndarray:
 MATCH_MARGIN = 0.05
 
 
-def single_out(descriptors: np.ndarray, references: np.ndarray, threshold: float,
-               margin: float = MATCH_MARGIN) -> int | None:
+def single_out(
+    descriptors: np.ndarray, references: np.ndarray, threshold: float, margin: float = MATCH_MARGIN
+) -> int | None:
     """Index of the user's face among a photo's face descriptors, or None when no face is close enough
     to the centroid of the references. One person appears once in a photo, so at most one face is
     chosen: the closest (a look-alike standing next to the user is not cloaked towards the user's
@@ -70,8 +79,9 @@ def single_out(descriptors: np.ndarray, references: np.ndarray, threshold: float
 CONSISTENCY_SLACK = 0.1
 
 
-def select_references(candidates: list[tuple[str, np.ndarray | None, int]], threshold: float,
-                      slack: float = CONSISTENCY_SLACK) -> References:
+def select_references(
+    candidates: list[tuple[str, np.ndarray | None, int]], threshold: float, slack: float = CONSISTENCY_SLACK
+) -> References:
     """Choose reference descriptors from described photos.
 
     ``candidates``: (label, descriptor of the photo's face or None, number of faces found). A photo is
@@ -97,9 +107,14 @@ def select_references(candidates: list[tuple[str, np.ndarray | None, int]], thre
             if d < threshold + slack:
                 keep.append((i, label, desc))
             else:
-                rejected.append(Rejected(label, f"does not look like the other reference photos "
-                                                f"(distance {d:.2f} to the most typical one; at most "
-                                                f"{threshold + slack:.2f})"))
+                rejected.append(
+                    Rejected(
+                        label,
+                        f"does not look like the other reference photos "
+                        f"(distance {d:.2f} to the most typical one; at most "
+                        f"{threshold + slack:.2f})",
+                    )
+                )
         usable = keep
     dim = usable[0][2].shape[0] if usable else 0
     descriptors = np.stack([d for _, _, d in usable]) if usable else np.zeros((0, dim), np.float32)

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cloak.optimise import AWAY, FaceTask, Goal, cloak
+from .cloak.optimise import FaceTask, Goal, cloak
 from .cloak.presets import STRONGER, CloakPreset, preset
 from .faces import Face, FaceAnalyzer
-from .identity import single_out
+from .identity import Others, single_out
 from .photo.container import OutputOptions
-from .photo.decode import DEFAULT_MAX_PIXELS, decode
-from .photo.strip import strip_and_verify
+from .photo.decode import DEFAULT_MAX_PIXELS, Photo, decode
+from .photo.strip import CleanPhoto, strip_and_verify
+from .targets import TargetBank
 
 #: Verification margins, in units of each extractor's identity gap (median different-person minus median
 #: same-person distance; dlib's is 0.384, where they are 0.15 and 0.25 as they were in dlib's own units):
@@ -33,6 +34,10 @@ from .photo.strip import strip_and_verify
 TOWARDS_MARGIN = 0.4
 MOVED_MARGIN = 0.65
 
+#: the role of a face that is not the user's, by the ``others`` policy: "other" is cloaked away from itself,
+#: "left" is not cloaked
+ROLE_OF_OTHERS = {Others.AWAY: "other", Others.LEAVE: "left"}
+
 
 @dataclass(frozen=True)
 class ProtectRequest:
@@ -40,13 +45,12 @@ class ProtectRequest:
     name (e.g. the target class's centroid in each extractor's space; a bare array is the primary
     extractor's); an extractor without one pushes the face away from itself only. None: no targeted
     cloak, every face is cloaked away from itself. ``references``: the user's own (primary) descriptors;
-    when given, only the face matching them gets the targeted cloak and the others follow ``others``
-    ("away" or "leave").
+    when given, only the face matching them gets the targeted cloak and the others follow ``others``.
     """
 
     target: Mapping[str, np.ndarray] | np.ndarray | None = None
     references: np.ndarray | None = None
-    others: str = AWAY
+    others: Others = Others.AWAY
     mode: str = "mid"
     keep: tuple[str, ...] = ()
     options: OutputOptions = OutputOptions()
@@ -70,6 +74,20 @@ class ProtectRequest:
         return {primary: np.asarray(self.target, np.float32)}
 
 
+def request_for_target(
+    name: str | None, centroid: np.ndarray | None = None, *, bank: TargetBank | None = None, **settings
+) -> ProtectRequest:
+    """The request that cloaks towards the target class ``name`` in every extractor's space ``bank`` holds
+    (default: the bank shipped with cloakd). ``centroid``: the primary centroid a user's target was stored
+    with, which wins over the bank's (a changed bank cannot move a chosen target); None: the bank's own.
+    ``name`` None: no target (every face is cloaked away from itself). ``settings``: the request's other
+    fields (references, others, mode, keep, options, seed, ...)."""
+    if name is None:
+        return ProtectRequest(**settings)
+    bank = TargetBank.load() if bank is None else bank
+    return ProtectRequest(target=bank.point(name, centroid), **settings)
+
+
 @dataclass
 class FaceReport:
     box: list[float]
@@ -89,8 +107,9 @@ class FaceReport:
 
 
 def _rounded(d: dict) -> dict:
-    return {k: (round(v, 4) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v)
-            for k, v in d.items()}
+    return {
+        k: (round(v, 4) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v) for k, v in d.items()
+    }
 
 
 @dataclass
@@ -119,12 +138,12 @@ def _match(face: Face, candidates: list[Face]) -> Face | None:
 
 
 def _roles(faces: list[Face], request: ProtectRequest, threshold: float) -> list[str]:
-    """"user" for the face(s) that get the targeted cloak, "other" or "left" for the rest (policy).
+    """ "user" for the face(s) that get the targeted cloak, "other" or "left" for the rest (policy).
 
     Without a target, nobody is the user. Without references, every face is taken to be the user's (the
     service's behaviour before enrolment). With references, at most the one face that matches them.
     """
-    other = "other" if request.others == AWAY else "left"
+    other = ROLE_OF_OTHERS[Others(request.others)]
     if request.target is None:
         return [other] * len(faces)
     if request.references is None or len(request.references) == 0:
@@ -143,16 +162,29 @@ def _extractors(analyzer: FaceAnalyzer, settings: CloakPreset) -> list[int]:
     return list(range(len(analyzer.cloak_extractors))) if settings.ensemble else [0]  # the primary is first
 
 
-def _task(analyzer: FaceAnalyzer, image: np.ndarray, face: Face, role: str, targets: dict[str, np.ndarray],
-          origins: dict[int, np.ndarray], used: list[int]) -> FaceTask:
+def _task(
+    analyzer: FaceAnalyzer,
+    image: np.ndarray,
+    face: Face,
+    role: str,
+    targets: dict[str, np.ndarray],
+    origins: dict[int, np.ndarray],
+    used: list[int],
+) -> FaceTask:
     """One goal per extractor in ``used``: the face's chip in that extractor's alignment (and as other
     landmark models align it), its own descriptor there, and (for the user's face) the target there, if
     the target has one."""
     goals = []
     for k in used:
         extractor, origin = analyzer.cloak_extractors[k], origins[k]
-        goals.append(Goal(analyzer.transform(face, extractor), origin, targets.get(extractor.name) if role == "user" else None,
-                          analyzer.alternate_alignments(image, face, extractor)))
+        goals.append(
+            Goal(
+                analyzer.transform(face, extractor),
+                origin,
+                targets.get(extractor.name) if role == "user" else None,
+                analyzer.alternate_alignments(image, face, extractor),
+            )
+        )
     return FaceTask(goals)
 
 
@@ -167,105 +199,176 @@ def _judge(extractor, role: str, original: np.ndarray, written: np.ndarray, targ
         check["to_target_after"] = float(np.linalg.norm(written - target))
         gained = check["to_target_before"] - check["to_target_after"]
         ok = ok and gained >= TOWARDS_MARGIN * unit
-        why = (f"moved {check['moved']:.2f} (needs {MOVED_MARGIN * unit:.2f}), {gained:.2f} closer to the target "
-               f"(needs {TOWARDS_MARGIN * unit:.2f})")
+        why = (
+            f"moved {check['moved']:.2f} (needs {MOVED_MARGIN * unit:.2f}), {gained:.2f} closer to the target "
+            f"(needs {TOWARDS_MARGIN * unit:.2f})"
+        )
     check["verified"] = bool(ok)
     if not ok:
         check["reason"] = why
     return check
 
 
-def _verify_written(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, faces: list[Face],
-                    origins: list[dict[int, np.ndarray]], reports: list[FaceReport], label: str,
-                    used: list[int]) -> None:
+def _judge_written(job: _Job, data: bytes, reports: list[FaceReport], used: list[int]) -> None:
     """Decode the written bytes, re-detect and re-describe each cloaked face with every extractor the
-    cloak was optimised against (``used``), and judge it in each.
+    cloak was optimised against (``used``), and judge it in each (into ``reports``, one per cloaked face).
 
     Both the tracker's view (the face re-detected in the written photo) and the original alignment must
     show the move; if the face is no longer detected at all, the original alignment alone is judged.
     """
-    written = decode(data, max_pixels=request.max_pixels, label=label).rgb
+    analyzer, faces = job.analyzer, job.cloaked
+    written = decode(data, max_pixels=job.request.max_pixels, label=job.label).rgb
     found = analyzer.find(written)
     matches = [_match(face, found) for face in faces]
-    targets = request.targets(analyzer.extractor.name)
+    origins = job.origins()
     for k in used:
         extractor = analyzer.cloak_extractors[k]
         own = analyzer.describe(written, faces, extractor)
         matched = [m for m in matches if m is not None]
         again = dict(zip(map(id, matched), analyzer.describe(written, matched, extractor)))
-        for face, report, desc, match, origin in zip(faces, reports, own, matches, origins):
+        for report, desc, match, origin in zip(reports, own, matches, origins):
             views = [desc] + ([again[id(match)]] if match is not None else [])
             least_moved = min(views, key=lambda d: np.linalg.norm(d - origin[k]))
-            target = targets.get(extractor.name) if report.role == "user" else None
+            target = job.targets.get(extractor.name) if report.role == "user" else None
             report.checks[extractor.name] = _judge(extractor, report.role, origin[k], least_moved, target)
-    for report in reports:
-        primary = report.checks.get(analyzer.extractor.name, {})
-        report.moved = primary.get("moved")
-        report.to_target_after = primary.get("to_target_after")
-        failed = [f"{name}: {c['reason']}" for name, c in report.checks.items() if not c["verified"]]
-        report.verified = not failed
-        report.reason = "; ".join(failed) if len(report.checks) > 1 else "".join(
-            c.get("reason", "") for c in report.checks.values())
 
 
-def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label: str = "input") -> ProtectResult:
-    """Protect the photo in ``data``; ``ok`` is True only if every cloak verified on the written bytes."""
-    t0 = time.perf_counter()
+def _summarise(report: FaceReport, primary: str) -> None:
+    """A face's verdict from its extractors' checks; its distances are the primary extractor's."""
+    checks = report.checks.get(primary, {})
+    report.moved = checks.get("moved")
+    report.to_target_after = checks.get("to_target_after")
+    failed = [f"{name}: {c['reason']}" for name, c in report.checks.items() if not c["verified"]]
+    report.verified = not failed
+    report.reason = (
+        "; ".join(failed) if len(report.checks) > 1 else "".join(c.get("reason", "") for c in report.checks.values())
+    )
+
+
+@dataclass
+class _Job:
+    """One photo on its way through :func:`protect`: the decoded photo, its faces with their roles and
+    reports, the faces to cloak (``todo``, indices into ``faces``), and their own descriptors by cloak
+    extractor index, each extractor's described once, when a mode first needs it (the primary's came with
+    the faces)."""
+
+    analyzer: FaceAnalyzer
+    request: ProtectRequest
+    label: str
+    photo: Photo
+    faces: list[Face]
+    roles: list[str]
+    reports: list[FaceReport]
+    targets: dict[str, np.ndarray]
+    todo: list[int]
+    own: dict[int, list[np.ndarray]]
+
+    @property
+    def cloaked(self) -> list[Face]:
+        return [self.faces[i] for i in self.todo]
+
+    def describe_own(self, used: list[int]) -> None:
+        """Describe the cloaked faces by each extractor of ``used`` that has not described them yet."""
+        for k in used:
+            if k not in self.own:
+                extractor = self.analyzer.cloak_extractors[k]
+                self.own[k] = list(self.analyzer.describe(self.photo.rgb, self.cloaked, extractor))
+
+    def origins(self) -> list[dict[int, np.ndarray]]:
+        """Per cloaked face, its own descriptors by cloak extractor index (those described so far)."""
+        return [{k: d[j] for k, d in self.own.items()} for j in range(len(self.todo))]
+
+
+def _prepare(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label: str) -> _Job:
+    """Decode the photo, find and describe its faces, and give each its role and report."""
     photo = decode(data, max_pixels=request.max_pixels, label=label)
-    rgb = photo.rgb
-    faces = analyzer.analyse(rgb)
-    targets = request.targets(analyzer.extractor.name)
+    faces = analyzer.analyse(photo.rgb)
+    primary = analyzer.extractor.name
+    targets = request.targets(primary)
     roles = _roles(faces, request, analyzer.extractor.match_threshold)
     reports = [FaceReport([round(float(v), 1) for v in f.box], r) for f, r in zip(faces, roles)]
     for rep, f in zip(reports, faces):
         if rep.role == "user":
-            rep.to_target_before = float(np.linalg.norm(f.descriptor - targets[analyzer.extractor.name]))
-
+            rep.to_target_before = float(np.linalg.norm(f.descriptor - targets[primary]))
     todo = [i for i, r in enumerate(roles) if r != "left"]
-    cloaked = [faces[i] for i in todo]
-    # the cloaked faces' own descriptors by cloak extractor index, described once each as a mode first
-    # needs that extractor (the primary's came with the faces)
-    own = {0: [f.descriptor for f in cloaked]}
+    return _Job(
+        analyzer,
+        request,
+        label,
+        photo,
+        faces,
+        roles,
+        reports,
+        targets,
+        todo,
+        own={0: [faces[i].descriptor for i in todo]},
+    )
+
+
+def _cloak_faces(job: _Job, mode: str) -> tuple[np.ndarray, list[int]]:
+    """The photo's pixels with every face of ``job.todo`` cloaked by ``mode``'s preset, from the original
+    pixels, and the cloak extractors (indices) it was optimised against."""
+    analyzer, rgb = job.analyzer, job.photo.rgb
+    settings = job.request.preset(mode)
+    used = _extractors(analyzer, settings)
+    job.describe_own(used)
+    tasks = [
+        _task(analyzer, rgb, job.faces[i], job.roles[i], job.targets, o, used) for i, o in zip(job.todo, job.origins())
+    ]
+    result = cloak(rgb, tasks, [analyzer.cloak_extractors[k] for k in used], settings, seed=job.request.seed)
+    for i, fr in zip(job.todo, result.faces):
+        job.reports[i].mode, job.reports[i].dssim = mode, fr.dssim
+    return result.image, used
+
+
+def _attempt(job: _Job, mode: str) -> tuple[CleanPhoto, list[int]]:
+    """One attempt: the faces cloaked with ``mode``'s preset (none to cloak: the photo as it is), then
+    stripped and encoded; with the cloak extractors (indices) used."""
+    pixels, used = (job.photo.rgb, []) if not job.todo else _cloak_faces(job, mode)
+    out = pixels if job.photo.pixels.ndim == 3 else pixels.mean(axis=2).round().astype(np.uint8)
+    return strip_and_verify(job.photo, out, keep=job.request.keep, options=job.request.options), used
+
+
+def _verify(job: _Job, data: bytes, used: list[int]) -> list[int]:
+    """The faces (indices) whose cloak did not verify on the written ``data``; none when no face was
+    cloaked or the request does not verify."""
+    if not job.todo or not job.request.verify:
+        return []
+    reports = [job.reports[i] for i in job.todo]
+    for report in reports:
+        report.checks = {}
+    _judge_written(job, data, reports, used)
+    for report in reports:
+        _summarise(report, job.analyzer.extractor.name)
+    return [i for i in job.todo if not job.reports[i].verified]
+
+
+def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label: str = "input") -> ProtectResult:
+    """Protect the photo in ``data``; ``ok`` is True only if every cloak verified on the written bytes.
+
+    Prepare (decode, faces, roles), then attempts: cloak and write with the request's mode, verify the
+    written bytes; while a face fails, every face again from the original pixels with the next stronger
+    preset (STRONGER), until there is none.
+    """
+    t0 = time.perf_counter()
+    job = _prepare(analyzer, data, request, label)
     mode = request.mode
     while True:
-        pixels = rgb
-        if todo:
-            settings = request.preset(mode)
-            used = _extractors(analyzer, settings)
-            for k in used:
-                if k not in own:
-                    own[k] = list(analyzer.describe(rgb, cloaked, analyzer.cloak_extractors[k]))
-            origins = [{k: d[j] for k, d in own.items()} for j in range(len(cloaked))]
-            tasks = [_task(analyzer, rgb, faces[i], roles[i], targets, o, used) for i, o in zip(todo, origins)]
-            result = cloak(rgb, tasks, [analyzer.cloak_extractors[k] for k in used], settings, seed=request.seed)
-            pixels = result.image
-            for i, fr in zip(todo, result.faces):
-                reports[i].mode, reports[i].dssim = mode, fr.dssim
-        out = pixels if photo.pixels.ndim == 3 else pixels.mean(axis=2).round().astype(np.uint8)
-        clean = strip_and_verify(photo, out, keep=request.keep, options=request.options)
-        if not todo or not request.verify:
-            failed = []
-            break
-        todo_reports = [reports[i] for i in todo]
-        for rep in todo_reports:
-            rep.checks = {}
-        _verify_written(analyzer, clean.data, request, cloaked, origins, todo_reports, label, used)
-        failed = [i for i in todo if not reports[i].verified]
+        clean, used = _attempt(job, mode)
+        failed = _verify(job, clean.data, used)
         if not failed or mode not in STRONGER:
             break
-        mode = STRONGER[mode]  # every face again, from the original pixels, one preset stronger
-
-    ok = not failed
-    reason = "" if ok else "; ".join(f"face {i + 1}: {reports[i].reason}" for i in failed)
+        mode = STRONGER[mode]
+    reason = "; ".join(f"face {i + 1}: {job.reports[i].reason}" for i in failed)
     return ProtectResult(
-        ok=ok,
-        data=clean.data if ok else None,
+        ok=not failed,
+        data=None if failed else clean.data,
         format=clean.format,
         extension=clean.extension,
-        faces=reports,
+        faces=job.reports,
         reason=reason,
         seconds=time.perf_counter() - t0,
     )
 
 
-__all__ = ["ProtectRequest", "ProtectResult", "FaceReport", "protect"]
+__all__ = ["FaceReport", "ProtectRequest", "ProtectResult", "protect", "request_for_target"]

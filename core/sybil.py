@@ -109,9 +109,16 @@ def describe_candidates(analyzer: FaceAnalyzer, candidates: Iterable[Candidate])
     return [describe_candidate(analyzer, c) for c in candidates]
 
 
-def rank_candidates(analyzer: FaceAnalyzer, candidates: Iterable[Candidate], toward: np.ndarray,
-                    references: np.ndarray | None = None, *, keep: int | None = None, at_most: int | None = None,
-                    busy: Callable[[], str] = _go_on) -> Ranking:
+def rank_candidates(
+    analyzer: FaceAnalyzer,
+    candidates: Iterable[Candidate],
+    toward: np.ndarray,
+    references: np.ndarray | None = None,
+    *,
+    keep: int | None = None,
+    at_most: int | None = None,
+    busy: Callable[[], str] = _go_on,
+) -> Ranking:
     """Describe the candidates (in the order given, each once) and rank the usable ones by their clean
     distance to ``toward``, closest first: the cloak has the least way to go. A candidate within the
     same-person threshold of ``references`` is refused: publishing it would leak the user.
@@ -144,11 +151,32 @@ def rank_candidates(analyzer: FaceAnalyzer, candidates: Iterable[Candidate], tow
     return ranking
 
 
-def make_sybil(analyzer: FaceAnalyzer, candidates: Iterable[Candidate],
-               toward: np.ndarray | Mapping[str, np.ndarray], *,
-               references: np.ndarray | None = None, tries: int = 3, at_most: int | None = None, mode: str = "mid",
-               seed: int = 0, options: OutputOptions = OutputOptions(),
-               busy: Callable[[], str] = _go_on) -> SybilResult:
+def _cloak_candidate(
+    analyzer: FaceAnalyzer, c: Candidate, start: float, request: ProtectRequest
+) -> tuple[Tried, SybilResult | None]:
+    """One candidate (``start`` from where it is pulled) protected with ``request``: what became of it, and
+    the image when its cloak verified."""
+    result = protect(analyzer, c.data, request, label=c.label)
+    face = result.faces[0] if result.faces else None
+    if not result.ok or face is None or face.to_target_after is None:
+        return Tried(c.label, None, result.reason or "no face after cloaking"), None
+    image = SybilResult(True, result.data, result.extension, c.label, face.to_target_after, start)
+    return Tried(c.label, face.to_target_after), image
+
+
+def make_sybil(
+    analyzer: FaceAnalyzer,
+    candidates: Iterable[Candidate],
+    toward: np.ndarray | Mapping[str, np.ndarray],
+    *,
+    references: np.ndarray | None = None,
+    tries: int = 3,
+    at_most: int | None = None,
+    mode: str = "mid",
+    seed: int = 0,
+    options: OutputOptions = OutputOptions(),
+    busy: Callable[[], str] = _go_on,
+) -> SybilResult:
     """Cloak up to ``tries`` of the closest candidates towards ``toward`` (the user's uncloaked features:
     the primary extractor's descriptor, or descriptors by extractor name as :func:`sybil_target` gives them)
     and keep the verified one that ends closest. Metadata is stripped as for any protected photo.
@@ -158,22 +186,25 @@ def make_sybil(analyzer: FaceAnalyzer, candidates: Iterable[Candidate],
     then keeps the best image made so far.
     """
     target = ProtectRequest(target=toward).targets(analyzer.extractor.name)
-    ranking = rank_candidates(analyzer, candidates, target[analyzer.extractor.name], references, keep=max(1, tries),
-                              at_most=at_most, busy=busy)
+    ranking = rank_candidates(
+        analyzer,
+        candidates,
+        target[analyzer.extractor.name],
+        references,
+        keep=max(1, tries),
+        at_most=at_most,
+        busy=busy,
+    )
     tried, stopped = list(ranking.refused), ranking.stopped
     best: SybilResult | None = None
     for start, c in [] if stopped else ranking.ranked:
         if stopped := busy():
             break
         request = ProtectRequest(target=target, mode=mode, seed=seed if c.seed is None else c.seed, options=options)
-        result = protect(analyzer, c.data, request, label=c.label)
-        face = result.faces[0] if result.faces else None
-        if not result.ok or face is None or face.to_target_after is None:
-            tried.append(Tried(c.label, None, result.reason or "no face after cloaking"))
-            continue
-        tried.append(Tried(c.label, face.to_target_after))
-        if best is None or face.to_target_after < best.distance:
-            best = SybilResult(True, result.data, result.extension, c.label, face.to_target_after, start)
+        outcome, image = _cloak_candidate(analyzer, c, start, request)
+        tried.append(outcome)
+        if image is not None and (best is None or image.distance < best.distance):
+            best = image
     if best is None:
         reasons = "; ".join(f"{t.label}: {t.reason}" for t in tried) or "no candidates"
         best = SybilResult(False, reason=stopped or f"no Sybil image could be made ({reasons})")
@@ -181,5 +212,14 @@ def make_sybil(analyzer: FaceAnalyzer, candidates: Iterable[Candidate],
     return best
 
 
-__all__ = ["Candidate", "Ranking", "SybilResult", "Tried", "describe_candidate", "describe_candidates", "make_sybil",
-           "rank_candidates", "sybil_target"]
+__all__ = [
+    "Candidate",
+    "Ranking",
+    "SybilResult",
+    "Tried",
+    "describe_candidate",
+    "describe_candidates",
+    "make_sybil",
+    "rank_candidates",
+    "sybil_target",
+]

@@ -88,11 +88,17 @@ class TargetBank:
             spaces = {k.split(".", 1)[1]: z[k].astype(np.float32) for k in z.files if k.startswith("space.")}
         except Exception as e:  # noqa: BLE001 - any parse failure is a bad bank file
             raise CloakdError(f"{source}: not a cloakd target bank ({type(e).__name__}: {e})") from None
-        if (counts.sum() != len(flat) or len(names) != len(counts) or (counts < 1).any()
-                or any(len(v) != len(flat) for v in spaces.values())):
+        if (
+            counts.sum() != len(flat)
+            or len(names) != len(counts)
+            or (counts < 1).any()
+            or any(len(v) != len(flat) for v in spaces.values())
+        ):
             raise CloakdError(f"{source}: inconsistent target bank (names, counts and descriptors disagree)")
         split = np.cumsum(counts)[:-1]
-        return cls(names, list(np.split(flat, split)), extractor, {k: list(np.split(v, split)) for k, v in spaces.items()})
+        return cls(
+            names, list(np.split(flat, split)), extractor, {k: list(np.split(v, split)) for k, v in spaces.items()}
+        )
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> "TargetBank":

@@ -15,6 +15,7 @@ import difflib
 import os
 import pwd
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ import yaml
 
 from cloakd.core.cloak.presets import DEFAULT_PRESET, PRESETS
 from cloakd.core.errors import CloakdError, MetadataPolicyError, os_error_text
+from cloakd.core.identity import Others
 from cloakd.core.photo.keep import resolve
 
 from .state import DEFAULT_STATE_DIR, USER_NAME_RULE, valid_user_name
@@ -31,7 +33,7 @@ from .state import DEFAULT_STATE_DIR, USER_NAME_RULE, valid_user_name
 DEFAULT_CONFIG = Path("/etc/cloakd/cloakd.yaml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MODES = tuple(PRESETS)
-OTHERS = ("away", "leave")
+OTHERS = tuple(Others)
 HEIC_AS = ("jpeg", "heif")
 POLICIES = ("archive", "keep", "delete")
 RATE_UNITS = {"hour": 24.0, "day": 1.0, "week": 1 / 7}
@@ -109,7 +111,7 @@ class UserConfig:
     originals: Originals
     mode: str = DEFAULT_PRESET
     references: Path | None = None
-    others: str = "away"
+    others: Others = Others.AWAY
     keep_metadata: tuple[str, ...] = ()
     heic_as: str = "JPEG"
     sybil: Sybil | None = None
@@ -180,8 +182,10 @@ class _Reader:
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark else 1
-            self.problems.append(f"{self.source}:{line}: not valid YAML: {e.problem or e.context}; "
-                                 f"fix: correct the syntax (indentation, colons, quotes)")
+            self.problems.append(
+                f"{self.source}:{line}: not valid YAML: {e.problem or e.context}; "
+                f"fix: correct the syntax (indentation, colons, quotes)"
+            )
         except yaml.YAMLError as e:
             self.problems.append(f"{self.source}:1: not valid YAML: {e}; fix: correct the syntax")
         return None
@@ -211,7 +215,9 @@ class _Reader:
         """A scalar or list value of one of ``kinds``; the default when absent (a problem if required)."""
         if key not in items:
             if default is _REQUIRED:
-                self.problem(items.node, f"{self.name(where, key)!r} is missing", f"add `{key}:` to {where or 'the file'}")
+                self.problem(
+                    items.node, f"{self.name(where, key)!r} is missing", f"add `{key}:` to {where or 'the file'}"
+                )
                 return None
             return default
         node = items[key][1]
@@ -219,8 +225,10 @@ class _Reader:
         if value is None and default is not _REQUIRED:  # `key:` with nothing after it
             return default
         if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            names = " or ".join({int: "a whole number", float: "a number", bool: "true or false", str: "a text",
-                                 list: "a list"}[k] for k in kinds)
+            names = " or ".join(
+                {int: "a whole number", float: "a number", bool: "true or false", str: "a text", list: "a list"}[k]
+                for k in kinds
+            )
             self.problem(node, f"{self.name(where, key)} is {value!r}, it must be {names}", f"write {key} as {names}")
             return None if default is _REQUIRED else default
         return value
@@ -229,8 +237,11 @@ class _Reader:
         kinds = (int,) if whole else (int, float)
         value = self.get(items, key, where, kinds, default)
         if value is not None and value < minimum:
-            self.problem(items[key][1], f"{self.name(where, key)} is {value}, it must be at least {minimum}",
-                         f"set {key} to {minimum} or more")
+            self.problem(
+                items[key][1],
+                f"{self.name(where, key)} is {value}, it must be at least {minimum}",
+                f"set {key} to {minimum} or more",
+            )
             return default
         return value
 
@@ -250,11 +261,33 @@ class _Reader:
         return path
 
 
-_GLOBAL_KEYS = ("state_dir", "log_level", "workers", "torch_threads", "stable_seconds", "rescan_seconds",
-                "poll_seconds", "processing_windows", "retry", "stop_timeout_seconds", "ledger_retention_days",
-                "users")
-_USER_KEYS = ("account", "outbound", "ready", "held", "originals", "mode", "references", "others",
-              "keep_metadata", "heic_as", "sybil")
+_GLOBAL_KEYS = (
+    "state_dir",
+    "log_level",
+    "workers",
+    "torch_threads",
+    "stable_seconds",
+    "rescan_seconds",
+    "poll_seconds",
+    "processing_windows",
+    "retry",
+    "stop_timeout_seconds",
+    "ledger_retention_days",
+    "users",
+)
+_USER_KEYS = (
+    "account",
+    "outbound",
+    "ready",
+    "held",
+    "originals",
+    "mode",
+    "references",
+    "others",
+    "keep_metadata",
+    "heic_as",
+    "sybil",
+)
 
 
 def parse_config(text: str, source: Path) -> tuple[Config | None, list[str]]:
@@ -322,8 +355,11 @@ def _users(r: _Reader, top: dict, root: yaml.Node) -> dict[str, UserConfig]:
     out = {}
     for name, (key, node) in entries.items():
         if not valid_user_name(name):
-            r.problem(key, f"user name {name!r} is not usable as a folder name in the state directory",
-                      f"use {USER_NAME_RULE}")
+            r.problem(
+                key,
+                f"user name {name!r} is not usable as a folder name in the state directory",
+                f"use {USER_NAME_RULE}",
+            )
             continue
         user = _user(r, name, node)
         if user is not None:
@@ -340,8 +376,11 @@ def _user(r: _Reader, name: str, node: yaml.Node) -> UserConfig | None:
     try:
         pwd.getpwnam(account)
     except KeyError:
-        r.problem(items["account"][1] if "account" in items else node, f"{where}: no unix account {account!r}",
-                  "set `account:` to an existing login name (see /etc/passwd)")
+        r.problem(
+            items["account"][1] if "account" in items else node,
+            f"{where}: no unix account {account!r}",
+            "set `account:` to an existing login name (see /etc/passwd)",
+        )
     outbound = _outbound(r, items, where, node)
     ready = r.path(items, "ready", where)
     held = r.path(items, "held", where, required=False)
@@ -363,7 +402,7 @@ def _user(r: _Reader, name: str, node: yaml.Node) -> UserConfig | None:
         originals=_originals(r, items, where),
         mode=r.choice(items, "mode", where, MODES, UserConfig.mode),
         references=r.path(items, "references", where, required=False),
-        others=r.choice(items, "others", where, OTHERS, UserConfig.others),
+        others=Others(r.choice(items, "others", where, OTHERS, UserConfig.others)),
         keep_metadata=tuple(keep),
         heic_as=r.choice(items, "heic_as", where, HEIC_AS, UserConfig.heic_as.lower()).upper(),
         sybil=_sybil(r, items, where),
@@ -385,21 +424,32 @@ def _outbound(r: _Reader, items: _Items, where: str, node: yaml.Node) -> tuple[F
     for i, item in enumerate(seq.value):
         here = f"{where}.outbound[{i}]"
         if isinstance(item, yaml.ScalarNode):  # a bare path
-            item = yaml.MappingNode("tag:yaml.org,2002:map",
-                                    [(yaml.ScalarNode("tag:yaml.org,2002:str", "path", item.start_mark, item.end_mark),
-                                      item)], item.start_mark, item.end_mark)
+            item = yaml.MappingNode(
+                "tag:yaml.org,2002:map",
+                [(yaml.ScalarNode("tag:yaml.org,2002:str", "path", item.start_mark, item.end_mark), item)],
+                item.start_mark,
+                item.end_mark,
+            )
         fields = r.mapping(item, here, ("path", "recursive", "polling"))
         path = r.path(fields, "path", here)
         if path is not None:
-            out.append(Folder(path, bool(r.get(fields, "recursive", here, (bool,), True)),
-                              bool(r.get(fields, "polling", here, (bool,), False))))
+            out.append(
+                Folder(
+                    path,
+                    bool(r.get(fields, "recursive", here, (bool,), True)),
+                    bool(r.get(fields, "polling", here, (bool,), False)),
+                )
+            )
     return tuple(out)
 
 
 def _originals(r: _Reader, items: _Items, where: str) -> Originals:
     if "originals" not in items:
-        r.problem(items.node, f"{where}: 'originals' is missing (what happens to a photo once its protected copy is delivered)",
-                  "add `originals: {policy: archive, archive: /folder}` (or policy keep / delete)")
+        r.problem(
+            items.node,
+            f"{where}: 'originals' is missing (what happens to a photo once its protected copy is delivered)",
+            "add `originals: {policy: archive, archive: /folder}` (or policy keep / delete)",
+        )
         return Originals()
     here = f"{where}.originals"
     fields = r.mapping(items["originals"][1], here, ("policy", "archive", "delete_after_days"))
@@ -409,14 +459,23 @@ def _originals(r: _Reader, items: _Items, where: str) -> Originals:
     if days is not None and days < 0:
         r.problem(fields["delete_after_days"][1], f"{here}.delete_after_days is negative", "use 0 or more days")
     if policy == "archive" and archive is None:
-        r.problem(items["originals"][1], f"{here}: policy archive needs an `archive:` folder",
-                  "add `archive: /folder/for/originals`, or use policy keep or delete")
+        r.problem(
+            items["originals"][1],
+            f"{here}: policy archive needs an `archive:` folder",
+            "add `archive: /folder/for/originals`, or use policy keep or delete",
+        )
     if policy != "archive" and archive is not None:
-        r.problem(fields["archive"][1], f"{here}: `archive:` is only used with policy archive",
-                  "remove it or set policy: archive")
+        r.problem(
+            fields["archive"][1],
+            f"{here}: `archive:` is only used with policy archive",
+            "remove it or set policy: archive",
+        )
     if policy == "keep" and days is not None:
-        r.problem(fields["delete_after_days"][1], f"{here}: policy keep never deletes",
-                  "remove delete_after_days or use policy delete")
+        r.problem(
+            fields["delete_after_days"][1],
+            f"{here}: policy keep never deletes",
+            "remove delete_after_days or use policy delete",
+        )
     if policy == "delete" and days is None:
         days = 0
     return Originals(policy, archive, days)
@@ -431,12 +490,32 @@ def _sybil(r: _Reader, items: _Items, where: str) -> Sybil | None:
     rate = r.get(fields, "rate", here, (str,), DEFAULT_SYBIL_RATE)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*(hour|day|week)\s*", rate or "")
     if not m or float(m[1]) <= 0:
-        r.problem(fields["rate"][1] if "rate" in fields else items["sybil"][1], f"{here}.rate {rate!r} is not N/unit",
-                  'write e.g. "2/day" (units: hour, day, week)')
+        r.problem(
+            fields["rate"][1] if "rate" in fields else items["sybil"][1],
+            f"{here}.rate {rate!r} is not N/unit",
+            'write e.g. "2/day" (units: hour, day, week)',
+        )
         return None
     if candidates is None or output is None:
         return None
     return Sybil(candidates, output, float(m[1]) * RATE_UNITS[m[2]])
+
+
+def _folders(user: UserConfig) -> list[tuple[str, str, Path, bool]]:
+    """A user's folders: (role, line key, path, whether it must exist already)."""
+    w = f"users.{user.name}"
+    roles = [("outbound folder", f"{w}.outbound[{i}].path", f.path, True) for i, f in enumerate(user.outbound)]
+    roles += [("ready folder", f"{w}.ready", user.ready, True), ("held folder", f"{w}.held", user.held, False)]
+    if user.originals.archive is not None:
+        roles.append(("archive folder", f"{w}.originals.archive", user.originals.archive, True))
+    if user.references is not None:
+        roles.append(("references folder", f"{w}.references", user.references, True))
+    if user.sybil is not None:
+        roles += [
+            ("sybil candidates folder", f"{w}.sybil.candidates", user.sybil.candidates, True),
+            ("sybil output folder", f"{w}.sybil.output", user.sybil.output, True),
+        ]
+    return roles
 
 
 def folder_problems(config: Config) -> list[str]:
@@ -448,43 +527,54 @@ def folder_problems(config: Config) -> list[str]:
 
     owned: list[tuple[str, str, str, Path]] = []  # user, role, line key, resolved path
     for user in config.users.values():
-        w = f"users.{user.name}"
-        roles = [("outbound folder", f"{w}.outbound[{i}].path", f.path, True) for i, f in enumerate(user.outbound)]
-        roles += [("ready folder", f"{w}.ready", user.ready, True), ("held folder", f"{w}.held", user.held, False)]
-        if user.originals.archive is not None:
-            roles.append(("archive folder", f"{w}.originals.archive", user.originals.archive, True))
-        if user.references is not None:
-            roles.append(("references folder", f"{w}.references", user.references, True))
-        if user.sybil is not None:
-            roles += [("sybil candidates folder", f"{w}.sybil.candidates", user.sybil.candidates, True),
-                      ("sybil output folder", f"{w}.sybil.output", user.sybil.output, True)]
-        for role, key, path, must_exist in roles:
+        for role, key, path, must_exist in _folders(user):
             if must_exist and not path.is_dir():
-                say(key, f"user {user.name}: the {role} {path} does not exist",
-                    f"create it (mkdir -p {path}; chown {user.account} {path}) or correct the path")
+                say(
+                    key,
+                    f"user {user.name}: the {role} {path} does not exist",
+                    f"create it (mkdir -p {path}; chown {user.account} {path}) or correct the path",
+                )
             elif not must_exist and not path.parent.is_dir():
-                say(key, f"user {user.name}: the {role} {path} cannot be created: {path.parent} does not exist",
-                    "create its parent folder or set `held:` to another folder")
+                say(
+                    key,
+                    f"user {user.name}: the {role} {path} cannot be created: {path.parent} does not exist",
+                    "create its parent folder or set `held:` to another folder",
+                )
             owned.append((user.name, role, key, path.resolve()))
+    _overlaps(owned, say)
+    return problems
+
+
+def _overlaps(owned: list[tuple[str, str, str, Path]], say: Callable[[str, str, str], None]) -> None:
+    """Say every pair of ``owned`` folders (user, role, line key, resolved path) that nest where they must not."""
     for i, (u1, role1, key1, p1) in enumerate(owned):
-        for u2, role2, key2, p2 in owned[i + 1:]:
+        for u2, role2, key2, p2 in owned[i + 1 :]:
             if not (p1 == p2 or p1.is_relative_to(p2) or p2.is_relative_to(p1)):
                 continue
             if u1 != u2:
-                say(key2, f"user {u2}'s {role2} {p2} and user {u1}'s {role1} {p1} overlap (shared folders)",
-                    "give every user folders of their own")
+                say(
+                    key2,
+                    f"user {u2}'s {role2} {p2} and user {u1}'s {role1} {p1} overlap (shared folders)",
+                    "give every user folders of their own",
+                )
             elif _conflict(role1, role2):
-                (inner, pi), (outer, po) = ((role2, p2), (role1, p1)) if p2.is_relative_to(p1) else ((role1, p1), (role2, p2))
-                say(key2, f"user {u1}: the {inner} {pi} is inside (or is) the {outer} {po}",
+                (inner, pi), (outer, po) = (
+                    ((role2, p2), (role1, p1)) if p2.is_relative_to(p1) else ((role1, p1), (role2, p2))
+                )
+                say(
+                    key2,
+                    f"user {u1}: the {inner} {pi} is inside (or is) the {outer} {po}",
                     "use separate folders: a ready, held or archive folder inside an outbound folder would be "
-                    "processed again, and held or archived originals inside a ready folder would be published")
-    return problems
+                    "processed again, and held or archived originals inside a ready folder would be published",
+                )
 
 
 def _conflict(role1: str, role2: str) -> bool:
     """Within one user, only references with Sybil candidates, and ready with Sybil output, may nest."""
     pair = {role1, role2}
-    return not (pair <= {"references folder", "sybil candidates folder"} or pair <= {"ready folder", "sybil output folder"})
+    return not (
+        pair <= {"references folder", "sybil candidates folder"} or pair <= {"ready folder", "sybil output folder"}
+    )
 
 
 def read_config_text(path: Path) -> str:
@@ -492,9 +582,13 @@ def read_config_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError([f"cannot read the configuration {os_error_text(e, path)}; fix: create it (start from "
-                           f"config/cloakd.example.yaml; `sudo bash scripts/install.sh --system` installs it as "
-                           f"{DEFAULT_CONFIG}) or pass --config FILE"]) from None
+        raise ConfigError(
+            [
+                f"cannot read the configuration {os_error_text(e, path)}; fix: create it (start from "
+                f"config/cloakd.example.yaml; `sudo bash scripts/install.sh --system` installs it as "
+                f"{DEFAULT_CONFIG}) or pass --config FILE"
+            ]
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}:1: not UTF-8 text; fix: save the file as UTF-8"]) from None
 

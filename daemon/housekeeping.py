@@ -30,7 +30,6 @@ def housekeeping(config: Config, accounts: dict[str, Account], ledger: Ledger, n
                 ledger.forget_original(row.id)
             if deleted:
                 log.info("%s: deleted %d originals older than %d days", user.name, deleted, days)
-        pruned = ledger.prune(user.name, now - config.ledger_retention_days * DAY,
-                              [str(f.path) for f in user.outbound])
+        pruned = ledger.prune(user.name, now - config.ledger_retention_days * DAY, [str(f.path) for f in user.outbound])
         if pruned:
             log.info("%s: forgot %d ledger rows older than %d days", user.name, pruned, config.ledger_retention_days)

@@ -83,8 +83,12 @@ class UserReferences:
                 except CloakdError as e:
                     log.error("%s: enrolled references not used: %s", name, e)
                 else:
-                    log.info("%s: %d enrolled reference descriptors loaded from %s", name,
-                             0 if refs is None else len(refs[self.analyzer.extractor.name]), path)
+                    log.info(
+                        "%s: %d enrolled reference descriptors loaded from %s",
+                        name,
+                        0 if refs is None else len(refs[self.analyzer.extractor.name]),
+                        path,
+                    )
             self._enrolled[name] = (version, refs)
             return refs
 
@@ -107,15 +111,17 @@ class UserReferences:
                 except (CloakdError, OSError) as e:
                     why = os_error_text(e, path) if isinstance(e, OSError) else str(e)
                     log.warning("%s: reference photo not used: %s", user.name, why)
-            chosen = select_references([(d.label, d.descriptor, d.faces) for d in described],
-                                       self.analyzer.extractor.match_threshold)
+            chosen = select_references(
+                [(d.label, d.descriptor, d.faces) for d in described], self.analyzer.extractor.match_threshold
+            )
             for rejected in chosen.rejected:
                 log.warning("%s: reference photo not used: %s: %s", user.name, rejected.label, rejected.reason)
             kept = [described[i] for i in chosen.kept]
             refs = stacked(kept, self.analyzer.extractor.name) if kept else None
             if refs is None and listing:
-                log.warning("%s: no usable reference photo in %s (each must show the user alone)", user.name,
-                            user.references)
+                log.warning(
+                    "%s: no usable reference photo in %s (each must show the user alone)", user.name, user.references
+                )
             self._folder[user.name] = (listing, refs)
             return refs
 

@@ -101,8 +101,9 @@ class Ledger:
     def __init__(self, state_dir: Path, readonly: bool = False):
         self.path = state_dir / FILE_NAME
         if readonly:
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
         else:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -139,8 +140,10 @@ class Ledger:
 
     # --- intake -----------------------------------------------------------------------------------------
 
-    _SAME_FILE = ("SELECT 1 FROM photos WHERE user = ? AND path = ? AND size = ? AND mtime_ns = ? "
-                  "AND (state IN ('queued', 'working') OR original = path)")
+    _SAME_FILE = (
+        "SELECT 1 FROM photos WHERE user = ? AND path = ? AND size = ? AND mtime_ns = ? "
+        "AND (state IN ('queued', 'working') OR original = path)"
+    )
 
     def known(self, user: str, path: str, size: int, mtime_ns: int) -> bool:
         """Whether this exact file (same path, size and mtime) has a row and is still where it was found."""
@@ -153,8 +156,10 @@ class Ledger:
             plain.row_factory = None
             if plain.execute(self._SAME_FILE, (user, path, size, mtime_ns)).fetchone() is not None:
                 return None
-            return db.execute("INSERT INTO photos (user, path, size, mtime_ns, state, queued_at) VALUES (?, ?, ?, ?, ?, ?)",
-                              (user, path, size, mtime_ns, QUEUED, time.time())).lastrowid
+            return db.execute(
+                "INSERT INTO photos (user, path, size, mtime_ns, state, queued_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (user, path, size, mtime_ns, QUEUED, time.time()),
+            ).lastrowid
 
     # --- the worker's steps -------------------------------------------------------------------------------
 
@@ -165,12 +170,17 @@ class Ledger:
         now = time.time() if now is None else now
         marks = ",".join("?" * len(users))
         with self._tx() as db:
-            row = db.execute(f"SELECT * FROM photos WHERE state = ? AND next_try <= ? AND user IN ({marks}) "
-                             f"ORDER BY next_try, id LIMIT 1", (QUEUED, now, *users)).fetchone()
+            row = db.execute(
+                f"SELECT * FROM photos WHERE state = ? AND next_try <= ? AND user IN ({marks}) "
+                f"ORDER BY next_try, id LIMIT 1",
+                (QUEUED, now, *users),
+            ).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE photos SET state = ?, attempts = attempts + 1, started_at = ? WHERE id = ?",
-                       (WORKING, now, row.id))
+            db.execute(
+                "UPDATE photos SET state = ?, attempts = attempts + 1, started_at = ? WHERE id = ?",
+                (WORKING, now, row.id),
+            )
             return db.execute("SELECT * FROM photos WHERE id = ?", (row.id,)).fetchone()
 
     def record_hash(self, row_id: int, sha256: str) -> Row | None:
@@ -178,10 +188,12 @@ class Ledger:
         delivered, or that another worker has in hand (then the caller waits), else None."""
         with self._tx() as db:
             db.execute("UPDATE photos SET sha256 = ? WHERE id = ?", (sha256, row_id))
-            return db.execute("SELECT * FROM photos WHERE user = (SELECT user FROM photos WHERE id = ?) "
-                              "AND sha256 = ? AND id != ? AND (delivered_at IS NOT NULL OR state = ?) "
-                              "ORDER BY delivered_at IS NULL, id LIMIT 1",
-                              (row_id, sha256, row_id, WORKING)).fetchone()
+            return db.execute(
+                "SELECT * FROM photos WHERE user = (SELECT user FROM photos WHERE id = ?) "
+                "AND sha256 = ? AND id != ? AND (delivered_at IS NOT NULL OR state = ?) "
+                "ORDER BY delivered_at IS NULL, id LIMIT 1",
+                (row_id, sha256, row_id, WORKING),
+            ).fetchone()
 
     def plan_output(self, row_id: int, output: str, output_sha256: str) -> None:
         self._update(row_id, output=output, output_sha256=output_sha256)
@@ -221,8 +233,9 @@ class Ledger:
     def forgive(self, row_id: int) -> None:
         """The service stopped while this row was in hand: the interruption does not count as an attempt."""
         with self._tx() as db:
-            db.execute("UPDATE photos SET attempts = MAX(0, attempts - 1) WHERE id = ? AND state = ?",
-                       (row_id, WORKING))
+            db.execute(
+                "UPDATE photos SET attempts = MAX(0, attempts - 1) WHERE id = ? AND state = ?", (row_id, WORKING)
+            )
 
     # --- restart, scheduling, housekeeping, status --------------------------------------------------------
 
@@ -249,15 +262,19 @@ class Ledger:
             return 0
         now = time.time() if now is None else now
         marks = ",".join("?" * len(users))
-        return self._plain(f"SELECT COUNT(*) FROM photos WHERE user IN ({marks}) AND "
-                           f"(state = ? OR (state = ? AND next_try <= ?))", (*users, WORKING, QUEUED, now))[0][0]
+        return self._plain(
+            f"SELECT COUNT(*) FROM photos WHERE user IN ({marks}) AND (state = ? OR (state = ? AND next_try <= ?))",
+            (*users, WORKING, QUEUED, now),
+        )[0][0]
 
     def to_delete(self, user: str, finished_before: float) -> list[Row]:
         """Done rows whose original still exists (in place or archived) and was finished before the time."""
         with self._lock:
-            return self._db.execute("SELECT * FROM photos WHERE user = ? AND state = ? AND finished_at < ? "
-                                    "AND original IS NOT NULL AND original != ''",
-                                    (user, DONE, finished_before)).fetchall()
+            return self._db.execute(
+                "SELECT * FROM photos WHERE user = ? AND state = ? AND finished_at < ? "
+                "AND original IS NOT NULL AND original != ''",
+                (user, DONE, finished_before),
+            ).fetchall()
 
     def forget_original(self, row_id: int) -> None:
         self._update(row_id, original="")
@@ -266,8 +283,10 @@ class Ledger:
         """Delete final rows finished before the time, except those whose original still lies under one of
         ``keep_under`` (a rescan would find it again and must recognise it)."""
         with self._tx() as db:
-            rows = db.execute("SELECT * FROM photos WHERE user = ? AND state IN (?, ?, ?) AND finished_at < ?",
-                              (user, *FINAL, finished_before)).fetchall()
+            rows = db.execute(
+                "SELECT * FROM photos WHERE user = ? AND state IN (?, ?, ?) AND finished_at < ?",
+                (user, *FINAL, finished_before),
+            ).fetchall()
             doomed = [r.id for r in rows if not _rescan_finds(r, keep_under)]
             db.executemany("DELETE FROM photos WHERE id = ?", [(i,) for i in doomed])
         return len(doomed)
@@ -278,8 +297,10 @@ class Ledger:
         for user, state, n in self._plain("SELECT user, state, COUNT(*) FROM photos GROUP BY user, state"):
             setattr(out.setdefault(user, UserCounts()), state, n)
         for user, error, when in self._plain(
-                "SELECT user, error, MAX(COALESCE(finished_at, started_at, queued_at)) FROM photos "
-                "WHERE error != '' AND state IN (?, ?) GROUP BY user", (HELD, QUEUED)):
+            "SELECT user, error, MAX(COALESCE(finished_at, started_at, queued_at)) FROM photos "
+            "WHERE error != '' AND state IN (?, ?) GROUP BY user",
+            (HELD, QUEUED),
+        ):
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
             out.setdefault(user, UserCounts()).last_error = f"{stamp} {error}"
         return out

@@ -90,15 +90,19 @@ def check_single_user(accounts: Sequence[Account]) -> None:
     me = Account.current()
     for account in accounts:
         if account.uid != me.uid:
-            raise PrivilegeError(f"cloakd runs as {me.name}, but the configuration has a user with account "
-                                 f"{account.name!r}: run cloakd as root for several users, or as {account.name}")
+            raise PrivilegeError(
+                f"cloakd runs as {me.name}, but the configuration has a user with account "
+                f"{account.name!r}: run cloakd as root for several users, or as {account.name}"
+            )
 
 
 def _setgroups_thread(groups: Sequence[int]) -> None:
     number = _SYS_SETGROUPS.get(platform.machine())
     if number is None:
-        raise PrivilegeError(f"per-thread group switching is not supported on {platform.machine()}: run one "
-                             f"cloakd per user, as that user")
+        raise PrivilegeError(
+            f"per-thread group switching is not supported on {platform.machine()}: run one "
+            f"cloakd per user, as that user"
+        )
     array = (ctypes.c_uint * max(1, len(groups)))(*groups)
     if _libc.syscall(ctypes.c_long(number), ctypes.c_size_t(len(groups)), array) != 0:
         err = ctypes.get_errno()
@@ -110,7 +114,9 @@ def _set_fs_ids(uid: int, gid: int) -> None:
     _libc.setfsuid(uid)
     # both calls return the previous id, even on failure: asking again tells what is in force now
     if _libc.setfsgid(gid) != gid or _libc.setfsuid(uid) != uid:
-        raise PrivilegeError(f"cannot switch file-system identity to uid {uid} (cloakd needs CAP_SETUID and CAP_SETGID)")
+        raise PrivilegeError(
+            f"cannot switch file-system identity to uid {uid} (cloakd needs CAP_SETUID and CAP_SETGID)"
+        )
 
 
 _ROOT_GROUPS = tuple(os.getgroups())
@@ -162,8 +168,10 @@ def read_photo(account: Account, path: Path, roots: Sequence[Path], folders: str
         real = Path(os.path.realpath(path))
         allowed = [Path(os.path.realpath(r)) for r in roots]
         if not inside(real, allowed):
-            raise RefusedFile(f"{path} leads to {real} (a symbolic link), outside {account.name}'s {folders}: "
-                              f"cloakd does not follow it")
+            raise RefusedFile(
+                f"{path} leads to {real} (a symbolic link), outside {account.name}'s {folders}: "
+                f"cloakd does not follow it"
+            )
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
@@ -171,17 +179,19 @@ def read_photo(account: Account, path: Path, roots: Sequence[Path], folders: str
                 raise RefusedFile(f"{path} is not a regular file")
             if st.st_nlink > 1 and st.st_uid != account.uid:
                 owner = _owner(st.st_uid)
-                raise RefusedFile(f"{path} is a hard link to a file owned by {owner}, not by {account.name}: "
-                                  f"cloakd does not read it")
+                raise RefusedFile(
+                    f"{path} is a hard link to a file owned by {owner}, not by {account.name}: cloakd does not read it"
+                )
             if st.st_size > MAX_PHOTO_BYTES:
-                raise RefusedFile(f"{path} is {st.st_size / 2**20:.0f} MB, more than any photo cloakd processes "
-                                  f"({MAX_PHOTO_BYTES // 2**20} MB)")
+                raise RefusedFile(
+                    f"{path} is {st.st_size / 2**20:.0f} MB, more than any photo cloakd processes "
+                    f"({MAX_PHOTO_BYTES // 2**20} MB)"
+                )
             with os.fdopen(os.dup(fd), "rb") as f:
                 data = f.read(MAX_PHOTO_BYTES + 1)
         finally:
             os.close(fd)
-    return Original(path, data, hashlib.sha256(data).hexdigest(), st.st_size, st.st_mtime_ns, st.st_ino,
-                    via_link=link)
+    return Original(path, data, hashlib.sha256(data).hexdigest(), st.st_size, st.st_mtime_ns, st.st_ino, via_link=link)
 
 
 def _owner(uid: int) -> str:

@@ -1,7 +1,8 @@
 """One photo for one user: its bytes (read with the user's rights) in, what to deliver out.
 
-This is the only place where the service meets the engine: it builds the ProtectRequest from the user's
-settings and persistent target class and calls :func:`cloakd.core.protect.protect`. Nothing is written here.
+This is the only place where the service meets the engine: it builds the request from the user's settings
+and persistent target class (:func:`cloakd.core.request_for_target`, as ``cloakd protect --user`` does) and
+calls :func:`cloakd.core.protect`. Nothing is written here.
 
 Target class: chosen once per user (eq. 3) and persisted by the target store. From the user's references
 (enrolled descriptors plus the references folder, daemon/identity.py) when there are any, otherwise from
@@ -55,7 +56,9 @@ class ProcessContext:
     references: UserReferences
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def target(self, user: UserConfig, references: np.ndarray | None, photo: bytes, label: str) -> "StoredTarget | None":
+    def target(
+        self, user: UserConfig, references: np.ndarray | None, photo: bytes, label: str
+    ) -> "StoredTarget | None":
         """The user's target class, choosing (and persisting) it on first need; None while there is no face
         to choose it from."""
         with self._lock:
@@ -69,28 +72,33 @@ class ProcessContext:
             if basis is None:
                 return None
             choice = self.targets.choose(user.name, basis)
-            log.info("%s: target class chosen: %s (from %s)", user.name, choice.name,
-                     f"the user's {len(references)} references" if references is not None
-                     else f"the faces in {label}")
+            log.info(
+                "%s: target class chosen: %s (from %s)",
+                user.name,
+                choice.name,
+                f"the user's {len(references)} references" if references is not None else f"the faces in {label}",
+            )
             return choice
 
 
 def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, original: Original) -> ProcessResult:
     """Cloak and clean ``original`` for ``user``. PhotoError for a photo that cannot be protected (e.g.
     ProtectionError: a cloak that did not verify), another CloakdError for a problem of the user's state."""
-    from cloakd.core.protect import ProtectRequest, protect
+    from cloakd.core import protect, request_for_target
 
     t0 = time.perf_counter()
     label = str(original.path)
     references = ctx.references.get(user, account)
     choice = ctx.target(user, references, original.data, label)
-    request = ProtectRequest(
-        target=None if choice is None else ctx.targets.bank.point(choice.name, choice.centroid),
+    request = request_for_target(
+        None if choice is None else choice.name,
+        None if choice is None else choice.centroid,
+        bank=ctx.targets.bank,
         references=references,
         others=user.others,
         mode=user.mode,
         keep=user.keep_metadata,
-        options=OutputOptions(heif_as=user.heic_as),
+        options=OutputOptions(heic_as=user.heic_as),
         seed=int(original.sha256[:8], 16),  # same photo, same output
     )
     result = protect(ctx.analyzer, original.data, request, label=label)

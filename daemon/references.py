@@ -56,17 +56,23 @@ class ReferenceStore:
         try:
             raw = np.load(io.BytesIO(p.read_bytes()), allow_pickle=False)
             if str(raw["extractor"]) != self.extractor:
-                raise CloakdError(f"{p}: references made with extractor {raw['extractor']}, not {self.extractor}; "
-                                  f"enrol the user again with 'cloakd enrol --user {user} --replace PHOTOS'")
+                raise CloakdError(
+                    f"{p}: references made with extractor {raw['extractor']}, not {self.extractor}; "
+                    f"enrol the user again with 'cloakd enrol --user {user} --replace PHOTOS'"
+                )
             spaces = {k.removeprefix(SPACE): raw[k] for k in raw.files if k.startswith(SPACE)}
             rows = zip(raw["labels"], raw["sha256"], raw["descriptors"])
-            return [Described(str(label), str(sha), desc, 1, {k: v[i] for k, v in spaces.items()})
-                    for i, (label, sha, desc) in enumerate(rows)]
+            return [
+                Described(str(label), str(sha), desc, 1, {k: v[i] for k, v in spaces.items()})
+                for i, (label, sha, desc) in enumerate(rows)
+            ]
         except FileNotFoundError:
             return []
         except (OSError, ValueError, KeyError) as e:
-            raise CloakdError(f"{p}: unreadable reference record ({e}); enrol the user again with "
-                              f"'cloakd enrol --user {user} --replace PHOTOS'") from None
+            raise CloakdError(
+                f"{p}: unreadable reference record ({e}); enrol the user again with "
+                f"'cloakd enrol --user {user} --replace PHOTOS'"
+            ) from None
 
     def get(self, user: str) -> np.ndarray | None:
         """The user's enrolled descriptors (n x 128), or None if the user has not been enrolled."""
@@ -87,14 +93,20 @@ class ReferenceStore:
         offered = stored + fresh
         refs = select_references([(d.label, d.descriptor, d.faces) for d in offered], threshold)
         if len(refs.descriptors) == 0:
-            raise CloakdError(f"no usable reference photo for {user}: "
-                              + "; ".join(f"{r.label}: {r.reason}" for r in refs.rejected))
+            raise CloakdError(
+                f"no usable reference photo for {user}: " + "; ".join(f"{r.label}: {r.reason}" for r in refs.rejected)
+            )
         kept = [offered[i] for i in refs.kept]
         others = {SPACE + k: v for k, v in stacked(kept, self.extractor).items() if k != self.extractor}
         buf = io.BytesIO()
-        np.savez(buf, descriptors=np.stack([d.descriptor for d in kept]).astype(np.float32),
-                 labels=np.array([d.label for d in kept]), sha256=np.array([d.sha256 for d in kept]),
-                 extractor=np.array(self.extractor), **others)
+        np.savez(
+            buf,
+            descriptors=np.stack([d.descriptor for d in kept]).astype(np.float32),
+            labels=np.array([d.label for d in kept]),
+            sha256=np.array([d.sha256 for d in kept]),
+            extractor=np.array(self.extractor),
+            **others,
+        )
         replace_file(self.path(user, create=True), buf.getvalue())
         return refs
 
@@ -106,8 +118,8 @@ def describe(analyzer: "FaceAnalyzer", label: str, data: bytes) -> Described:
     sha256 = hashlib.sha256(data).hexdigest()
     if len(faces) != 1:
         return Described(label, sha256, None, len(faces))
-    others = analyzer.cloak_extractors[1:]  # the primary's descriptor came with the face
-    spaces = {e.name: analyzer.describe(rgb, faces, e)[0] for e in others}
+    spaces = analyzer.describe_face(rgb, faces[0])
+    del spaces[analyzer.extractor.name]  # the primary's descriptor came with the face
     return Described(label, sha256, faces[0].descriptor, 1, spaces)
 
 

@@ -24,11 +24,17 @@ logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every run 
 
 
 class Jobs:
-    def __init__(self, rescan: Callable[[], None], housekeeping: Callable[[], None], wake: Callable[[], None],
-                 sybil: Callable[[str], None]):
+    def __init__(
+        self,
+        rescan: Callable[[], None],
+        housekeeping: Callable[[], None],
+        wake: Callable[[], None],
+        sybil: Callable[[str], None],
+    ):
         self.rescan, self.housekeeping, self.wake, self.sybil = rescan, housekeeping, wake, sybil
-        self._scheduler = BackgroundScheduler(daemon=True, job_defaults={
-            "coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
+        self._scheduler = BackgroundScheduler(
+            daemon=True, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600}
+        )
 
     def start(self, config: Config) -> None:
         self.configure(config)
@@ -38,8 +44,14 @@ class Jobs:
         """(Re)install the jobs for ``config`` (on start and on reload)."""
         s = self._scheduler
         s.add_job(self.rescan, "interval", seconds=config.rescan_seconds, id="rescan", replace_existing=True)
-        s.add_job(self.housekeeping, "interval", hours=HOUSEKEEPING_HOURS, id="housekeeping", replace_existing=True,
-                  next_run_time=datetime.now() + timedelta(minutes=1))
+        s.add_job(
+            self.housekeeping,
+            "interval",
+            hours=HOUSEKEEPING_HOURS,
+            id="housekeeping",
+            replace_existing=True,
+            next_run_time=datetime.now() + timedelta(minutes=1),
+        )
         for job in s.get_jobs():
             if job.id.startswith(("window-", "sybil-")):
                 job.remove()
@@ -50,13 +62,21 @@ class Jobs:
                 tick = tick_seconds(user.sybil.per_day)
                 # max_instances 2: a tick while an image is in hand returns at once (sybil.SybilJob), instead
                 # of being logged by APScheduler as a skipped run
-                s.add_job(self.sybil, "interval", args=[name], seconds=tick, id=f"sybil-{name}", max_instances=2,
-                          next_run_time=datetime.now() + timedelta(seconds=min(tick, 60.0)))
+                s.add_job(
+                    self.sybil,
+                    "interval",
+                    args=[name],
+                    seconds=tick,
+                    id=f"sybil-{name}",
+                    max_instances=2,
+                    next_run_time=datetime.now() + timedelta(seconds=min(tick, 60.0)),
+                )
 
     def wake_at(self, when: float) -> None:
         """Wake the workers when a retry becomes due."""
-        self._scheduler.add_job(self.wake, "date", run_date=datetime.fromtimestamp(when + 0.05),
-                                misfire_grace_time=None)
+        self._scheduler.add_job(
+            self.wake, "date", run_date=datetime.fromtimestamp(when + 0.05), misfire_grace_time=None
+        )
 
     def soon(self, job: Callable[[], None]) -> None:
         """Run ``job`` once, now, in the scheduler's threads."""

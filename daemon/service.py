@@ -61,9 +61,11 @@ def accounts_for(config: Config) -> dict[str, Account]:
         try:
             make_folder(accounts[name], user.held)
         except OSError as e:
-            raise CloakdError(f"user {name}: cannot create the held folder as {user.account}: "
-                              f"{os_error_text(e, user.held)}; fix: create it (mkdir -p {user.held}; "
-                              f"chown {user.account} {user.held}) or set `held:` to a folder of {user.account}") from None
+            raise CloakdError(
+                f"user {name}: cannot create the held folder as {user.account}: "
+                f"{os_error_text(e, user.held)}; fix: create it (mkdir -p {user.held}; "
+                f"chown {user.account} {user.held}) or set `held:` to a folder of {user.account}"
+            ) from None
     return accounts
 
 
@@ -83,8 +85,9 @@ class Service:
         self.ledger = Ledger(config.state_dir)
         self.candidates = Candidates(config.stable_seconds)
         self.jobs = Jobs(rescan=self._rescan, housekeeping=self._housekeeping, wake=self._wake, sybil=self._sybil)
-        self.pipeline = Pipeline(config, accounts, self.ledger, engine, notice=self.candidates.note,
-                                 on_retry=self.jobs.wake_at)
+        self.pipeline = Pipeline(
+            config, accounts, self.ledger, engine, notice=self.candidates.note, on_retry=self.jobs.wake_at
+        )
         self.pipeline.reconcile()
         self.accounts = accounts
         self.watcher = Watcher(config, accounts, self.candidates)
@@ -99,8 +102,12 @@ class Service:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
-        log.info("started: %d users, %d outbound folders, %d workers", len(config.users),
-                 sum(len(u.outbound) for u in config.users.values()), config.workers)
+        log.info(
+            "started: %d users, %d outbound folders, %d workers",
+            len(config.users),
+            sum(len(u.outbound) for u in config.users.values()),
+            config.workers,
+        )
         notify("READY=1", f"STATUS={self._status()}")
         self._loop()
         return self._shutdown()

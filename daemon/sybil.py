@@ -93,15 +93,18 @@ class SybilRecord:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CloakdError(f"{self.path}: unreadable Sybil record ({e}); fix: move it aside (images already "
-                              f"made are recognised again by their names in the output folder)") from None
+            raise CloakdError(
+                f"{self.path}: unreadable Sybil record ({e}); fix: move it aside (images already "
+                f"made are recognised again by their names in the output folder)"
+            ) from None
 
     def save(self, entries: dict[str, dict]) -> None:
         user_dir(self.state_dir, self.user, create=True)
         replace_file(self.path, json.dumps({"candidates": entries}, indent=1, sort_keys=True).encode())
 
 
-def made(entries: dict[str, dict]) -> list[dict]:
+def made_entries(entries: dict[str, dict]) -> list[dict]:
+    """The record's entries of candidates an image was made from."""
     return [e for e in entries.values() if e.get("state") == MADE]
 
 
@@ -109,8 +112,10 @@ def candidate_files(account: Account, folder: Path) -> list[Path]:
     """The candidate photos (every non-temporary file below ``folder``), as the user sees them."""
     with acting_as(account):
         if not os.path.isdir(folder):
-            raise CloakdError(f"the Sybil candidates folder {folder} does not exist or {account.name} cannot "
-                              f"open it; fix: create it and put photos of one face each in it")
+            raise CloakdError(
+                f"the Sybil candidates folder {folder} does not exist or {account.name} cannot "
+                f"open it; fix: create it and put photos of one face each in it"
+            )
     return [Path(p) for p in walk(account, Folder(folder))]
 
 
@@ -172,16 +177,30 @@ class _Run:
 
     def note(self, original: Original, state: str, **values) -> None:
         name = str(original.path.relative_to(self.candidates))
-        self.entries[original.sha256] = {"name": name, "size": original.size, "mtime_ns": original.mtime_ns,
-                                         "state": state, "at": round(time.time(), 3), **values}
+        self.entries[original.sha256] = {
+            "name": name,
+            "size": original.size,
+            "mtime_ns": original.mtime_ns,
+            "state": state,
+            "at": round(time.time(), 3),
+            **values,
+        }
         self.record.save(self.entries)
         if state == REFUSED:
             self.outcome.refused.append((str(original.path), values.get("reason", "")))
 
 
-def make_one(analyzer: "FaceAnalyzer", account: Account, candidates: Path, output: Path,
-             references: dict[str, np.ndarray], record: SybilRecord, *, mode: str = "mid",
-             busy: Callable[[], str] = lambda: "") -> Outcome:
+def make_one(
+    analyzer: "FaceAnalyzer",
+    account: Account,
+    candidates: Path,
+    output: Path,
+    references: dict[str, np.ndarray],
+    record: SybilRecord,
+    *,
+    mode: str = "mid",
+    busy: Callable[[], str] = lambda: "",
+) -> Outcome:
     """Make at most one Sybil image from the unused photos in ``candidates`` into ``output`` (steps above).
 
     ``references``: the user's uncloaked faces by extractor name (the primary's at least): the image is
@@ -192,8 +211,16 @@ def make_one(analyzer: "FaceAnalyzer", account: Account, candidates: Path, outpu
 
     run = _Run(account, candidates, output, record, record.load())
     primary = references[analyzer.extractor.name]
-    result = make_sybil(analyzer, _unused(run), sybil_target(references), references=primary, tries=TRIES,
-                        at_most=RANK_AT_MOST, mode=mode, busy=busy)
+    result = make_sybil(
+        analyzer,
+        _unused_candidates(run),
+        sybil_target(references),
+        references=primary,
+        tries=TRIES,
+        at_most=RANK_AT_MOST,
+        mode=mode,
+        busy=busy,
+    )
     for tried in result.tried:
         if tried.reason:  # no face, several, looks like the user, or its cloak did not verify
             run.note(run.read[tried.label], REFUSED, reason=tried.reason)
@@ -209,7 +236,7 @@ def make_one(analyzer: "FaceAnalyzer", account: Account, candidates: Path, outpu
     return run.outcome
 
 
-def _unused(run: _Run) -> Iterator["Candidate"]:
+def _unused_candidates(run: _Run) -> Iterator["Candidate"]:
     """The unused candidates, read one at a time as they are asked for, each seeded by its content's hash.
     A candidate whose output exists already is recorded as made instead; what was read is kept (without
     its bytes) in ``run.read`` under the candidate's label."""
@@ -222,8 +249,14 @@ def _unused(run: _Run) -> Iterator["Candidate"]:
             continue  # unreadable, used under another name, or the same content twice
         stem = output_stem(original.sha256)
         if stem in written:
-            run.note(original, MADE, output=str(run.output / written[stem]), before=None, after=None,
-                     reason="found already written")
+            run.note(
+                original,
+                MADE,
+                output=str(run.output / written[stem]),
+                before=None,
+                after=None,
+                reason="found already written",
+            )
             continue
         run.read[str(path)] = replace(original, data=b"")
         yield Candidate(str(path), original.data, seed=int(original.sha256[:8], 16))
@@ -258,12 +291,14 @@ def _write(run: _Run, result, original: Original) -> Made:
         found = {}
     except FileExistsError:
         found = {"reason": "found already written"}
-    run.note(original, MADE, output=str(target), before=round(result.start, 4), after=round(result.distance, 4),
-             **found)
+    run.note(
+        original, MADE, output=str(target), before=round(result.start, 4), after=round(result.distance, 4), **found
+    )
     return Made(original.path, target, result.start, result.distance)
 
 
 # --- in the service ---------------------------------------------------------------------------------------
+
 
 def photos_waiting(config: Config, ledger: "Ledger", candidates: "Candidates") -> str:
     """Why background work must wait now ("" when it may run): the user's own photos come first."""
@@ -305,8 +340,9 @@ class SybilJob:
     """The service's Sybil job: called per user at each tick (daemon/scheduler.py), makes an image when one
     is due at the user's rate and nothing else needs the machine."""
 
-    def __init__(self, analyzer: "FaceAnalyzer", references: "UserReferences", state_dir: Path,
-                 busy: Callable[[], str]):
+    def __init__(
+        self, analyzer: "FaceAnalyzer", references: "UserReferences", state_dir: Path, busy: Callable[[], str]
+    ):
         self.analyzer, self.references, self.state_dir = analyzer, references, state_dir
         self._busy = busy
         self._stop = threading.Event()
@@ -335,13 +371,25 @@ class SybilJob:
                 return None
             references = self.references.spaces(user, account)
             if references is None:
-                self._say(user.name, logging.WARNING, "no Sybil images: they are pulled towards the user's own "
-                          f"features, and there are none yet; fix: 'cloakd enrol --user {user.name} PHOTOS' "
-                          "(or a `references:` folder of photos of the user alone)")
+                self._say(
+                    user.name,
+                    logging.WARNING,
+                    "no Sybil images: they are pulled towards the user's own "
+                    f"features, and there are none yet; fix: 'cloakd enrol --user {user.name} PHOTOS' "
+                    "(or a `references:` folder of photos of the user alone)",
+                )
                 return None
             with lowered_priority():
-                outcome = make_one(self.analyzer, account, user.sybil.candidates, user.sybil.output, references,
-                                   record, mode=user.mode, busy=self.busy)
+                outcome = make_one(
+                    self.analyzer,
+                    account,
+                    user.sybil.candidates,
+                    user.sybil.output,
+                    references,
+                    record,
+                    mode=user.mode,
+                    busy=self.busy,
+                )
             self._report(user, outcome)
             return outcome
         except CloakdError as e:
@@ -356,7 +404,7 @@ class SybilJob:
     def _due(self, record: SybilRecord, per_day: float) -> bool:
         """Whether the rate allows an image now, from when the last one was made (survives restarts). A tenth
         of a tick early still counts, since ticks and runs do not start on the same millisecond."""
-        times = [e.get("at", 0.0) for e in made(record.load())]
+        times = [e.get("at", 0.0) for e in made_entries(record.load())]
         interval = 86400.0 / per_day
         return not times or time.time() - max(times) >= interval - 0.1 * tick_seconds(per_day)
 
@@ -368,8 +416,13 @@ class SybilJob:
         if outcome.made is not None:
             m = outcome.made
             self._said.pop(user.name, None)
-            log.info("%s: Sybil image made: %s -> %s (distance to the user's features %s)", user.name,
-                     m.candidate, m.output, m.distances())
+            log.info(
+                "%s: Sybil image made: %s -> %s (distance to the user's features %s)",
+                user.name,
+                m.candidate,
+                m.output,
+                m.distances(),
+            )
         elif outcome.exhausted:
             self._say(user.name, logging.WARNING, outcome.reason)
         else:

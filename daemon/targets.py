@@ -31,6 +31,7 @@ ROTATE_WARNING = (
     "cancel. Rotate only if {old} has become unsuitable (e.g. it is known to the tracker)."
 )
 
+
 @dataclass(frozen=True)
 class StoredTarget:
     name: str
@@ -79,17 +80,28 @@ class TargetStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            raise CloakdError(f"{p}: unreadable target record ({e}); restore it from a backup or run "
-                              f"'cloakd target rotate --user {user}'") from None
-        return StoredTarget(raw["name"], np.asarray(raw["centroid"], np.float32), raw["chosen_at"],
-                            float(raw["min_distance"]), raw["bank"], raw["extractor"], tuple(raw.get("previous", ())))
+            raise CloakdError(
+                f"{p}: unreadable target record ({e}); restore it from a backup or run "
+                f"'cloakd target rotate --user {user}'"
+            ) from None
+        return StoredTarget(
+            raw["name"],
+            np.asarray(raw["centroid"], np.float32),
+            raw["chosen_at"],
+            float(raw["min_distance"]),
+            raw["bank"],
+            raw["extractor"],
+            tuple(raw.get("previous", ())),
+        )
 
     def choose(self, user: str, references: np.ndarray, *, k: int = DEFAULT_CANDIDATES) -> StoredTarget:
         """Choose and persist the user's target; refuses if one is already chosen (use rotate)."""
         current = self.get(user)
         if current is not None:
-            raise CloakdError(f"user {user!r} already has target class {current.name!r} (chosen {current.chosen_at}); "
-                              "it is kept for good. Use 'cloakd target rotate' to change it deliberately")
+            raise CloakdError(
+                f"user {user!r} already has target class {current.name!r} (chosen {current.chosen_at}); "
+                "it is kept for good. Use 'cloakd target rotate' to change it deliberately"
+            )
         return self._choose(user, references, k=k, previous=())
 
     def rotate(self, user: str, references: np.ndarray, *, k: int = DEFAULT_CANDIDATES) -> tuple[StoredTarget, str]:

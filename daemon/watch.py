@@ -23,8 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileModifiedEvent,
-                             FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
@@ -38,8 +46,22 @@ log = logging.getLogger("cloakd.watch")
 
 #: names that are never photos, or not yet: partial downloads, editor and sync-tool temporaries, OS files.
 #: Every dot-file is ignored too (.syncthing.*.tmp, .~lock.*#, our own .cloakd-*.tmp, .DS_Store).
-TEMPORARY_PATTERNS = ("*.part", "*.partial", "*.crdownload", "*.download", "*.opdownload", "*.filepart", "*.tmp",
-                      "*.temp", "*.swp", "*~", "~$*", "~*.tmp", "thumbs.db", "desktop.ini")
+TEMPORARY_PATTERNS = (
+    "*.part",
+    "*.partial",
+    "*.crdownload",
+    "*.download",
+    "*.opdownload",
+    "*.filepart",
+    "*.tmp",
+    "*.temp",
+    "*.swp",
+    "*~",
+    "~$*",
+    "~*.tmp",
+    "thumbs.db",
+    "desktop.ini",
+)
 
 
 def is_temporary(name: str) -> bool:
@@ -73,7 +95,9 @@ class Candidates:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def take_stable(self, accounts: dict[str, Account], now: float | None = None) -> list[tuple[str, str, os.stat_result]]:
+    def take_stable(
+        self, accounts: dict[str, Account], now: float | None = None
+    ) -> list[tuple[str, str, os.stat_result]]:
         """Candidates unchanged for ``stable_seconds``: (user, path, lstat), each taken once.
 
         Files are looked at with their user's rights; a file that is gone or not a file (or symbolic
@@ -184,8 +208,12 @@ class Watcher:
                 observer.start()
                 return observer
             except OSError as e:  # e.g. the inotify watch limit (fs.inotify.max_user_watches) is reached
-                log.warning("%s: cannot watch with inotify (%s); polling it every %g s instead", user,
-                            os_error_text(e, folder.path), self.config.poll_seconds)
+                log.warning(
+                    "%s: cannot watch with inotify (%s); polling it every %g s instead",
+                    user,
+                    os_error_text(e, folder.path),
+                    self.config.poll_seconds,
+                )
                 observer.stop()
         observer = PollingObserver(timeout=self.config.poll_seconds)
         observer.schedule(handler, str(folder.path), recursive=folder.recursive)

@@ -55,8 +55,15 @@ class Transient(Exception):
 class Pipeline:
     """One photo at a time, in the order of durable steps above. Thread-safe: rows are claimed atomically."""
 
-    def __init__(self, config: Config, accounts: dict[str, Account], ledger: Ledger, engine: Engine,
-                 notice: Callable[[str, str], None], on_retry: Callable[[float], None]):
+    def __init__(
+        self,
+        config: Config,
+        accounts: dict[str, Account],
+        ledger: Ledger,
+        engine: Engine,
+        notice: Callable[[str, str], None],
+        on_retry: Callable[[float], None],
+    ):
         self._setup = (config, accounts)
         self.ledger, self.engine, self.notice, self.on_retry = ledger, engine, notice, on_retry
 
@@ -82,8 +89,12 @@ class Pipeline:
             if row.held is not None:
                 self._complete_hold(row, user, account)
             elif row.delivered_at is not None and exhausted:  # published: the original just stays where it is
-                log.error("%s: %s was delivered, but the original could not be handled (%s): it stays in place",
-                          row.user, row.path, why)
+                log.error(
+                    "%s: %s was delivered, but the original could not be handled (%s): it stays in place",
+                    row.user,
+                    row.path,
+                    why,
+                )
                 self._finish(row, DONE, f"original left in place: {why}", original=row.path)
             elif row.delivered_at is not None:
                 self._settle_original(row, user, account)
@@ -124,8 +135,13 @@ class Pipeline:
             raise Transient(f"the same content is in progress as {earlier.path}")
         if earlier is not None:
             self.ledger.delivered(row.id, output=earlier.output)
-            log.info("%s: %s has the same content as %s, already delivered as %s: not cloaked again",
-                     row.user, path, earlier.path, earlier.output)
+            log.info(
+                "%s: %s has the same content as %s, already delivered as %s: not cloaked again",
+                row.user,
+                path,
+                earlier.path,
+                earlier.output,
+            )
             self._settle_original(self.ledger.get(row.id), user, account)
             return
         try:
@@ -133,8 +149,9 @@ class Pipeline:
         except PhotoError as e:
             self._hold(row, user, account, str(e))
             return
-        output = self._deliver(row, account, user.ready / _relative(user, path).with_suffix(result.extension),
-                               result.data)
+        output = self._deliver(
+            row, account, user.ready / _relative(user, path).with_suffix(result.extension), result.data
+        )
         log.info("%s: delivered %s -> %s (%d faces, %.1f s)", row.user, path, output, result.faces, result.seconds)
         self._settle_original(self.ledger.get(row.id), user, account)
 
@@ -161,14 +178,22 @@ class Pipeline:
                 log.info("%s: original deleted: %s", row.user, path)
             self._finish(row, DONE, original="")
         else:
-            archived = self._move(row, account, path, policy.archive / _relative(user, path), row.original,
-                                  self.ledger.plan_original)
+            archived = self._move(
+                row, account, path, policy.archive / _relative(user, path), row.original, self.ledger.plan_original
+            )
             if archived is not None:
                 log.info("%s: original archived: %s", row.user, archived)
             self._finish(row, DONE, original=str(archived) if archived else "")
 
-    def _move(self, row: Row, account: Account, source: Path, wanted: Path, planned: str | None,
-              plan: Callable[[int, str], None]) -> Path | None:
+    def _move(
+        self,
+        row: Row,
+        account: Account,
+        source: Path,
+        wanted: Path,
+        planned: str | None,
+        plan: Callable[[int, str], None],
+    ) -> Path | None:
         """Move the original (if still the processed file) to a free name near ``wanted``; None if it is gone.
 
         A move that was ``planned`` and done before a crash is recognised and not repeated.
@@ -204,7 +229,9 @@ class Pipeline:
             self.notice(row.user, row.path)
             return
         where = held if held is not None else path
-        note = wanted.with_name(wanted.name + REASON_SUFFIX) if held is None else held.with_name(held.name + REASON_SUFFIX)
+        note = (
+            wanted.with_name(wanted.name + REASON_SUFFIX) if held is None else held.with_name(held.name + REASON_SUFFIX)
+        )
         if not deliver.exists(account, note):
             text = _reason_text(row, where, user)
             try:
@@ -213,7 +240,9 @@ class Pipeline:
                 config, _ = self._setup
                 if row.attempts <= config.retry_attempts:
                     raise
-                log.error("%s: cannot write the reason for %s next to it; the reason is: %s", row.user, where, row.error)
+                log.error(
+                    "%s: cannot write the reason for %s next to it; the reason is: %s", row.user, where, row.error
+                )
         log.warning("%s: held %s%s: %s", row.user, path, f" -> {held}" if held else " (left in place)", row.error)
         self._finish(row, HELD, row.error, original=str(where))
 
@@ -228,8 +257,15 @@ class Pipeline:
         delay = min(MAX_RETRY_DELAY, config.retry_delay_seconds * 2 ** max(0, row.attempts - 1))
         at = time.time() + delay
         self.ledger.retry(row.id, error, at)
-        log.warning("%s: %s: %s; retry in %.0f s (attempt %d of %d)", row.user, row.path, error, delay,
-                    row.attempts, config.retry_attempts)
+        log.warning(
+            "%s: %s: %s; retry in %.0f s (attempt %d of %d)",
+            row.user,
+            row.path,
+            error,
+            delay,
+            row.attempts,
+            config.retry_attempts,
+        )
         self.on_retry(at)
 
     def reconcile(self) -> int:
@@ -259,13 +295,15 @@ def _relative(user: UserConfig, path: Path) -> Path:
 
 
 def _reason_text(row: Row, where: Path, user: UserConfig) -> str:
-    return (f"cloakd did not publish this photo.\n\n"
-            f"Photo:   {where}\n"
-            f"Was:     {row.path}\n"
-            f"When:    {datetime.now().isoformat(timespec='seconds')}\n"
-            f"Reason:  {row.error}\n\n"
-            f"Nothing of it was written to {user.ready}. To try again (for example after fixing the file), move "
-            f"it back into an outbound folder.\n")
+    return (
+        f"cloakd did not publish this photo.\n\n"
+        f"Photo:   {where}\n"
+        f"Was:     {row.path}\n"
+        f"When:    {datetime.now().isoformat(timespec='seconds')}\n"
+        f"Reason:  {row.error}\n\n"
+        f"Nothing of it was written to {user.ready}. To try again (for example after fixing the file), move "
+        f"it back into an outbound folder.\n"
+    )
 
 
 class Workers:

@@ -61,15 +61,15 @@ def main() -> None:
         if face is None:
             continue
         names.append(f.parent.name)
-        for k, d in analyzer.describe_all(rgb, [face]).items():
-            descs[k].append(d[0])
+        for k, d in analyzer.describe_face(rgb, face).items():
+            descs[k].append(d)
         if i % 500 == 0:
             print(f"{i}/{len(photos)}", file=sys.stderr)
     names = np.array(names)
     groups = defaultdict(list)
     for i, n in enumerate(names):
         groups[n].append(i)
-    same_pairs = [(a, b) for g in groups.values() for j, a in enumerate(g) for b in g[j + 1:]]
+    same_pairs = [(a, b) for g in groups.values() for j, a in enumerate(g) for b in g[j + 1 :]]
     rng = np.random.default_rng(0)
     other_pairs = [(a, b) for a, b in rng.integers(0, len(names), (4 * len(same_pairs), 2)) if names[a] != names[b]]
     print(f"{len(names)} faces, {len(same_pairs)} same-person pairs, {len(other_pairs)} different-person pairs")
@@ -77,12 +77,16 @@ def main() -> None:
         x = np.stack(d)
         same = np.array([np.linalg.norm(x[a] - x[b]) for a, b in same_pairs])
         other = np.array([np.linalg.norm(x[a] - x[b]) for a, b in other_pairs])
-        print(f"{k}: same_person = {np.median(same):.4f}, other_person = {np.median(other):.4f} "
-              f"(identity gap {np.median(other) - np.median(same):.4f})")
+        print(
+            f"{k}: same_person = {np.median(same):.4f}, other_person = {np.median(other):.4f} "
+            f"(identity gap {np.median(other) - np.median(same):.4f})"
+        )
         threshold, accuracy = best_threshold(same, other[: len(same)])
-        print(f"  best threshold {threshold:.4f} (cosine {1 - threshold**2 / 2:.4f}) on the same-person pairs and as many "
-              f"different-person pairs: accuracy {accuracy:.4f}; same pairs below it {(same < threshold).mean():.4f}, "
-              f"different pairs below it {(other < threshold).mean():.4f}")
+        print(
+            f"  best threshold {threshold:.4f} (cosine {1 - threshold**2 / 2:.4f}) on the same-person pairs and as "
+            f"many different-person pairs: accuracy {accuracy:.4f}; same pairs below it "
+            f"{(same < threshold).mean():.4f}, different pairs below it {(other < threshold).mean():.4f}"
+        )
 
 
 if __name__ == "__main__":

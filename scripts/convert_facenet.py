@@ -44,7 +44,14 @@ GRAPH_SHA256 = "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78
 OUTPUT = REPO / "core" / "data" / "facenet.fp16.pt"
 SCOPE = "InceptionResnetV1/"
 #: TensorFlow scope of the stem's convolutions -> index in FaceNet.stem (3 is the max pool)
-STEM = {"Conv2d_1a_3x3": 0, "Conv2d_2a_3x3": 1, "Conv2d_2b_3x3": 2, "Conv2d_3b_1x1": 4, "Conv2d_4a_3x3": 5, "Conv2d_4b_3x3": 6}
+STEM = {
+    "Conv2d_1a_3x3": 0,
+    "Conv2d_2a_3x3": 1,
+    "Conv2d_2b_3x3": 2,
+    "Conv2d_3b_1x1": 4,
+    "Conv2d_4a_3x3": 5,
+    "Conv2d_4b_3x3": 6,
+}
 #: TensorFlow scope of a block or reduction -> our module (the blocks numbered from 1 there, from 0 here)
 BLOCKS = {"Repeat/block35_": "block35.", "Repeat_1/block17_": "block17.", "Repeat_2/block8_": "block8."}
 MIXED = {"Mixed_6a": "reduction_a", "Mixed_7a": "reduction_b", "Block8": "block8.5"}
@@ -99,7 +106,10 @@ def module_names(scopes: list[str]) -> dict[str, str]:
         if scope in STEM:
             names[scope] = f"stem.{STEM[scope]}"
             continue
-        block = next((ours + str(int(head[len(tf):].split("/")[0]) - 1) for tf, ours in BLOCKS.items() if head.startswith(tf)), None)
+        block = next(
+            (ours + str(int(head[len(tf) :].split("/")[0]) - 1) for tf, ours in BLOCKS.items() if head.startswith(tf)),
+            None,
+        )
         block = block or MIXED[head.split("/")[0]]
         branch = re.search(r"/Branch_(\d+)$", head)
         if branch is None:  # the residual's closing 1x1 convolution
@@ -144,13 +154,18 @@ def check_conv(scope: str, node, module: torch.nn.Conv2d, shape: tuple[int, ...]
 
 def check_blocks(graph: Graph, model: FaceNet) -> None:
     """Residual scales, concat axes and branch order, and each block's activation, as FaceNet has them."""
-    for scope, ours in [*((f"Repeat/block35_{i + 1}", f"block35.{i}") for i in range(5)),
-                        *((f"Repeat_1/block17_{i + 1}", f"block17.{i}") for i in range(10)),
-                        *((f"Repeat_2/block8_{i + 1}", f"block8.{i}") for i in range(5)), ("Block8", "block8.5")]:
+    for scope, ours in [
+        *((f"Repeat/block35_{i + 1}", f"block35.{i}") for i in range(5)),
+        *((f"Repeat_1/block17_{i + 1}", f"block17.{i}") for i in range(10)),
+        *((f"Repeat_2/block8_{i + 1}", f"block8.{i}") for i in range(5)),
+        ("Block8", "block8.5"),
+    ]:
         block = model.get_submodule(ours)
         scale = graph.take(f"{SCOPE}{scope}/mul/x")
         if abs(scale - block.scale) > 1e-7 or (f"{SCOPE}{scope}/Relu" in graph.nodes) != block.activate:
-            raise SystemExit(f"{scope}: scale {scale}, activation {f'{SCOPE}{scope}/Relu' in graph.nodes}; FaceNet differs")
+            raise SystemExit(
+                f"{scope}: scale {scale}, activation {f'{SCOPE}{scope}/Relu' in graph.nodes}; FaceNet differs"
+            )
     for concat in graph.ops("ConcatV2"):
         branches = [int(m.group(1)) for m in (re.search(r"/Branch_(\d+)/", i) for i in concat.input[:-1])]
         if graph.take(concat.input[-1]) != 3 or branches != list(range(len(branches))):

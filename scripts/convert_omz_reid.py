@@ -150,8 +150,13 @@ def openvino_model(layers: list[IRLayer]):
             node = ops.prelu(x[0], w)
         elif layer.type == "Pooling" and layer.data["pool-method"] == "avg":
             node = ops.avg_pool(
-                x[0], list(layer.ints("strides")), list(layer.ints("pads_begin")), list(layer.ints("pads_end")),
-                list(layer.ints("kernel")), layer.data["exclude-pad"] == "true", layer.data["rounding_type"],
+                x[0],
+                list(layer.ints("strides")),
+                list(layer.ints("pads_begin")),
+                list(layer.ints("pads_end")),
+                list(layer.ints("kernel")),
+                layer.data["exclude-pad"] == "true",
+                layer.data["rounding_type"],
             )
         elif layer.type == "Activation" and layer.data["type"] == "sigmoid":
             node = ops.sigmoid(x[0])

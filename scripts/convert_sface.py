@@ -39,8 +39,8 @@ from PIL import Image
 from cloakd.core.align import extract_chip
 from cloakd.core.detect import FaceDetector
 from cloakd.core.extractors import sface as sface_module
-from cloakd.core.extractors.weights import weights_digest
 from cloakd.core.extractors.sface import SEPARABLE, SFace
+from cloakd.core.extractors.weights import weights_digest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

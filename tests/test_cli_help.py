@@ -32,6 +32,9 @@ def test_every_command_has_plain_help_an_example_and_explains_every_option():
         text = parser.format_help()
         assert "``" not in text and ":func:" not in text, name
         assert "example:" in text and name in text.split("example:")[1], name
-        unexplained = [a.dest for a in parser._actions
-                       if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
+        unexplained = [
+            a.dest
+            for a in parser._actions
+            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help
+        ]
         assert unexplained == [], f"{name}: {unexplained} have no help"

@@ -117,7 +117,14 @@ def test_large_photo_is_cloaked_at_full_resolution_without_blocks(analyzer, data
     img = np.array(Image.fromarray(small).resize((1000, 1000), Image.BICUBIC))
     face = main_face(analyzer.analyse(img))
     target = bank.centroids[bank.index("Aaron_Peirsol")]
-    res = cloak(img, [FaceTask([Goal(face.transform, face.descriptor, target)])], analyzer.extractor, QUICK, seed=0, work_side=500)
+    res = cloak(
+        img,
+        [FaceTask([Goal(face.transform, face.descriptor, target)])],
+        analyzer.extractor,
+        QUICK,
+        seed=0,
+        work_side=500,
+    )
     l, t, r, b = res.faces[0].box
     assert _reference_dssim(img[t:b, l:r], res.image[t:b, l:r]) <= QUICK.rho + 1e-4
     delta = res.image.astype(int) - img.astype(int)
@@ -144,8 +151,13 @@ def test_bfloat16_search_twin_agrees_with_float32(analyzer, data_dir):
     if not bf16_supported():
         pytest.skip("this CPU has no native bfloat16: the search runs in float32")
     photos = [_face_photo(data_dir, n) for n in ("Bill_Gates/Bill_Gates_0003.jpg", "Salma_Hayek/Salma_Hayek_0002.jpg")]
-    chips = torch.cat([torch.from_numpy(c).permute(2, 0, 1)[None].float()
-                       for p in photos for c in analyzer.chips(p, [main_face(analyzer.analyse(p))])])
+    chips = torch.cat(
+        [
+            torch.from_numpy(c).permute(2, 0, 1)[None].float()
+            for p in photos
+            for c in analyzer.chips(p, [main_face(analyzer.analyse(p))])
+        ]
+    )
     grads = []
     for net in (analyzer.extractor, analyzer.extractor.bfloat16_twin()):
         x = chips.clone().requires_grad_(True)
@@ -193,4 +205,6 @@ def test_ensemble_extractors_take_turns_over_the_views_they_can_tell_apart():
     with_alternates = [_views_seen(1, step, strong, exact=2, has_alternates=True) for step in range(6)]
     assert {i for v in with_alternates for i in v[1:]} == set(range(1, n))
     # a photo whose faces have no alternate alignment at all: one exact view, every other view random
-    assert {i for step in range(6) for i in _views_seen(2, step, strong, exact=1, has_alternates=False)[1:]} == set(range(1, n))
+    assert {i for step in range(6) for i in _views_seen(2, step, strong, exact=1, has_alternates=False)[1:]} == set(
+        range(1, n)
+    )

@@ -38,10 +38,13 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def user_block(name: str = "alice", out: str = "out", ready: str = "ready", extra: str = "",
-               archive: str = "archive") -> str:
-    return (f"  {name}:\n    account: root\n    outbound:\n      - path: {out}\n    ready: {ready}\n"
-            f"    originals: {{policy: archive, archive: {archive}}}\n{extra}")
+def user_block(
+    name: str = "alice", out: str = "out", ready: str = "ready", extra: str = "", archive: str = "archive"
+) -> str:
+    return (
+        f"  {name}:\n    account: root\n    outbound:\n      - path: {out}\n    ready: {ready}\n"
+        f"    originals: {{policy: archive, archive: {archive}}}\n{extra}"
+    )
 
 
 def test_example_config_is_valid_apart_from_its_folders(tmp_path: Path):
@@ -67,8 +70,10 @@ def test_example_sybil_block_turns_on_by_removing_its_comment_marks():
 
 def test_a_valid_config_loads(tree: Path):
     path = tree / "cloakd.yaml"
-    path.write_text("stable_seconds: 2\nprocessing_windows: ['22:30-06:00']\nusers:\n"
-                    + user_block(extra="    keep_metadata: [datetimeoriginal]\n    heic_as: heif\n"))
+    path.write_text(
+        "stable_seconds: 2\nprocessing_windows: ['22:30-06:00']\nusers:\n"
+        + user_block(extra="    keep_metadata: [datetimeoriginal]\n    heic_as: heif\n")
+    )
     config = load_config(path)
     alice = config.users["alice"]
     assert alice.outbound[0].path == tree / "out" and alice.ready == tree / "ready"
@@ -85,9 +90,9 @@ def test_unknown_keys_name_the_line_and_suggest_the_known_key(tree: Path):
 
 
 def test_wrong_types_and_values(tree: Path):
-    text = ("workers: two\nstable_seconds: true\nprocessing_windows: ['1am-6am']\nusers:\n"
-            + user_block(extra="    mode: ultra\n    keep_metadata: [GPSLatitude]\n    sybil: {candidates: a, output: b, "
-                               "rate: lots}\n"))
+    text = "workers: two\nstable_seconds: true\nprocessing_windows: ['1am-6am']\nusers:\n" + user_block(
+        extra="    mode: ultra\n    keep_metadata: [GPSLatitude]\n    sybil: {candidates: a, output: b, rate: lots}\n"
+    )
     problems = problems_of(text, tree, check_folders=False)
     assert [line_of(p) for p in problems] == [1, 2, 3, 11, 12, 13]
     assert "workers is 'two', it must be a whole number" in problems[0]
@@ -125,13 +130,18 @@ def test_a_ready_folder_inside_an_outbound_folder(tree: Path):
     (tree / "out" / "ready").mkdir()
     problems = problems_of("users:\n" + user_block(ready="out/ready"), tree)
     assert len(problems) == 2, problems  # the ready folder, and the default held folder beside it
-    assert line_of(problems[0]) == 6 and f"the ready folder {tree / 'out/ready'} is inside (or is) the outbound folder {tree / 'out'}" in problems[0]
+    assert (
+        line_of(problems[0]) == 6
+        and f"the ready folder {tree / 'out/ready'} is inside (or is) the outbound folder {tree / 'out'}" in problems[0]
+    )
 
 
 def test_archive_policy_needs_a_folder_and_keep_never_deletes(tree: Path):
-    text = ("users:\n  alice:\n    account: root\n    outbound: [out]\n    ready: ready\n"
-            "    originals: {policy: archive}\n  bob:\n    account: root\n    outbound: [b_out]\n    ready: b_ready\n"
-            "    originals:\n      policy: keep\n      delete_after_days: 3\n")
+    text = (
+        "users:\n  alice:\n    account: root\n    outbound: [out]\n    ready: ready\n"
+        "    originals: {policy: archive}\n  bob:\n    account: root\n    outbound: [b_out]\n    ready: b_ready\n"
+        "    originals:\n      policy: keep\n      delete_after_days: 3\n"
+    )
     problems = problems_of(text, tree, check_folders=False)
     assert [line_of(p) for p in problems] == [6, 13]
     assert "needs an `archive:` folder" in problems[0] and "policy keep never deletes" in problems[1]

@@ -84,8 +84,11 @@ def _true_detections(dets: Detections, labelled: list[list[int]]) -> int:
     matched = 0
     for box in dets.boxes:
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        hit = [j for j in sorted(free) if _iou(box, truth[j]) >= 0.3
-               or (truth[j][0] <= cx <= truth[j][2] and truth[j][1] <= cy <= truth[j][3])]
+        hit = [
+            j
+            for j in sorted(free)
+            if _iou(box, truth[j]) >= 0.3 or (truth[j][0] <= cx <= truth[j][2] and truth[j][1] <= cy <= truth[j][3])
+        ]
         if hit:
             free.remove(hit[0])
             matched += 1

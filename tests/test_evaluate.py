@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 
 from cloakd.core.errors import CloakdError
-from cloakd.core.evaluate import (TRACKERS, VARIANTS, LinearClassifier, NearestCentroid, Settings, evaluate, psnr,
-                                  score_tracker, upload_processing)
+from cloakd.core.evaluate import (
+    TRACKERS,
+    VARIANTS,
+    LinearClassifier,
+    NearestCentroid,
+    Settings,
+    evaluate,
+    psnr,
+    score_tracker,
+    upload_processing,
+)
 from cloakd.core.photo.decode import decode
 from cloakd.core.sybil import Candidate
-
 from conftest import REPO
 
 
@@ -56,14 +64,18 @@ def test_experiment_on_two_users_with_leaks_and_a_sybil_image(analyzer, data_dir
     """evaluate() on 4 identities x 4 photos, 2 of them users with 2 cloaked training photos each, one Sybil
     image per user: every photo is accounted for, progress covers both stages, and the leaked-photos table
     agrees with the main one where nothing leaked."""
-    people = {p.name: [(f.name, f.read_bytes()) for f in sorted(p.glob("*.jpg"))[:4]]
-              for p in sorted((data_dir / "faces").iterdir())[:4]}
-    candidates = [Candidate(p.name, sorted(p.glob("*.jpg"))[0].read_bytes())
-                  for p in sorted((data_dir / "targets").iterdir())[:2]]
+    people = {
+        p.name: [(f.name, f.read_bytes()) for f in sorted(p.glob("*.jpg"))[:4]]
+        for p in sorted((data_dir / "faces").iterdir())[:4]
+    }
+    candidates = [
+        Candidate(p.name, sorted(p.glob("*.jpg"))[0].read_bytes()) for p in sorted((data_dir / "targets").iterdir())[:2]
+    ]
     calls, notes = [], []
     settings = Settings(users=2, train=2, leaked=(0.0, 0.5), sybil_images=1, sybil_tries=1)
-    e = evaluate(analyzer, people, settings, candidates=candidates,
-                 progress=lambda *call: calls.append(call), note=notes.append)
+    e = evaluate(
+        analyzer, people, settings, candidates=candidates, progress=lambda *call: calls.append(call), note=notes.append
+    )
     assert len(e.users) == 2 and set(e.users) <= set(people) and e.cloaked + e.held == 4
     assert calls[0] == ("describing", 0, 16) and calls[16] == ("describing", 16, 16)
     assert calls[17:] == [("cloaking", k, 6) for k in range(7)]
@@ -99,9 +111,28 @@ def test_evaluate_cli_reports_protection_on_real_photos(data_dir, tmp_path):
     for person in sorted((data_dir / "targets").iterdir())[:40:5]:  # 8 public faces as Sybil candidates
         (candidates / f"{person.name}.jpg").symlink_to(sorted(person.glob("*.jpg"))[0])
     run = subprocess.run(
-        [sys.executable, "-m", "cloakd.daemon.cli", "evaluate", str(data_dir / "faces"), "--users", "2", "--json",
-         "--leaked", "0,0.25", "--sybil-candidates", str(candidates), "--sybil-images", "2", "--sybil-tries", "1"],
-        capture_output=True, text=True, timeout=1500, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "cloakd.daemon.cli",
+            "evaluate",
+            str(data_dir / "faces"),
+            "--users",
+            "2",
+            "--json",
+            "--leaked",
+            "0,0.25",
+            "--sybil-candidates",
+            str(candidates),
+            "--sybil-images",
+            "2",
+            "--sybil-tries",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        cwd=REPO,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     s = json.loads(run.stdout)
@@ -124,6 +155,11 @@ def test_evaluate_cli_reports_protection_on_real_photos(data_dir, tmp_path):
 
 
 def test_evaluate_rejects_bad_ratios(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "cloakd.daemon.cli", "evaluate", str(tmp_path), "--leaked", "0,1.5"],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    run = subprocess.run(
+        [sys.executable, "-m", "cloakd.daemon.cli", "evaluate", str(tmp_path), "--leaked", "0,1.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert run.returncode == 2 and "1.5" in run.stderr and "ratios" in run.stderr

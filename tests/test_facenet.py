@@ -38,8 +38,10 @@ def convert():
 @pytest.fixture(scope="module")
 def oracle(convert):
     if not convert.ORACLE_PYTHON.exists():
-        pytest.skip(f"FaceNet's oracle environment {convert.ORACLE_PYTHON.parent.parent} is missing: "
-                    "bash scripts/install.sh --test makes it")
+        pytest.skip(
+            f"FaceNet's oracle environment {convert.ORACLE_PYTHON.parent.parent} is missing: "
+            "bash scripts/install.sh --test makes it"
+        )
     return convert
 
 

@@ -49,10 +49,24 @@ def inputs(data_dir, tmp_path_factory) -> dict:
     groups = {name: data_dir / "groups" / name for name in (LABELLED_GROUP, LARGE_GROUP)}
     faces = [data_dir / "faces" / name for name in (*SAME_PERSON, OTHER_PERSON)]
     bad_files = list(bad)
-    order = [groups[LABELLED_GROUP], bad_files[0], faces[0], bad_files[1], groups[LARGE_GROUP], bad_files[2],
-             faces[1], bad_files[3], faces[2]]
-    return {"order": [str(p) for p in order], "bad": {str(p): words for p, words in bad.items()},
-            "good": [str(p) for p in order if p not in bad], "groups": groups, "faces": faces}
+    order = [
+        groups[LABELLED_GROUP],
+        bad_files[0],
+        faces[0],
+        bad_files[1],
+        groups[LARGE_GROUP],
+        bad_files[2],
+        faces[1],
+        bad_files[3],
+        faces[2],
+    ]
+    return {
+        "order": [str(p) for p in order],
+        "bad": {str(p): words for p, words in bad.items()},
+        "good": [str(p) for p in order if p not in bad],
+        "groups": groups,
+        "faces": faces,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +165,13 @@ def test_plain_output_shows_the_same_faces_as_json(text_run, reports):
     assert next(lines, None) is None
 
 
-@pytest.mark.parametrize("package, missing", [
-    ("face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat"),
-    ("facenet_pytorch", "data/pnet.pt"),
-])
+@pytest.mark.parametrize(
+    "package, missing",
+    [
+        ("face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat"),
+        ("facenet_pytorch", "data/pnet.pt"),
+    ],
+)
 def test_a_missing_model_package_is_one_line_naming_the_file_and_the_fix(package, missing, tmp_path, data_dir):
     """A package that is installed but lacks its model files (a broken or partial install)."""
     (tmp_path / package).mkdir()
@@ -179,8 +196,9 @@ def test_a_missing_landmark_model_is_one_line_naming_the_file_and_the_fix(tmp_pa
     (models.parent / "__init__.py").write_text("")
     resnet = "dlib_face_recognition_resnet_model_v1.dat"
     (models / resnet).symlink_to(package_file("face_recognition_models", f"models/{resnet}"))
-    result = run_cloakd("protect", str(data_dir / "faces" / SAME_PERSON[0]), "--out", str(tmp_path / "out"),
-                        pythonpath=tmp_path)
+    result = run_cloakd(
+        "protect", str(data_dir / "faces" / SAME_PERSON[0]), "--out", str(tmp_path / "out"), pythonpath=tmp_path
+    )
     assert result.returncode == Exit.FAILED and result.stdout == ""
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     lines = result.stderr.splitlines()

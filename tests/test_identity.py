@@ -15,7 +15,6 @@ from PIL import Image
 from cloakd.core.identity import select_references, single_out
 from cloakd.core.protect import ProtectRequest, protect
 from cloakd.core.targets import TargetBank
-
 from conftest import REPO
 
 THRESHOLD = 0.6
@@ -47,8 +46,11 @@ def test_enrolment_keeps_one_consistent_person(lfw_descriptors):
     names, paths, x = lfw_descriptors
     bill = np.flatnonzero(names == "Bill_Gates")[:4]
     andy = np.flatnonzero(names == "Andy_Roddick")[0]
-    offered = [(paths[i].name, x[i], 1) for i in bill] + [(paths[andy].name, x[andy], 1),
-                                                           ("group.jpg", None, 7), ("empty.jpg", None, 0)]
+    offered = [(paths[i].name, x[i], 1) for i in bill] + [
+        (paths[andy].name, x[andy], 1),
+        ("group.jpg", None, 7),
+        ("empty.jpg", None, 0),
+    ]
     refs = select_references(offered, THRESHOLD)
     assert refs.labels == [paths[i].name for i in bill]
     reasons = {r.label: r.reason for r in refs.rejected}
@@ -58,8 +60,7 @@ def test_enrolment_keeps_one_consistent_person(lfw_descriptors):
     assert len(select_references(offered[3:5], THRESHOLD).descriptors) == 2
 
 
-def test_the_reference_record_keeps_every_extractors_descriptors_and_reads_older_records(lfw_descriptors,
-                                                                                          tmp_path):
+def test_the_reference_record_keeps_every_extractors_descriptors_and_reads_older_records(lfw_descriptors, tmp_path):
     from cloakd.daemon.references import Described, ReferenceStore
 
     names, paths, x = lfw_descriptors
@@ -84,8 +85,10 @@ def test_the_users_face_is_singled_out_among_real_strangers(analyzer, data_dir):
     """Rows of real photos: the user's (never an enrolment photo) with two strangers, in every position;
     and the real group photos without the user, where nobody should be taken for the user."""
     faces_dir = data_dir / "faces"
-    groups = [np.stack([f.descriptor for f in analyzer.analyse(np.asarray(Image.open(g).convert("RGB")))])
-              for g in sorted((data_dir / "groups").glob("*.jpg"))]
+    groups = [
+        np.stack([f.descriptor for f in analyzer.analyse(np.asarray(Image.open(g).convert("RGB")))])
+        for g in sorted((data_dir / "groups").glob("*.jpg"))
+    ]
     users = ["Halle_Berry", "Hu_Jintao", "Roger_Federer", "Venus_Williams"]
     others = ["Tim_Henman", "Norah_Jones", "Fidel_Castro"]
     found = false_positives = 0
@@ -134,9 +137,24 @@ def test_enrol_cli_persists_references_and_target(data_dir, tmp_path):
     junk.write_text("not a photo")
 
     def enrol(*items, **kw):
-        return subprocess.run([sys.executable, "-m", "cloakd.daemon.cli", "enrol", "--user", "jen", "--state-dir",
-                               str(tmp_path / "state"), *map(str, items)], capture_output=True, text=True,
-                              timeout=600, cwd=REPO, **kw)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cloakd.daemon.cli",
+                "enrol",
+                "--user",
+                "jen",
+                "--state-dir",
+                str(tmp_path / "state"),
+                *map(str, items),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO,
+            **kw,
+        )
 
     run = enrol(*photos, data_dir / "groups" / "dlib_2007_007763.jpg", junk)
     assert run.returncode == 0, run.stderr
@@ -154,11 +172,31 @@ def test_enrol_cli_persists_references_and_target(data_dir, tmp_path):
     assert nothing.returncode == 2 and "jen" not in nothing.stdout
     # protect --user: only the enrolled user's face gets the targeted cloak, the other is left as asked
     row = tmp_path / "row.jpg"
-    row.write_bytes(_jpeg(_row([data_dir / "faces" / "Keanu_Reeves" / "Keanu_Reeves_0003.jpg",
-                                sorted(faces_dir.glob("*.jpg"))[9]])))
-    run = subprocess.run([sys.executable, "-m", "cloakd.daemon.cli", "protect", str(row), "--user", "jen",
-                          "--others", "leave", "--out", str(tmp_path / "out"), "--json",
-                          "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=600, cwd=REPO)
+    row.write_bytes(
+        _jpeg(_row([data_dir / "faces" / "Keanu_Reeves" / "Keanu_Reeves_0003.jpg", sorted(faces_dir.glob("*.jpg"))[9]]))
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cloakd.daemon.cli",
+            "protect",
+            str(row),
+            "--user",
+            "jen",
+            "--others",
+            "leave",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert run.returncode == 0, run.stderr
     faces = json.loads(run.stdout.splitlines()[0])["faces"]
     assert {_tile_of_box(f["box"]): f["role"] for f in faces} == {0: "left", 1: "user"}

@@ -63,8 +63,10 @@ def test_the_system_install_puts_everything_in_place(root, first_run):
 
 def test_the_installed_package_is_complete_and_not_the_checkout(root, first_run):
     python = root / "opt" / "cloakd" / "bin" / "python"
-    probe = ("import cloakd.core.targets as t, cloakd.daemon.cli as c; print(t.__file__); "
-             "print(len(t.TargetBank.load().names)); c.build_parser()")
+    probe = (
+        "import cloakd.core.targets as t, cloakd.daemon.cli as c; print(t.__file__); "
+        "print(len(t.TargetBank.load().names)); c.build_parser()"
+    )
     run = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd="/", timeout=120)
     assert run.returncode == 0, run.stderr
     where, identities = run.stdout.split()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from cloakd.core.errors import CloakdError, ProtectionError
 from cloakd.core.photo.decode import decode
 from cloakd.daemon import deliver
@@ -44,14 +45,21 @@ def test_rows_are_idempotent_and_claimed_once(ledger: Ledger):
 
 def test_a_file_that_comes_back_after_its_original_moved_on_is_new(ledger: Ledger):
     """A held photo moved back (rename keeps size and mtime) is tried again; one left in place is not."""
-    for name, where in (("held.jpg", "/h/held.jpg"), ("in-place.jpg", "/o/in-place.jpg"), ("kept.jpg", "/o/kept.jpg"),
-                        ("archived.jpg", "/arch/archived.jpg")):
+    for name, where in (
+        ("held.jpg", "/h/held.jpg"),
+        ("in-place.jpg", "/o/in-place.jpg"),
+        ("kept.jpg", "/o/kept.jpg"),
+        ("archived.jpg", "/arch/archived.jpg"),
+    ):
         ledger.enqueue("alice", f"/o/{name}", 10, 1)
         row = ledger.claim(["alice"])
         ledger.finish(row.id, HELD if "held" in name or "place" in name else DONE, original=where)
     assert ledger.enqueue("alice", "/o/held.jpg", 10, 1) is not None
     assert ledger.enqueue("alice", "/o/archived.jpg", 10, 1) is not None  # content dedup stops a second cloak
-    assert ledger.enqueue("alice", "/o/in-place.jpg", 10, 1) is None and ledger.enqueue("alice", "/o/kept.jpg", 10, 1) is None
+    assert (
+        ledger.enqueue("alice", "/o/in-place.jpg", 10, 1) is None
+        and ledger.enqueue("alice", "/o/kept.jpg", 10, 1) is None
+    )
 
 
 def test_retry_waits_for_its_time_and_counts_attempts(ledger: Ledger):
@@ -130,6 +138,7 @@ def test_a_crash_between_rename_and_ledger_is_not_delivered_twice(account):
 def test_the_error_class_decides_hold_or_retry(account):
     """core/errors.py: a PhotoError (here a cloak that did not verify) holds the photo with its reason; any
     other CloakdError (here an unreadable state record) is not the photo's fault: it is retried later."""
+
     def not_verified(user, acct, original):
         raise ProtectionError("not protected: face 1: moved 0.10 (needs 0.25)")
 
@@ -167,6 +176,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(account):
         config = write_config(base / "cloakd.yaml", folders, account.pw_name)
         child = [sys.executable, str(REPO / "tests" / "pipeline_child.py"), str(config)]
         env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+
         def progress() -> int:
             return sum(len(os.listdir(folders[k])) for k in ("ready", "archive", "held"))
 
@@ -188,8 +198,9 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(account):
         assert kills >= 10  # the test did interrupt the work many times
 
         outputs = files(folders["ready"])
-        expected = sorted(n.rsplit(".", 1)[0] + {"jpg": ".jpg", "webp": ".webp", "png": ".png"}[n.rsplit(".", 1)[1]]
-                          for n in good)
+        expected = sorted(
+            n.rsplit(".", 1)[0] + {"jpg": ".jpg", "webp": ".webp", "png": ".png"}[n.rsplit(".", 1)[1]] for n in good
+        )
         assert outputs == expected  # each good photo exactly once, no name-1 copies, no temporary files
         for name in outputs:
             decode((folders["ready"] / name).read_bytes(), label=name)

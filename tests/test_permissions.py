@@ -77,8 +77,11 @@ def test_state_records_are_private(tmp_path, umask):
     TargetStore(state).choose("alice", refs.descriptors)
     SybilRecord(state, "alice").save({})
     folder = state / "users" / "alice"
-    assert {p.name: mode(p) for p in folder.iterdir()} == {"references.npz": 0o600, "target.json": 0o600,
-                                                             "sybil.json": 0o600}
+    assert {p.name: mode(p) for p in folder.iterdir()} == {
+        "references.npz": 0o600,
+        "target.json": 0o600,
+        "sybil.json": 0o600,
+    }
     assert mode(folder) == mode(state / "users") == mode(state) == 0o700
     # a state directory from before this rule, readable by everyone, is tightened on the next write
     for p in (folder, state / "users"):

@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image, features
 
-from cloakd.core.errors import (AnimatedImageError, ImageTooLargeError, NotAnImageError, TruncatedImageError,
-                                UnsupportedFormatError)
+from cloakd.core.errors import (
+    AnimatedImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+    TruncatedImageError,
+    UnsupportedFormatError,
+)
 from cloakd.core.photo.decode import decode
 from cloakd.daemon.cli import main
 
@@ -25,8 +30,12 @@ def _png_chunk(ctype: bytes, body: bytes) -> bytes:
 def png_bomb(width: int, height: int) -> bytes:
     """A PNG header claiming width x height RGB pixels with a tiny IDAT: no need to allocate the pixels."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _save(frames: list[Image.Image], fmt: str, **kwargs) -> bytes:

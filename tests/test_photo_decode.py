@@ -23,8 +23,16 @@ from cloakd.core.photo.strip import strip_and_verify
 T = Image.Transpose
 # EXIF orientation -> how to make the *stored* image from the upright one (the inverse of what a viewer does):
 # 6 = "rotate 90 CW to display", so it is stored rotated 90 CCW (Pillow's ROTATE_90); 8 is the opposite.
-STORED_FROM_UPRIGHT = {1: None, 2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE,
-                       6: T.ROTATE_90, 7: T.TRANSVERSE, 8: T.ROTATE_270}
+STORED_FROM_UPRIGHT = {
+    1: None,
+    2: T.FLIP_LEFT_RIGHT,
+    3: T.ROTATE_180,
+    4: T.FLIP_TOP_BOTTOM,
+    5: T.TRANSPOSE,
+    6: T.ROTATE_90,
+    7: T.TRANSVERSE,
+    8: T.ROTATE_270,
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +57,12 @@ def _png16(samples: np.ndarray, colour_type: int) -> bytes:
     rows = samples.reshape(h, -1).astype(">u2")
     raw = b"".join(b"\x00" + rows[y].tobytes() for y in range(h))
     ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -94,8 +106,9 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB (8-bit) to CIE L*a*b* (D65), for CIE76 colour differences."""
     c = rgb.astype(np.float64) / 255
     linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
-                  [0.0193339, 0.1191920, 0.9503041]])
+    m = np.array(
+        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+    )
     xyz = linear @ m.T / np.array([0.95047, 1.0, 1.08883])
     f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
@@ -111,8 +124,16 @@ def _delta_e(a: np.ndarray, b: np.ndarray, block: int = 8) -> float:
     return float(np.linalg.norm(_lab(means(a)) - _lab(means(b)), axis=-1).mean())
 
 
-ICC_FILES = ["BlueSquare.jpg", "Canon_40D.jpg", "IMG_5195.HEIC", "Nikon_D70.jpg", "Pentax_K10D.jpg",
-             "flower2.webp", "portrait_6.jpg", "xmp_test.jpg"]
+ICC_FILES = [
+    "BlueSquare.jpg",
+    "Canon_40D.jpg",
+    "IMG_5195.HEIC",
+    "Nikon_D70.jpg",
+    "Pentax_K10D.jpg",
+    "flower2.webp",
+    "portrait_6.jpg",
+    "xmp_test.jpg",
+]
 
 
 @pytest.mark.parametrize("name", ICC_FILES)
@@ -125,8 +146,11 @@ def test_icc_photos_keep_their_displayed_colours(data_dir, name):
     icc = source.info["icc_profile"]
     shown = source if source.format == "HEIF" else ImageOps.exif_transpose(source)
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-    reference = np.asarray(ImageCms.profileToProfile(shown.convert("RGB"), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                                                     srgb, outputMode="RGB"))
+    reference = np.asarray(
+        ImageCms.profileToProfile(
+            shown.convert("RGB"), ImageCms.ImageCmsProfile(io.BytesIO(icc)), srgb, outputMode="RGB"
+        )
+    )
     photo = decode_file(path)
     assert photo.icc_profile == icc
     assert np.abs(photo.pixels.astype(int) - reference).mean() < 0.5
@@ -225,6 +249,31 @@ def test_each_format_class_carries_its_own_rules():
         ImageFormat()
     written_as = {f.name: f.output_name(OutputOptions()) for f in FORMATS}
     assert written_as == {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "HEIF": "JPEG", "TIFF": "TIFF"}
-    assert by_name("HEIF").output_name(OutputOptions(heif_as="HEIF")) == "HEIF"
+    assert by_name("HEIF").output_name(OutputOptions(heic_as="HEIF")) == "HEIF"
     assert [f.name for f in FORMATS if f.exif_structure_tags] == ["TIFF"]  # the TIFF file is its EXIF structure
     assert [f.name for f in FORMATS if not f.applies_exif_orientation()] == ["HEIF"]
+
+
+def test_each_format_declares_its_extensions_and_a_folder_offers_the_files_that_have_one(tmp_path):
+    """Discovery (core/photo/discover.py): the extensions come from the format classes, the output's first;
+    they filter a folder's files only, and a file named on its own is offered whatever its name."""
+    from cloakd.core.errors import CloakdError
+    from cloakd.core.photo.discover import photo_files
+
+    assert {f.name: f.extension for f in FORMATS} == {
+        "JPEG": ".jpg",
+        "PNG": ".png",
+        "WEBP": ".webp",
+        "HEIF": ".heic",
+        "TIFF": ".tif",
+    }
+    assert all(f.extension in f.extensions for f in FORMATS)
+    names = ["a.JPG", "b.jpeg", "c.heif", "sub/d.tiff", "sub/e.webp", "f.png", "notes.txt", "raw.cr2", "noext"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "folder.jpg").mkdir()
+    assert [p.relative_to(tmp_path).as_posix() for p in photo_files(tmp_path)] == sorted(names[:6])
+    assert photo_files(tmp_path / "notes.txt") == [tmp_path / "notes.txt"]  # named: its content decides
+    with pytest.raises(CloakdError, match="no such file or folder"):
+        photo_files(tmp_path / "missing")

@@ -44,8 +44,19 @@ def test_gps_positions_match_exiftool(corpus):
 
 
 def test_cameras_serials_owners_dates_and_captions_are_reported(corpus):
-    wanted = ("IFD0:Make", "IFD0:Model", "ExifIFD:DateTimeOriginal", "IPTC:Caption-Abstract", "IPTC:By-line",
-              "IPTC:Keywords", "XMP-dc:Creator", "File:Comment", "PNG:Comment", "IFD0:Copyright", "IFD0:Artist")
+    wanted = (
+        "IFD0:Make",
+        "IFD0:Model",
+        "ExifIFD:DateTimeOriginal",
+        "IPTC:Caption-Abstract",
+        "IPTC:By-line",
+        "IPTC:Keywords",
+        "XMP-dc:Creator",
+        "File:Comment",
+        "PNG:Comment",
+        "IFD0:Copyright",
+        "IFD0:Artist",
+    )
     checked = 0
     for name, (facts, report) in corpus.items():
         text = _values(report)
@@ -60,10 +71,13 @@ def test_cameras_serials_owners_dates_and_captions_are_reported(corpus):
 
 
 def test_serial_numbers_and_owner_names_are_flagged_as_camera_facts(corpus):
-    for name, tag in [("xmp_test.jpg", "ExifIFD:SerialNumber"), ("xmp_test.jpg", "ExifIFD:LensSerialNumber"),
-                      ("Panasonic_DMC-FZ30.jpg", "Panasonic:InternalSerialNumber"),
-                      ("canon-ixus.jpg", "Canon:OwnerName"),
-                      ("flower.webp", "Canon:OwnerName")]:
+    for name, tag in [
+        ("xmp_test.jpg", "ExifIFD:SerialNumber"),
+        ("xmp_test.jpg", "ExifIFD:LensSerialNumber"),
+        ("Panasonic_DMC-FZ30.jpg", "Panasonic:InternalSerialNumber"),
+        ("canon-ixus.jpg", "Canon:OwnerName"),
+        ("flower.webp", "Canon:OwnerName"),
+    ]:
         facts, report = corpus[name]
         assert any(f.topic == CAMERA and f.value == str(facts[tag]) for f in report.findings), (name, tag)
 

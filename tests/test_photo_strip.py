@@ -28,10 +28,34 @@ pytestmark = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool missing: scri
 
 # exiftool groups a clean file may show: file-system facts, container structure, computed composites.
 CLEAN_GROUPS = {"ExifTool", "System", "File", "JFIF", "PNG", "RIFF", "Composite"}
-FORBIDDEN_WORDS = ("GPS", "Make", "Model", "Serial", "Owner", "Thumbnail", "Preview", "XMP", "IPTC", "Comment",
-                   "Caption", "Description", "Artist", "Copyright", "Keywords", "By-line", "Software", "MakerNote")
-PEOPLE_IN_MULTIFACE = ["Jennifer Aniston", "Matthew Perry", "David Schwimmer", "Lisa Kudrow", "Matt LeBlanc",
-                       "Courteney Cox"]
+FORBIDDEN_WORDS = (
+    "GPS",
+    "Make",
+    "Model",
+    "Serial",
+    "Owner",
+    "Thumbnail",
+    "Preview",
+    "XMP",
+    "IPTC",
+    "Comment",
+    "Caption",
+    "Description",
+    "Artist",
+    "Copyright",
+    "Keywords",
+    "By-line",
+    "Software",
+    "MakerNote",
+)
+PEOPLE_IN_MULTIFACE = [
+    "Jennifer Aniston",
+    "Matthew Perry",
+    "David Schwimmer",
+    "Lisa Kudrow",
+    "Matt LeBlanc",
+    "Courteney Cox",
+]
 
 
 def exiftool(*paths: Path) -> list[dict]:
@@ -72,8 +96,17 @@ def _displayed_size(info: dict) -> tuple[int, int]:
 def test_the_corpus_really_carries_what_we_strip(stripped):
     """Guard against a vacuous pass: the inputs have GPS, makers, serials, thumbnails, XMP, IPTC, comments."""
     keys = {k for before, _, _ in stripped.values() for k in before}
-    for word in ("GPS:GPSLatitude", "IFD0:Make", "ExifIFD:SerialNumber", "IFD1:ThumbnailImage", "IPTC:Caption-Abstract",
-                 "File:Comment", "PNG:Comment", "Canon:OwnerName", "Panasonic:InternalSerialNumber"):
+    for word in (
+        "GPS:GPSLatitude",
+        "IFD0:Make",
+        "ExifIFD:SerialNumber",
+        "IFD1:ThumbnailImage",
+        "IPTC:Caption-Abstract",
+        "File:Comment",
+        "PNG:Comment",
+        "Canon:OwnerName",
+        "Panasonic:InternalSerialNumber",
+    ):
         assert word in keys
     assert any(k.startswith("XMP-") for k in keys)
 
@@ -116,9 +149,21 @@ def test_keeping_date_time_original_writes_exactly_that_tag(data_dir, tmp_path):
         target.write_bytes(clean.data)
         (before,), (after,) = exiftool(source), exiftool(target)
         exif_tags = {k for k in after if k.split(":")[0] in ("IFD0", "ExifIFD", "GPS", "IFD1", "InteropIFD")}
-        structure = {f"IFD0:{t}" for t in ("ImageWidth", "ImageHeight", "BitsPerSample", "Compression", "StripOffsets",
-                                           "PhotometricInterpretation", "SamplesPerPixel", "RowsPerStrip",
-                                           "StripByteCounts", "PlanarConfiguration")}
+        structure = {
+            f"IFD0:{t}"
+            for t in (
+                "ImageWidth",
+                "ImageHeight",
+                "BitsPerSample",
+                "Compression",
+                "StripOffsets",
+                "PhotometricInterpretation",
+                "SamplesPerPixel",
+                "RowsPerStrip",
+                "StripByteCounts",
+                "PlanarConfiguration",
+            )
+        }
         assert exif_tags - structure == {"ExifIFD:DateTimeOriginal"}, name
         assert after["ExifIFD:DateTimeOriginal"] == before["ExifIFD:DateTimeOriginal"]
         assert "IFD0:Orientation" not in after
@@ -148,7 +193,7 @@ def test_tags_that_may_never_be_kept_are_refused(data_dir):
 
 def test_heif_output_option_is_clean(data_dir, tmp_path):
     source = data_dir / "metadata" / "samplefilehub.heif"  # small: x265 encoding is slow on 2 cores
-    clean = strip_bytes(source.read_bytes(), options=OutputOptions(heif_as="HEIF"))
+    clean = strip_bytes(source.read_bytes(), options=OutputOptions(heic_as="HEIF"))
     assert clean.format == "HEIF"
     target = tmp_path / "out.heic"
     target.write_bytes(clean.data)
@@ -192,12 +237,18 @@ def _insert_png_chunk(png: bytes, ctype: bytes, body: bytes) -> bytes:
 def _planted(data_dir) -> dict[str, tuple[bytes, tuple[str, ...]]]:
     jpeg, png = _clean(data_dir, "canon-ixus.jpg"), _clean(data_dir, "exif.png")
     webp = _clean(data_dir, "flower.webp")
-    gps = piexif.dump({"Exif": {piexif.ExifIFD.DateTimeOriginal: b"2001:01:01 00:00:00"},
-                       "GPS": {piexif.GPSIFD.GPSLatitudeRef: b"N"}})
+    gps = piexif.dump(
+        {"Exif": {piexif.ExifIFD.DateTimeOriginal: b"2001:01:01 00:00:00"}, "GPS": {piexif.GPSIFD.GPSLatitudeRef: b"N"}}
+    )
     thumbnail = io.BytesIO()
     Image.new("RGB", (8, 8)).save(thumbnail, "JPEG")
-    with_thumb = piexif.dump({"Exif": {piexif.ExifIFD.DateTimeOriginal: b"2001:01:01 00:00:00"},
-                              "1st": {piexif.ImageIFD.XResolution: (72, 1)}, "thumbnail": thumbnail.getvalue()})
+    with_thumb = piexif.dump(
+        {
+            "Exif": {piexif.ExifIFD.DateTimeOriginal: b"2001:01:01 00:00:00"},
+            "1st": {piexif.ImageIFD.XResolution: (72, 1)},
+            "thumbnail": thumbnail.getvalue(),
+        }
+    )
     riff_exif = b"EXIF" + (len(gps) - 6).to_bytes(4, "little") + gps[6:]
     webp_planted = webp[:4] + (len(webp) - 8 + len(riff_exif)).to_bytes(4, "little") + webp[8:] + riff_exif
     mpo = io.BytesIO()

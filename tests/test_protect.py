@@ -14,7 +14,6 @@ from cloakd.core.photo.decode import decode
 from cloakd.core.photo.verify import verify_clean
 from cloakd.core.protect import MOVED_MARGIN, TOWARDS_MARGIN, ProtectRequest, protect
 from cloakd.core.targets import TargetBank
-
 from conftest import REPO
 
 
@@ -92,8 +91,18 @@ def test_photo_without_faces_is_only_stripped(analyzer, data_dir):
 def test_protect_cli_writes_verified_copies_and_holds_failures(tmp_path, data_dir):
     photos = [data_dir / "faces" / "Nancy_Pelosi" / "Nancy_Pelosi_0003.jpg", data_dir / "metadata" / "iptc.jpg"]
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "cloakd.daemon.cli", "protect", *map(str, photos), "--out", str(out), "--json",
-           "--steps", "40"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cloakd.daemon.cli",
+        "protect",
+        *map(str, photos),
+        "--out",
+        str(out),
+        "--json",
+        "--steps",
+        "40",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines()]
@@ -101,8 +110,13 @@ def test_protect_cli_writes_verified_copies_and_holds_failures(tmp_path, data_di
     assert sorted(p.name for p in out.iterdir()) == ["Nancy_Pelosi_0003.jpg", "iptc.jpg"]
     assert rows[0]["faces"][0]["verified"] and rows[0]["target"]
     # a cloak that cannot verify: nothing is written, exit status says so
-    failed = subprocess.run(cmd[:5] + ["--out", str(tmp_path / "held"), "--steps", "0"],
-                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    failed = subprocess.run(
+        cmd[:5] + ["--out", str(tmp_path / "held"), "--steps", "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert failed.returncode != 0
     assert "NOT PROTECTED" in failed.stdout and not any((tmp_path / "held").iterdir())
     assert "Traceback" not in failed.stderr

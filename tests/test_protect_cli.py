@@ -33,11 +33,17 @@ def test_others_leave_without_the_users_face_says_nothing_was_cloaked(data_dir, 
     state, out = tmp_path / "state", tmp_path / "out"
     _enrol_a_stranger(state, "zoe")
     group = data_dir / "groups" / "dlib_2008_002470.jpg"
-    assert main(["protect", str(group), "--user", "zoe", "--others", "leave", "--state-dir", str(state),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["protect", str(group), "--user", "zoe", "--others", "leave", "--state-dir", str(state), "--out", str(out)]
+        )
+        == 0
+    )
     line = capsys.readouterr().out.splitlines()[0]
-    assert line.startswith(f"{group} -> {out / group.name}: 6 faces, none cloaked (none is zoe's and --others leave): "
-                           "metadata stripped only"), line
+    assert line.startswith(
+        f"{group} -> {out / group.name}: 6 faces, none cloaked (none is zoe's and --others leave): "
+        "metadata stripped only"
+    ), line
     assert "protected" not in line
 
 

@@ -22,8 +22,18 @@ from cloakd.core.protect import MOVED_MARGIN
 from cloakd.daemon.ledger import DONE, Ledger
 from cloakd.daemon.worker import REASON_SUFFIX
 from conftest import CLOAKD, DATA
-from servicekit import (Service, bad_files, copy_as, files, second_account, shared_tmp, tiny_photos, user_tree,
-                        wait_for, write_config)
+from servicekit import (
+    Service,
+    bad_files,
+    copy_as,
+    files,
+    second_account,
+    shared_tmp,
+    tiny_photos,
+    user_tree,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +87,7 @@ def test_photos_arrive_every_way_and_each_ends_in_one_place(site, owner, analyze
         def slow_copy():  # 3 s, in pieces, pausing less than stable_seconds between them
             with open(out / "slow.jpg", "wb") as f:
                 for i in range(0, len(data), len(data) // 6 + 1):
-                    f.write(data[i:i + len(data) // 6 + 1])
+                    f.write(data[i : i + len(data) // 6 + 1])
                     f.flush()
                     time.sleep(0.5)
             os.chown(out / "slow.jpg", owner.pw_uid, owner.pw_gid)
@@ -115,8 +125,9 @@ def test_photos_arrive_every_way_and_each_ends_in_one_place(site, owner, analyze
         messages = service.receive()
         assert any(m.startswith("READY=1") for m in messages) and any("WATCHDOG=1" in m for m in messages)
         assert any("STATUS=" in m and "done" in m for m in messages)
-        status = subprocess.run([str(CLOAKD), "status", "--config", str(config)], capture_output=True, text=True,
-                                timeout=60)
+        status = subprocess.run(
+            [str(CLOAKD), "status", "--config", str(config)], capture_output=True, text=True, timeout=60
+        )
         line = next(row for row in status.stdout.splitlines() if row.startswith("bee "))
         done = len(good) + 1
         assert line.split()[1:5] == ["0", "0", str(done), str(len(bad))], status.stdout
@@ -177,8 +188,19 @@ def test_kill_9_in_the_middle_and_restart(site, owner):
 
 
 def _mount_tmpfs(folder: Path, size: str, owner) -> bool:
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755,uid={owner.pw_uid},"
-                             f"gid={owner.pw_gid}", "tmpfs", str(folder)], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            f"size={size},mode=0755,uid={owner.pw_uid},gid={owner.pw_gid}",
+            "tmpfs",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+    )
     return result.returncode == 0
 
 
@@ -186,13 +208,16 @@ def test_a_full_disk_delays_delivery_and_loses_nothing(site, owner):
     base, folders = site
     ready = folders["ready"]
     if not _mount_tmpfs(ready, "48k", owner):
-        pytest.skip("cannot mount a small tmpfs here (needs root and mount rights); the full-disk case is then "
-                    "covered by no other stand-in")
+        pytest.skip(
+            "cannot mount a small tmpfs here (needs root and mount rights); the full-disk case is then "
+            "covered by no other stand-in"
+        )
     try:
         (base / "staging").mkdir()
         names = tiny_photos(base / "staging", owner, 24)
-        config = write_config(base / "cloakd.yaml", folders, owner.pw_name, retry={"attempts": 10,
-                                                                                   "first_delay_seconds": 1})
+        config = write_config(
+            base / "cloakd.yaml", folders, owner.pw_name, retry={"attempts": 10, "first_delay_seconds": 1}
+        )
         with Service(config) as service:
             service.wait_ready()
             for name in names:

@@ -23,8 +23,15 @@ def run_pipeline(tmp_path: Path, originals: dict, photos: list[str]):
         folder.mkdir(parents=True)
     for name in photos:
         (folders["out"] / name).write_bytes((DATA / "metadata" / name).read_bytes())
-    config = load_config(write_config(tmp_path / "cloakd.yaml", folders, Account.current().name,
-                                      ledger_retention_days=30, user_originals=originals))
+    config = load_config(
+        write_config(
+            tmp_path / "cloakd.yaml",
+            folders,
+            Account.current().name,
+            ledger_retention_days=30,
+            user_originals=originals,
+        )
+    )
     accounts = {"bee": Account.current()}
     ledger = Ledger(config.state_dir)
     pipeline = Pipeline(config, accounts, ledger, strip_only, lambda u, p: None, lambda at: None)
@@ -37,8 +44,9 @@ def run_pipeline(tmp_path: Path, originals: dict, photos: list[str]):
 
 
 def test_delete_after_days_keeps_originals_until_then(tmp_path: Path):
-    config, accounts, ledger, folders = run_pipeline(tmp_path, {"policy": "delete", "delete_after_days": 2},
-                                                     ["BlueSquare.jpg", "flower.webp"])
+    config, accounts, ledger, folders = run_pipeline(
+        tmp_path, {"policy": "delete", "delete_after_days": 2}, ["BlueSquare.jpg", "flower.webp"]
+    )
     assert files(folders["ready"]) == ["BlueSquare.jpg", "flower.webp"]
     assert files(folders["out"]) == ["BlueSquare.jpg", "flower.webp"]  # kept for now
     os.utime(folders["out"] / "flower.webp", (1, 1))  # the user touched it since: not the processed file
@@ -52,8 +60,9 @@ def test_delete_after_days_keeps_originals_until_then(tmp_path: Path):
 
 
 def test_archived_originals_expire_and_kept_ones_stay_known(tmp_path: Path):
-    config, accounts, ledger, folders = run_pipeline(tmp_path / "a", {"policy": "archive", "archive": "archive",
-                                                                      "delete_after_days": 1}, ["BlueSquare.jpg"])
+    config, accounts, ledger, folders = run_pipeline(
+        tmp_path / "a", {"policy": "archive", "archive": "archive", "delete_after_days": 1}, ["BlueSquare.jpg"]
+    )
     assert files(folders["archive"]) == ["BlueSquare.jpg"]
     housekeeping(config, accounts, ledger, now=time.time() + 2 * DAY)
     assert files(folders["archive"]) == [] and files(folders["ready"]) == ["BlueSquare.jpg"]

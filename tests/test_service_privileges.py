@@ -67,8 +67,13 @@ def test_a_thread_acting_as_the_user_has_exactly_the_users_rights(setup, owner):
     assert secret.read_bytes() == PHOTO.read_bytes()  # other threads are not affected
     outside.set()
     t.join()
-    assert results == {"secret": "denied", "group": "denied", "shadow": "denied", "write root dir": "denied",
-                       "after": True}
+    assert results == {
+        "secret": "denied",
+        "group": "denied",
+        "shadow": "denied",
+        "write root dir": "denied",
+        "after": True,
+    }
     st = (folders["ready"] / "mine.txt").stat()
     assert (st.st_uid, st.st_gid) == (owner.pw_uid, owner.pw_gid)
 
@@ -88,9 +93,14 @@ def test_links_out_of_the_outbound_folder_are_refused(setup):
     os.link(readable, out / "hardlink.jpg")  # someone else's file, readable, hard-linked in: refused
     os.link(secret, out / "hardlink-secret.jpg")  # someone else's unreadable file: the kernel refuses
     os.mkfifo(out / "pipe.jpg")
-    for name, message in (("shadow.jpg", "leads to /etc/shadow"), ("other-user.jpg", "outside"),
-                          ("readable-elsewhere.jpg", "outside"), ("sub/etc/passwd", "leads to /etc/passwd"),
-                          ("hardlink.jpg", "hard link to a file owned by root"), ("pipe.jpg", "not a regular file")):
+    for name, message in (
+        ("shadow.jpg", "leads to /etc/shadow"),
+        ("other-user.jpg", "outside"),
+        ("readable-elsewhere.jpg", "outside"),
+        ("sub/etc/passwd", "leads to /etc/passwd"),
+        ("hardlink.jpg", "hard link to a file owned by root"),
+        ("pipe.jpg", "not a regular file"),
+    ):
         with pytest.raises(RefusedFile, match=message):
             read_photo(user, out / name, [out])
     with pytest.raises(PermissionError):

@@ -20,9 +20,21 @@ PHOTO = DATA / "metadata" / "DSCN0010.jpg"
 
 
 def test_temporary_names():
-    temporary = ["IMG_1.jpg.part", "IMG_1.JPG.crdownload", "~$report.jpg", ".syncthing.IMG_1.jpg.tmp", "a.jpg.partial",
-                 ".hidden.jpg", ".cloakd-12.tmp", "photo.jpg~", "Thumbs.db", "desktop.ini", "x.tmp", "x.jpg.download",
-                 ".~lock.x.jpg#"]
+    temporary = [
+        "IMG_1.jpg.part",
+        "IMG_1.JPG.crdownload",
+        "~$report.jpg",
+        ".syncthing.IMG_1.jpg.tmp",
+        "a.jpg.partial",
+        ".hidden.jpg",
+        ".cloakd-12.tmp",
+        "photo.jpg~",
+        "Thumbs.db",
+        "desktop.ini",
+        "x.tmp",
+        "x.jpg.download",
+        ".~lock.x.jpg#",
+    ]
     photos = ["IMG_1.jpg", "IMG_1.HEIC", "party.partial.jpg", "tmp.jpg", "my~photo.png", "part.webp"]
     assert [n for n in temporary if not is_temporary(n)] == []
     assert [n for n in photos if is_temporary(n)] == []
@@ -62,8 +74,16 @@ class Harness:
         self.folders = user_tree(base, owner)
         self.owner = owner
         out = {"path": str(self.folders["out"]), "recursive": recursive, "polling": polling}
-        config = load_config(write_config(base / "cloakd.yaml", self.folders, owner.pw_name, stable_seconds=0.6,
-                                          poll_seconds=0.5, user_outbound=[out]))
+        config = load_config(
+            write_config(
+                base / "cloakd.yaml",
+                self.folders,
+                owner.pw_name,
+                stable_seconds=0.6,
+                poll_seconds=0.5,
+                user_outbound=[out],
+            )
+        )
         self.accounts = {"bee": Account.lookup(owner.pw_name)}
         self.candidates = Candidates(config.stable_seconds)
         self.watcher = Watcher(config, self.accounts, self.candidates)
@@ -85,7 +105,7 @@ def slow_write(path: Path, data: bytes, chunks: int, pause: float) -> float:
     step = len(data) // chunks + 1
     with open(path, "wb") as f:
         for i in range(0, len(data), step):
-            f.write(data[i:i + step])
+            f.write(data[i : i + step])
             f.flush()
             time.sleep(pause)
     return time.monotonic()
@@ -124,8 +144,14 @@ def test_inotify_takes_complete_files_once(account):
             t.join()
         finally:
             h.watcher.stop()
-        assert h.names() == ["album/inside.jpg", "link.jpg", "moved.jpg", "renamed.jpg", "slow.jpg",
-                             "there-before-start.jpg"]
+        assert h.names() == [
+            "album/inside.jpg",
+            "link.jpg",
+            "moved.jpg",
+            "renamed.jpg",
+            "slow.jpg",
+            "there-before-start.jpg",
+        ]
         times = {name: when for when, name, _ in h.taken}
         assert times["slow.jpg"] >= closed["slow.jpg"] + 0.5  # only after the close, then stable
         assert times["renamed.jpg"] >= closed["renamed.jpg"]

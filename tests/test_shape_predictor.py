@@ -53,7 +53,9 @@ def test_the_emulated_pipeline_chip_sees_the_face_as_dlibs_pipeline_does(analyze
     for image in photos:
         face = max(analyzer.analyse(image), key=lambda f: float(np.prod(f.box[2:] - f.box[:2])))
         _, points = _oracle_landmarks(dlib_oracle, image)
-        real = analyzer.describe(image, [replace(face, transform=align.ChipTransform.fit(chip_points, points, 150))], e)[0]
+        real = analyzer.describe(
+            image, [replace(face, transform=align.ChipTransform.fit(chip_points, points, 150))], e
+        )[0]
         (alternate,) = analyzer.alternate_alignments(image, face, e)
         assert alternate == dlib_pipeline_chip(analyzer.landmarks, image, face.transform, 0.25)
         via = analyzer.describe(image, [replace(face, transform=alternate)], e)[0]

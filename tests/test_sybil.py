@@ -21,9 +21,11 @@ def test_sybil_image_moves_another_face_towards_the_user(analyzer, data_dir):
     refs = np.stack([_descriptor(analyzer, p.read_bytes()) for p in user[:4]])
     toward = sybil_target(refs)
     candidates = [Candidate(p.name, p.read_bytes()) for p in sorted((faces / "Meryl_Streep").glob("*.jpg"))[:3]]
-    refused = [Candidate("user.jpg", user[6].read_bytes()),  # the user herself: would leak, not protect
-               Candidate("group.jpg", (data_dir / "groups" / "dlib_2008_002079.jpg").read_bytes()),
-               Candidate("notes.jpg", b"not a photo")]
+    refused = [
+        Candidate("user.jpg", user[6].read_bytes()),  # the user herself: would leak, not protect
+        Candidate("group.jpg", (data_dir / "groups" / "dlib_2008_002079.jpg").read_bytes()),
+        Candidate("notes.jpg", b"not a photo"),
+    ]
     ranking = rank_candidates(analyzer, candidates + refused, toward, refs)
     ranked, rejected = ranking.ranked, ranking.refused
     assert ranking.usable == len(ranked) and not ranking.stopped
@@ -46,10 +48,15 @@ def test_sybil_image_moves_another_face_towards_the_user(analyzer, data_dir):
 
 
 def test_no_usable_candidate_is_a_clear_refusal(analyzer, data_dir):
-    refs = np.stack([_descriptor(analyzer, p.read_bytes())
-                     for p in sorted((data_dir / "faces" / "Tim_Henman").glob("*.jpg"))[:3]])
-    res = make_sybil(analyzer, [Candidate("g.jpg", (data_dir / "groups" / "dlib_2008_002079.jpg").read_bytes())],
-                     sybil_target(refs), references=refs)
+    refs = np.stack(
+        [_descriptor(analyzer, p.read_bytes()) for p in sorted((data_dir / "faces" / "Tim_Henman").glob("*.jpg"))[:3]]
+    )
+    res = make_sybil(
+        analyzer,
+        [Candidate("g.jpg", (data_dir / "groups" / "dlib_2008_002079.jpg").read_bytes())],
+        sybil_target(refs),
+        references=refs,
+    )
     assert not res.ok and res.data is None and "g.jpg" in res.reason and "faces" in res.reason
 
 

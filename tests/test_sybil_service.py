@@ -60,15 +60,22 @@ def local(tmp_path: Path):
 
 
 def local_config(base: Path, folders: dict[str, Path], **settings):
-    return load_config(write_config(base / "cloakd.yaml", folders, Account.current().name,
-                                    user_sybil={"candidates": str(folders["cands"]), "output": str(folders["sybil"]),
-                                                "rate": "3600/hour"}, **settings))
+    return load_config(
+        write_config(
+            base / "cloakd.yaml",
+            folders,
+            Account.current().name,
+            user_sybil={"candidates": str(folders["cands"]), "output": str(folders["sybil"]), "rate": "3600/hour"},
+            **settings,
+        )
+    )
 
 
 def enrol(analyzer, state_dir: Path, photos: list[Path], replace: bool = False) -> None:
     described = describe_for_enrolment(analyzer, photos)
-    ReferenceStore(state_dir, analyzer.extractor.name).enrol("bee", described, analyzer.extractor.match_threshold,
-                                                             replace=replace)
+    ReferenceStore(state_dir, analyzer.extractor.name).enrol(
+        "bee", described, analyzer.extractor.match_threshold, replace=replace
+    )
 
 
 def test_references_are_enrolled_plus_folder_and_follow_a_new_enrolment(local, analyzer, one_thread, caplog):
@@ -116,8 +123,12 @@ def test_sybil_job_waits_while_photos_are_waiting(local, analyzer, one_thread):
     ledger = Ledger(config.state_dir)
     arriving = Candidates(config.stable_seconds)
     pipeline = Pipeline(config, accounts, ledger, strip_only, arriving.note, lambda at: None)
-    job = SybilJob(analyzer, UserReferences(analyzer, config.state_dir), config.state_dir,
-                   busy=lambda: photos_waiting(config, ledger, arriving))
+    job = SybilJob(
+        analyzer,
+        UserReferences(analyzer, config.state_dir),
+        config.state_dir,
+        busy=lambda: photos_waiting(config, ledger, arriving),
+    )
     record = SybilRecord(config.state_dir, "bee")
 
     photo = folders["out"] / "BlueSquare.jpg"
@@ -149,17 +160,31 @@ def test_sybil_job_waits_while_photos_are_waiting(local, analyzer, one_thread):
 
 def test_cli_sybil_without_enrolment_is_a_clear_error(tmp_path: Path):
     (tmp_path / "cands").mkdir()
-    result = subprocess.run([str(CLOAKD), "sybil", "--user", "bee", "--candidates", str(tmp_path / "cands"), "--out",
-                             str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")],
-                            capture_output=True, text=True, timeout=60, env=ONE_THREAD)
+    result = subprocess.run(
+        [
+            str(CLOAKD),
+            "sybil",
+            "--user",
+            "bee",
+            "--candidates",
+            str(tmp_path / "cands"),
+            "--out",
+            str(tmp_path / "out"),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 2, result.stderr
     assert "user 'bee' is not enrolled" in result.stderr
     assert "run 'cloakd enrol --user bee PHOTOS' first" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_sybil_uses_each_candidate_once_and_counts_an_existing_output_as_used(tmp_path: Path, analyzer,
-                                                                                 one_thread):
+def test_cli_sybil_uses_each_candidate_once_and_counts_an_existing_output_as_used(tmp_path: Path, analyzer, one_thread):
     state, cands, out = tmp_path / "state", tmp_path / "cands", tmp_path / "out"
     cands.mkdir()
     out.mkdir()
@@ -168,9 +193,26 @@ def test_cli_sybil_uses_each_candidate_once_and_counts_an_existing_output_as_use
     enrol(analyzer, state, USER_PHOTOS)
     crashed = hashlib.sha256((cands / "Jackie_Chan_0003.jpg").read_bytes()).hexdigest()
     (out / f"sybil-{crashed[:12]}.jpg").write_bytes(b"written just before a crash")  # but not recorded
-    result = subprocess.run([str(CLOAKD), "sybil", "--user", "bee", "--candidates", str(cands), "--out", str(out),
-                             "--state-dir", str(state), "--count", "2"],
-                            capture_output=True, text=True, timeout=120, env=ONE_THREAD)
+    result = subprocess.run(
+        [
+            str(CLOAKD),
+            "sybil",
+            "--user",
+            "bee",
+            "--candidates",
+            str(cands),
+            "--out",
+            str(out),
+            "--state-dir",
+            str(state),
+            "--count",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ONE_THREAD,
+    )
     assert result.returncode == 2  # 1 of the 2 asked for: no candidate left for the second
     assert "1 of 2 Sybil images made: all Sybil candidates used: add more to" in result.stderr
     assert f"not used: {cands / TWO_FACES.name}: 2 faces" in result.stderr
@@ -182,8 +224,10 @@ def test_cli_sybil_uses_each_candidate_once_and_counts_an_existing_output_as_use
     assert after < before - 0.15
     record = SybilRecord(state, "bee").load()
     assert {e["name"]: (e["state"], e.get("reason", "")) for e in record.values()} == {
-        CANDIDATE.name: ("made", ""), "Jackie_Chan_0003.jpg": ("made", "found already written"),
-        TWO_FACES.name: ("refused", "2 faces: a Sybil candidate must show one face")}
+        CANDIDATE.name: ("made", ""),
+        "Jackie_Chan_0003.jpg": ("made", "found already written"),
+        TWO_FACES.name: ("refused", "2 faces: a Sybil candidate must show one face"),
+    }
     assert sorted(files(out)) == sorted([f"sybil-{crashed[:12]}.jpg", f"sybil-{made[:12]}.jpg"])
 
 
@@ -196,8 +240,9 @@ def test_a_candidate_linking_outside_the_candidates_folder_is_refused(analyzer, 
         os.symlink(secret, folders["cands"] / "friend.jpg")
         account = Account.lookup(owner.pw_name)
         record = SybilRecord(base / "state", "bee")
-        references = {analyzer.extractor.name: np.stack([d.descriptor for d in describe_for_enrolment(analyzer,
-                                                                                                   USER_PHOTOS)])}
+        references = {
+            analyzer.extractor.name: np.stack([d.descriptor for d in describe_for_enrolment(analyzer, USER_PHOTOS)])
+        }
         outcome = make_one(analyzer, account, folders["cands"], folders["sybil"], references, record)
         assert outcome.made is None and outcome.exhausted
         assert len(outcome.refused) == 1
@@ -218,20 +263,29 @@ def test_service_makes_a_sybil_image_after_a_reload_and_an_enrolment(analyzer, o
         state = base / "state"
         with Service(config) as service:
             service.wait_ready()
-            write_config(config, folders, owner.pw_name, user_mode="mid",  # the Sybil job comes with a reload
-                         user_sybil={"candidates": str(folders["cands"]), "output": str(folders["sybil"]),
-                                     "rate": "3600/hour"})
+            write_config(
+                config,
+                folders,
+                owner.pw_name,
+                user_mode="mid",  # the Sybil job comes with a reload
+                user_sybil={"candidates": str(folders["cands"]), "output": str(folders["sybil"]), "rate": "3600/hour"},
+            )
             service.signal(signal.SIGHUP)
             wait_for(lambda: "bee: no Sybil images" in service.log(), 30, "the warning without references", service)
-            enrolled = subprocess.run([str(CLOAKD), "enrol", "--user", "bee", "--state-dir", str(state),
-                                       *map(str, USER_PHOTOS)], capture_output=True, text=True, timeout=120,
-                                      env=ONE_THREAD)
+            enrolled = subprocess.run(
+                [str(CLOAKD), "enrol", "--user", "bee", "--state-dir", str(state), *map(str, USER_PHOTOS)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=ONE_THREAD,
+            )
             assert enrolled.returncode == 0, enrolled.stderr
             wait_for(lambda: files(folders["sybil"]) != [], 120, "a Sybil image", service)
             wait_for(lambda: "all Sybil candidates used" in service.log(), 30, "the next tick", service)
             log = service.log_path.read_text()
-            status = subprocess.run([str(CLOAKD), "status", "--config", str(config)], capture_output=True, text=True,
-                                    timeout=60)
+            status = subprocess.run(
+                [str(CLOAKD), "status", "--config", str(config)], capture_output=True, text=True, timeout=60
+            )
             assert service.stop() == 0
         assert log.count("no Sybil images: they are pulled towards") == 1  # said once, not at every tick
         assert log.count("all Sybil candidates used") == 1

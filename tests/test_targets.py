@@ -12,7 +12,6 @@ from cloakd.core.errors import CloakdError
 from cloakd.core.extractors import DEFAULT_EXTRACTOR
 from cloakd.core.targets import TargetBank, choose_target
 from cloakd.daemon.targets import TargetStore
-
 from conftest import REPO
 
 
@@ -37,8 +36,13 @@ def test_bank_build_reproduces_the_shipped_entries(tmp_path, data_dir, bank):
     for n in names:
         (src / n).symlink_to(data_dir / "targets" / n)
     out = tmp_path / "bank.npz"
-    run = subprocess.run([sys.executable, "-m", "cloakd.daemon.cli", "targets", "build", str(src), "--out", str(out)],
-                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    run = subprocess.run(
+        [sys.executable, "-m", "cloakd.daemon.cli", "targets", "build", str(src), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert run.returncode == 0, run.stderr
     built = TargetBank.load(out)
     assert built.names == names

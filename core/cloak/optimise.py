@@ -37,10 +37,7 @@ from ..align import ChipTransform, chip_to_box
 from ..extractors import Extractor
 from .presets import CloakPreset
 from .ssim import dssim, dssim_large
-from .views import EXACT_ALTERNATE, IDENTITY, ViewDistribution, render_chips
-
-TOWARDS = "towards"
-AWAY = "away"
+from .views import EXACT_ALTERNATE, IDENTITY, View, ViewDistribution, render_chips
 
 #: Adam's iterate is projected a little inside the budget, so the next step rarely needs a second projection
 PROJECTION_SAFETY = 0.995
@@ -79,10 +76,6 @@ class FaceTask:
     """One face to cloak: one :class:`Goal` per extractor, in the order the extractors are given."""
 
     goals: list[Goal]
-
-    @property
-    def direction(self) -> str:
-        return TOWARDS if any(g.target is not None for g in self.goals) else AWAY
 
 
 @dataclass
@@ -176,60 +169,73 @@ class _Face:
     """Per-face optimisation state at the face's own working resolution.
 
     Each face's region (with a little context) is cut from the photo and resampled on its own, so a large
-    face next to a small one costs what each costs alone. ``full_box`` is the region in the photo's
-    pixels, ``work_box`` the same region in the working crop's pixels.
+    face next to a small one costs what each costs alone. ``work_scale`` is the working resolution as a
+    factor of the photo's, ``full_box`` the region in the photo's pixels, ``work_box`` the same region in
+    the working crop's pixels; ``gaps`` the extractors' identity gaps.
     """
 
-    def __init__(self, task: FaceTask, scales: Sequence[float], image: np.ndarray, work_side: int, margin: float):
+    def __init__(self, task: FaceTask, gaps: Sequence[float], image: np.ndarray, work_side: int, margin: float):
         h, w = image.shape[:2]
         self.task = task
-        full_transforms = [g.transform for g in task.goals]
-        every = [tf for g in task.goals for tf in g.alignments]  # the region covers every chip
-        self.s = working_scale(h, w, full_transforms, work_side)
-        self.full_box = _region_box(every, (h, w), margin)
-        left, top, right, bottom = self.full_box
-        context = int(math.ceil(2 / self.s)) + 1  # for the resampling filter at the region's edge
-        crop_left, crop_top = max(left - context, 0), max(top - context, 0)
-        crop = image[crop_top : min(bottom + context, h), crop_left : min(right + context, w)]
-        self.crop_origin = (crop_left, crop_top)
-        def local(tf: ChipTransform) -> ChipTransform:
-            tf = _translated(tf, -crop_left, -crop_top)
-            return _scaled(tf, self.s) if self.s != 1.0 else tf
-
-        if self.s != 1.0:
-            crop = _resize_uint8(crop, self.s)
-        self.alignments = [tuple(local(tf) for tf in g.alignments) for g in task.goals]
+        self.work_scale = working_scale(h, w, [g.transform for g in task.goals], work_side)
+        self.full_box = _region_box([tf for g in task.goals for tf in g.alignments], (h, w), margin)  # every chip
+        crop = self._working_crop(image)
+        self.alignments = [tuple(self._local(tf) for tf in g.alignments) for g in task.goals]
         every_local = [tf for a in self.alignments for tf in a]
         self.has_alternates = any(len(a) > 1 for a in self.alignments)
         self.work_box = _region_box(every_local, crop.shape[:2], margin)
         wl, wt, wr, wb = self.work_box
         self.base = _to_tensor(crop[wt:wb, wl:wr])
-        self.long_side = max(h, w) * self.s  # the photo's long side at this face's working resolution
-        self.mask = torch.stack([chip_to_box(_feather(tf.size), tf, self.work_box).float() for tf in every_local]).amax(0)
+        self.long_side = max(h, w) * self.work_scale  # the photo's long side at this face's working resolution
+        footprints = [chip_to_box(_feather(tf.size), tf, self.work_box).float() for tf in every_local]
+        self.mask = torch.stack(footprints).amax(0)  # where the perturbation may act: the chips, feathered
         self.delta = torch.zeros(3, wb - wt, wr - wl, requires_grad=True)
-        self.scales = list(scales)
-        self.targets = [None if g.target is None else torch.as_tensor(np.asarray(g.target, np.float32))
-                        for g in task.goals]
-        self.origins = [torch.as_tensor(np.asarray(g.origin, np.float32)) for g in task.goals]
-        #: where each extractor starts, in its gaps from the target
-        self.start = [None if t is None else float((o - t).norm()) / u for o, t, u in zip(self.origins, self.targets, scales)]
+        self._aim(task.goals, gaps)
+
+    def _aim(self, goals: list[Goal], gaps: Sequence[float]) -> None:
+        """Per extractor: its identity gap, the target and the face's own descriptor as tensors, and where
+        the face starts, in gaps from the target."""
+        self.gaps = list(gaps)
+        self.targets = [None if g.target is None else torch.as_tensor(np.asarray(g.target, np.float32)) for g in goals]
+        self.origins = [torch.as_tensor(np.asarray(g.origin, np.float32)) for g in goals]
+        self.start = [
+            None if t is None else float((o - t).norm()) / u for o, t, u in zip(self.origins, self.targets, gaps)
+        ]
+
+    def _working_crop(self, image: np.ndarray) -> np.ndarray:
+        """The face's region of the photo with a little context (for the resampling filter at the region's
+        edge), at the working resolution; its top-left corner in the photo is ``crop_origin``."""
+        h, w = image.shape[:2]
+        left, top, right, bottom = self.full_box
+        context = int(math.ceil(2 / self.work_scale)) + 1
+        crop_left, crop_top = max(left - context, 0), max(top - context, 0)
+        self.crop_origin = (crop_left, crop_top)
+        crop = image[crop_top : min(bottom + context, h), crop_left : min(right + context, w)]
+        return _resize_uint8(crop, self.work_scale) if self.work_scale != 1.0 else crop
+
+    def _local(self, tf: ChipTransform) -> ChipTransform:
+        """A chip of the photo in the working crop's pixels."""
+        tf = _translated(tf, -self.crop_origin[0], -self.crop_origin[1])
+        return _scaled(tf, self.work_scale) if self.work_scale != 1.0 else tf
 
     def pixels(self) -> torch.Tensor:
+        """The face's working pixels as the extractors see them: the perturbation ``delta`` (the search's
+        variable), through ``mask``, on the original pixels ``base``."""
         return (self.base + self.mask * self.delta).clamp(0, 255)
 
     def full_resolution_delta(self) -> torch.Tensor:
         """The perturbation on the full-resolution pixels of ``full_box``."""
         d = self.mask * self.delta.detach()
-        if self.s == 1.0:
+        if self.work_scale == 1.0:
             return d
         crop_left, crop_top = self.crop_origin
         left, top, right, bottom = self.full_box
         box_in_crop = (left - crop_left, top - crop_top, right - crop_left, bottom - crop_top)
-        return _resample_box(d, self.work_box, box_in_crop, self.s)
+        return _resample_box(d, self.work_box, box_in_crop, self.work_scale)
 
     def _distances(self, k: int, emb: torch.Tensor, to: torch.Tensor) -> torch.Tensor:
         """Distances of extractor k's descriptors ``emb`` (views x D) to ``to``, in identity gaps of k."""
-        return (emb - to).pow(2).sum(-1).clamp_min(1e-12).sqrt() / self.scales[k]
+        return (emb - to).pow(2).sum(-1).clamp_min(1e-12).sqrt() / self.gaps[k]
 
     def converged(self, embs: list[torch.Tensor], preset: CloakPreset) -> bool:
         """Whether this step's views (before the step) show every extractor's goal reached: a target on
@@ -278,60 +284,128 @@ def cloak(
     their losses, in identity gaps, are summed). ``bf16``: run them inside the optimisation
     loop in bfloat16 (default: when the CPU has native bfloat16 instructions). Only the search direction
     is affected; the budget and the result are computed in float32.
+
+    The steps: prepare each face's state (:class:`_Face`, :class:`_Search`), then per step the gradients of
+    every face's loss over its views (:meth:`_Search.gradients`, the loss itself in
+    :meth:`_Face.feature_losses`), one Adam step and the projection onto the budget (:meth:`_Search.descend`);
+    at the end the budget is enforced exactly at full resolution (:func:`_apply_at_full_resolution`).
     """
     t0 = time.perf_counter()
     if not tasks:
         return CloakResult(image.copy(), [], 0.0)
     extractors = [extractors] if isinstance(extractors, Extractor) else list(extractors)
-    if any(len(t.goals) != len(extractors) for t in tasks):
-        raise ValueError("every face task needs one goal per extractor")
-    views = views if views is not None else preset.views
-    rng = np.random.default_rng(seed)
-    scales = [e.identity_gap for e in extractors]
-    faces = [_Face(t, scales, image, work_side, margin) for t in tasks]
-    use_bf16 = bf16_supported() if bf16 is None else bf16
-    nets = [e.bfloat16_twin() if use_bf16 else e for e in extractors]
-
-    opt = _Adam([f.delta for f in faces])
-    history: list[list[float]] = [[] for _ in faces]
-    per_pass = max(1, CHIPS_PER_PASS // preset.views_per_step)
-    passes = [list(range(i, min(i + per_pass, len(faces)))) for i in range(0, len(faces), per_pass)]
+    search = _Search(
+        image,
+        tasks,
+        extractors,
+        preset,
+        views if views is not None else preset.views,
+        seed=seed,
+        work_side=work_side,
+        margin=margin,
+        bf16=bf16_supported() if bf16 is None else bf16,
+    )
     for step in range(preset.steps):
+        if search.gradients(step):  # every face already where it should be, in every view of this step: stop early
+            break
+        search.descend(step)
+    out, results = _apply_at_full_resolution(image, search.faces, preset.rho)
+    for res, hist in zip(results, search.history):
+        res.loss = [hist[0], hist[-1]] if hist else []
+    return CloakResult(out, results, time.perf_counter() - t0, steps=len(search.history[0]))
+
+
+class _Search:
+    """One cloak's optimisation: the faces' states, the networks the search runs (bfloat16 twins or the
+    extractors), Adam, the random views' stream, and each face's identity-view loss per step.
+
+    The faces are differentiated a few at a time (``passes``): their losses are independent, so the
+    gradient is the same, and the activations kept for the backward pass stay bounded.
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        tasks: list[FaceTask],
+        extractors: list[Extractor],
+        preset: CloakPreset,
+        views: ViewDistribution,
+        *,
+        seed: int,
+        work_side: int,
+        margin: float,
+        bf16: bool,
+    ):
+        if any(len(t.goals) != len(extractors) for t in tasks):
+            raise ValueError("every face task needs one goal per extractor")
+        self.preset, self.views = preset, views
+        self.rng = np.random.default_rng(seed)
+        gaps = [e.identity_gap for e in extractors]
+        self.faces = [_Face(t, gaps, image, work_side, margin) for t in tasks]
+        self.nets = [e.bfloat16_twin() if bf16 else e for e in extractors]
+        self.opt = _Adam([f.delta for f in self.faces])
+        self.history: list[list[float]] = [[] for _ in self.faces]
+        per_pass = max(1, CHIPS_PER_PASS // preset.views_per_step)
+        self.passes = [list(range(i, min(i + per_pass, len(tasks)))) for i in range(0, len(tasks), per_pass)]
+
+    def gradients(self, step: int) -> bool:
+        """This step's losses and their gradients, pass by pass; True when every face had already reached
+        its goal in this step's views (then there is nothing to descend)."""
         done: list[bool] = []
-        for f in faces:
+        for f in self.faces:
             f.delta.grad = None
-        for members in passes:  # the faces' losses are independent: their gradients, a few faces at a time
-            per_extractor: list[list[torch.Tensor]] = [[] for _ in nets]
-            seen: list[list[list[int]]] = []  # per face of the pass, per extractor: the views it sees
-            for i in members:
-                f = faces[i]
-                phase = (int(rng.integers(0, JPEG_PHASES)), int(rng.integers(0, JPEG_PHASES)))  # one per step
-                exact = [IDENTITY] + ([EXACT_ALTERNATE] if preset.exact_alternate and f.has_alternates else [])
-                vs = exact + [views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
-                              for k in range(preset.views_per_step - len(exact))]
-                seen.append([_views_seen(k, step, preset, len(exact), len(a) > 1) for k, a in enumerate(f.alignments)])
-                for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.alignments, vs)):
-                    per_extractor[k].append(chips[seen[-1][k]])
-            embs = [net(torch.cat(chips)).split([len(s[k]) for s in seen]) for k, (net, chips) in enumerate(zip(nets, per_extractor))]
-            loss = torch.zeros(())  # summed over faces and extractors
-            for j, i in enumerate(members):
-                mine = [e[j] for e in embs]
-                per_extractor_loss = faces[i].feature_losses(mine, preset)
-                history[i].append(float(sum(fl[0].detach() for fl in per_extractor_loss)))
-                done.append(faces[i].converged([e.detach() for e in mine], preset))
-                loss = loss + sum(fl.mean() for fl in per_extractor_loss)
-            if len(passes) == 1 and all(done):
+        for members in self.passes:
+            loss = self._loss(members, self._embed(members, step), done)
+            if len(self.passes) == 1 and all(done):
                 break
             loss.backward()
-        if all(done):  # every face already where it should be, in every view of this step: stop early
-            break
-        opt.step(preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / preset.steps))))  # cosine decay
-        _project_to_budget(faces, preset.rho)
+        return all(done)
 
-    out, results = _apply_at_full_resolution(image, faces, preset.rho)
-    for res, hist in zip(results, history):
-        res.loss = [hist[0], hist[-1]] if hist else []
-    return CloakResult(out, results, time.perf_counter() - t0, steps=len(history[0]))
+    def descend(self, step: int) -> None:
+        """One Adam step (cosine-decayed step size), then each face's perturbation back onto the budget."""
+        preset = self.preset
+        self.opt.step(preset.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / preset.steps))))
+        _project_to_budget(self.faces, preset.rho)
+
+    def _draw(self, f: _Face) -> tuple[list[View], int]:
+        """A face's views for one step: its exact views (the exact alignment, and the exact alternate one
+        where the preset and the face have it), then random upload views sharing one JPEG block phase; and
+        how many exact views lead."""
+        preset, rng = self.preset, self.rng
+        phase = (int(rng.integers(0, JPEG_PHASES)), int(rng.integers(0, JPEG_PHASES)))  # one per step
+        exact = [IDENTITY] + ([EXACT_ALTERNATE] if preset.exact_alternate and f.has_alternates else [])
+        drawn = [
+            self.views.sample(rng, f.long_side, force_jpeg=k == 0, jpeg_offset=phase)
+            for k in range(preset.views_per_step - len(exact))
+        ]
+        return exact + drawn, len(exact)
+
+    def _embed(self, members: list[int], step: int) -> list[list[torch.Tensor]]:
+        """Per face of ``members``, per extractor, the descriptors of the views it sees this step."""
+        per_extractor: list[list[torch.Tensor]] = [[] for _ in self.nets]
+        seen: list[list[list[int]]] = []  # per face, per extractor: the views it sees
+        for i in members:
+            f = self.faces[i]
+            views, exact = self._draw(f)
+            seen.append([_views_seen(k, step, self.preset, exact, len(a) > 1) for k, a in enumerate(f.alignments)])
+            for k, chips in enumerate(render_chips(f.pixels(), f.work_box[:2], f.alignments, views)):
+                per_extractor[k].append(chips[seen[-1][k]])
+        embs = [
+            net(torch.cat(chips)).split([len(s[k]) for s in seen])
+            for k, (net, chips) in enumerate(zip(self.nets, per_extractor))
+        ]
+        return [[e[j] for e in embs] for j in range(len(members))]
+
+    def _loss(self, members: list[int], embs: list[list[torch.Tensor]], done: list[bool]) -> torch.Tensor:
+        """The faces' losses summed over faces and extractors; notes each face's identity-view loss in its
+        history and whether it reached its goal (into ``done``)."""
+        loss = torch.zeros(())
+        for i, mine in zip(members, embs):
+            per_extractor = self.faces[i].feature_losses(mine, self.preset)
+            self.history[i].append(float(sum(fl[0].detach() for fl in per_extractor)))
+            done.append(self.faces[i].converged([e.detach() for e in mine], self.preset))
+            loss = loss + sum(fl.mean() for fl in per_extractor)
+        return loss
 
 
 def _views_seen(k: int, step: int, preset: CloakPreset, exact: int = 1, has_alternates: bool = True) -> list[int]:

@@ -50,10 +50,28 @@ PRESETS: dict[str, CloakPreset] = {
     "high": CloakPreset("high", rho=0.017, steps=100, views_per_step=4, away_weight=1.0),
     # the ensemble modes' push away ends at 1.5 gaps: the value their settings were chosen and measured
     # with (bench/shift.py, bench/transfer.py); 2.6 was not tried with the ensemble
-    "strong": CloakPreset("strong", rho=0.03, steps=60, lr=1.5, views_per_step=4, ensemble=True, ensemble_views=2,
-                          away_weight=1.0, away_margin=1.5),
-    "max": CloakPreset("max", rho=0.05, steps=100, lr=1.5, views_per_step=4, ensemble=True, ensemble_views=2,
-                       away_weight=1.0, away_margin=1.5),
+    "strong": CloakPreset(
+        "strong",
+        rho=0.03,
+        steps=60,
+        lr=1.5,
+        views_per_step=4,
+        ensemble=True,
+        ensemble_views=2,
+        away_weight=1.0,
+        away_margin=1.5,
+    ),
+    "max": CloakPreset(
+        "max",
+        rho=0.05,
+        steps=100,
+        lr=1.5,
+        views_per_step=4,
+        ensemble=True,
+        ensemble_views=2,
+        away_weight=1.0,
+        away_margin=1.5,
+    ),
 }
 PRESETS["paper"] = replace(PRESETS["low"], name="paper", steps=1000)
 

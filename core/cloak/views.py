@@ -54,8 +54,13 @@ class ViewDistribution:
     p_resize: float = 0.7
     p_alternate: float = 0.5  # a random view aligns the face by another landmark model, where there is one
 
-    def sample(self, rng: np.random.Generator, photo_long_side: int, force_jpeg: bool = False,
-               jpeg_offset: tuple[int, int] | None = None) -> View:
+    def sample(
+        self,
+        rng: np.random.Generator,
+        photo_long_side: int,
+        force_jpeg: bool = False,
+        jpeg_offset: tuple[int, int] | None = None,
+    ) -> View:
         """One random view; ``jpeg_offset`` fixes the JPEG block phase (views sharing it and their scale
         are recompressed as one batch)."""
         scale = 1.0
@@ -68,8 +73,9 @@ class ViewDistribution:
         return View(
             scale=scale,
             jpeg_quality=quality,
-            jpeg_offset=(jpeg_offset if jpeg_offset is not None
-                         else (int(rng.integers(0, 16)), int(rng.integers(0, 16)))),
+            jpeg_offset=(
+                jpeg_offset if jpeg_offset is not None else (int(rng.integers(0, 16)), int(rng.integers(0, 16)))
+            ),
             shift=(float(rng.uniform(-self.shift, self.shift)), float(rng.uniform(-self.shift, self.shift))),
             rotation=math.radians(float(rng.uniform(-self.rotation_deg, self.rotation_deg))),
             zoom=float(1 + rng.uniform(-self.zoom, self.zoom)),
@@ -92,8 +98,9 @@ def transform_in_crop(tf: ChipTransform, origin: tuple[int, int], view: View) ->
     return ChipTransform((cx - half, cy - half, cx + half, cy + half), tf.angle + view.rotation, tf.size)
 
 
-def render_chips(pixels: torch.Tensor, origin: tuple[int, int], alignments: list[Sequence[ChipTransform]],
-                 views: list[View]) -> list[torch.Tensor]:
+def render_chips(
+    pixels: torch.Tensor, origin: tuple[int, int], alignments: list[Sequence[ChipTransform]], views: list[View]
+) -> list[torch.Tensor]:
     """For each extractor, its chips (N x 3 x S x S) seen through ``views`` from a crop (3 x h x w, 0-255)
     whose top-left is ``origin``. ``alignments``: per extractor, its chip transforms, its own alignment
     first, then alternates (a view's ``alignment`` picks one; an extractor without it uses its own).

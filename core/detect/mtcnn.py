@@ -160,8 +160,7 @@ class FaceDetector:
 def _run_chunked(net: torch.nn.Module, crops: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``net(crops)`` evaluated in chunks of ``_CHUNK``, channels-last (oneDNN's fast layout on CPU)."""
     outs = [
-        net(crops[i : i + _CHUNK].contiguous(memory_format=torch.channels_last))
-        for i in range(0, len(crops), _CHUNK)
+        net(crops[i : i + _CHUNK].contiguous(memory_format=torch.channels_last)) for i in range(0, len(crops), _CHUNK)
     ]
     return tuple(torch.cat(parts) for parts in zip(*outs))
 
@@ -203,9 +202,7 @@ def _pnet_cells(prob: np.ndarray, reg: np.ndarray, threshold: float) -> np.ndarr
     """Rows (x1, y1, x2, y2, score, dx1, dy1, dx2, dy2) for output cells above threshold, in level pixels."""
     rows, cols = np.nonzero(prob > threshold)
     x1, y1 = cols * _STRIDE, rows * _STRIDE
-    return np.column_stack(
-        [x1, y1, x1 + _CELL, y1 + _CELL, prob[rows, cols], reg[:, rows, cols].T]
-    ).astype(np.float64)
+    return np.column_stack([x1, y1, x1 + _CELL, y1 + _CELL, prob[rows, cols], reg[:, rows, cols].T]).astype(np.float64)
 
 
 def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:

@@ -90,13 +90,14 @@ def hog_like_box(transform: ChipTransform, padding: float = FIT_PADDING) -> tupl
     bottom)."""
     k = (1 + 2 * FIT_PADDING) / (1 + 2 * padding)  # the chip's side at the fitted padding, per side at this one
     n = transform.size - 1  # chip pixels across the chip's rect
-    (cx, cy), = transform.chip_to_image(n * (0.5 + k * np.array([HOG_BOX_CENTRE])))
+    ((cx, cy),) = transform.chip_to_image(n * (0.5 + k * np.array([HOG_BOX_CENTRE])))
     half = HOG_BOX_SIDE * k * (transform.rect[2] - transform.rect[0]) / 2
     return cx - half, cy - half, cx + half, cy + half
 
 
-def dlib_pipeline_chip(predictor: ShapePredictor, image: np.ndarray, transform: ChipTransform,
-                       padding: float) -> ChipTransform:
+def dlib_pipeline_chip(
+    predictor: ShapePredictor, image: np.ndarray, transform: ChipTransform, padding: float
+) -> ChipTransform:
     """The chip dlib's own pipeline (HOG box, this predictor, get_face_chip with ``padding``) would cut
     for the face whose chip in cloakd's alignment (the same geometry) is ``transform``."""
     points = predictor.predict(image, hog_like_box(transform, padding))
@@ -140,16 +141,7 @@ def _parse(data: bytes) -> ShapePredictor:
         raise ModelCorruptError("dlib landmark model: unsupported version")
     initial = r.column().reshape(-1, 2)
     points = len(initial)
-    cascades = r.integer()
-    forests = []
-    for _ in range(cascades):
-        tree_count = r.integer()
-        trees = []
-        for _ in range(tree_count):
-            splits = [(r.integer(), r.integer(), r.floating()) for _ in range(r.integer())]
-            leaves = [r.column() for _ in range(r.integer())]
-            trees.append((splits, leaves))
-        forests.append(trees)
+    forests = _forests(r)
     anchors = [[r.integer() for _ in range(r.integer())] for _ in range(r.integer())]
     offsets = [[(r.floating(), r.floating()) for _ in range(r.integer())] for _ in range(r.integer())]
     if r.pos != len(data):
@@ -165,6 +157,20 @@ def _parse(data: bytes) -> ShapePredictor:
         anchors=np.array(anchors, np.int64),
         offsets=np.array(offsets, np.float64),
     )
+
+
+def _forests(r: "_Packed") -> list[list[tuple[list, list]]]:
+    """The cascades of regression trees: per cascade, per tree, its splits (two pixel indices and a
+    threshold) and its leaves."""
+    forests = []
+    for _ in range(r.integer()):
+        trees = []
+        for _ in range(r.integer()):
+            splits = [(r.integer(), r.integer(), r.floating()) for _ in range(r.integer())]
+            leaves = [r.column() for _ in range(r.integer())]
+            trees.append((splits, leaves))
+        forests.append(trees)
+    return forests
 
 
 class _Packed:

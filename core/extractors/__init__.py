@@ -33,16 +33,13 @@ CLOAK_EXTRACTORS = ("dlib_resnet", "sface", "omz_reid")
 
 
 def load_extractor(name: str, **options) -> Extractor:
-    """Build the extractor ``name`` (eval mode, gradients off for its parameters)."""
+    """Build the extractor ``name``, frozen: eval mode, gradients off for its parameters (here only: a
+    factory returns the bare network)."""
     try:
         factory = FACTORIES[name]
     except KeyError:
         raise CloakdError(f"unknown extractor {name!r} (available: {', '.join(sorted(FACTORIES))})") from None
-    model = factory(**options)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return factory(**options).eval().requires_grad_(False)
 
 
 __all__ = ["CLOAK_EXTRACTORS", "ChipGeometry", "DEFAULT_EXTRACTOR", "Extractor", "FACTORIES", "load_extractor"]

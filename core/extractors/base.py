@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 
-
 @dataclass(frozen=True)
 class ChipGeometry:
     """Where an extractor's input chip lies relative to the face.
@@ -42,7 +41,7 @@ class ChipGeometry:
     def transform(self, landmarks: np.ndarray, box: np.ndarray | None = None):
         """The :class:`~cloakd.core.align.ChipTransform` that crops a face with these 5 landmarks and this
         detection box (x1, y1, x2, y2; only a box geometry uses it, and needs it)."""
-        from ..align import ChipTransform, MTCNN_TEMPLATE, template_in_chip
+        from ..align import MTCNN_TEMPLATE, ChipTransform, template_in_chip
 
         if self.box_margin is not None:
             if box is None:

@@ -121,9 +121,12 @@ class DlibResNet(Extractor):
         )
         self.levels = nn.Sequential(
             *(_ares(layers, 32) for _ in range(3)),  # alevel4
-            _ares_down(layers, 32, 64), *(_ares(layers, 64) for _ in range(3)),  # alevel3
-            _ares_down(layers, 64, 128), *(_ares(layers, 128) for _ in range(2)),  # alevel2
-            _ares_down(layers, 128, 256), *(_ares(layers, 256) for _ in range(2)),  # alevel1
+            _ares_down(layers, 32, 64),
+            *(_ares(layers, 64) for _ in range(3)),  # alevel3
+            _ares_down(layers, 64, 128),
+            *(_ares(layers, 128) for _ in range(2)),  # alevel2
+            _ares_down(layers, 128, 256),
+            *(_ares(layers, 256) for _ in range(2)),  # alevel1
             _ares_down(layers, 256, 256),  # alevel0
         )
         layers.avg_pool_everything()
@@ -186,8 +189,7 @@ class _Layers:
 
     def _fail(self, what: str) -> ModelCorruptError:
         return ModelCorruptError(
-            f"dlib model file {self._source} does not hold dlib's face-recognition ResNet: "
-            f"layer {self._next}: {what}"
+            f"dlib model file {self._source} does not hold dlib's face-recognition ResNet: layer {self._next}: {what}"
         )
 
     def _take(self, kind: type[L], expected: str) -> L:
@@ -203,11 +205,7 @@ class _Layers:
         expected = f"con<{cout},{k},{k},{stride},{stride}> on {cin} channels"
         layer = self._take(dat.Conv, expected)
         pad = 0 if stride != 1 else k // 2  # dlib's default padding
-        if (
-            layer.weight.shape != (cout, cin, k, k)
-            or layer.stride != (stride, stride)
-            or layer.padding != (pad, pad)
-        ):
+        if layer.weight.shape != (cout, cin, k, k) or layer.stride != (stride, stride) or layer.padding != (pad, pad):
             raise self._fail(
                 f"conv {layer.weight.shape} stride {layer.stride} padding {layer.padding}, expected {expected}"
             )
@@ -279,4 +277,4 @@ def dlib_resnet(path: str | os.PathLike[str] | None = None) -> DlibResNet:
         source = Path(path)
         fix = f"use an unmodified copy of {Path(MODEL_FILE).name}"
     network = dat.read_dat(source, sha256=MODEL_SHA256, fix=fix)
-    return DlibResNet(network, str(source)).eval()
+    return DlibResNet(network, str(source))

@@ -83,7 +83,8 @@ class Residual(Mixed):
 def block35() -> Residual:
     """Inception-ResNet-A (35 x 35 grid in the paper, 17 x 17 here), 256 channels."""
     return Residual(
-        256, SCALE_A,
+        256,
+        SCALE_A,
         chain(ConvReLU(256, 32, 1)),
         chain(ConvReLU(256, 32, 1), ConvReLU(32, 32, 3)),
         chain(ConvReLU(256, 32, 1), ConvReLU(32, 32, 3), ConvReLU(32, 32, 3)),
@@ -93,7 +94,8 @@ def block35() -> Residual:
 def block17() -> Residual:
     """Inception-ResNet-B (17 x 17 in the paper, 8 x 8 here), 896 channels, factorised 7x7."""
     return Residual(
-        896, SCALE_B,
+        896,
+        SCALE_B,
         chain(ConvReLU(896, 128, 1)),
         chain(ConvReLU(896, 128, 1), ConvReLU(128, 128, (1, 7)), ConvReLU(128, 128, (7, 1))),
     )
@@ -102,7 +104,8 @@ def block17() -> Residual:
 def block8(scale: float = SCALE_C, activate: bool = True) -> Residual:
     """Inception-ResNet-C (8 x 8 in the paper, 3 x 3 here), 1792 channels, factorised 3x3."""
     return Residual(
-        1792, scale,
+        1792,
+        scale,
         chain(ConvReLU(1792, 192, 1)),
         chain(ConvReLU(1792, 192, 1), ConvReLU(192, 192, (1, 3)), ConvReLU(192, 192, (3, 1))),
         activate=activate,
@@ -195,7 +198,4 @@ def standardise(x: torch.Tensor) -> torch.Tensor:
 def facenet(path: str | os.PathLike[str] | None = None) -> FaceNet:
     """FaceNet with the shipped weights (``path``: another copy of ``facenet.fp16.pt``)."""
     fix = "reinstall cloakd" if path is None else "regenerate it with scripts/convert_facenet.py"
-    model = FaceNet(load_state(WEIGHTS if path is None else path, WEIGHTS_DIGEST, "FaceNet", fix)).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return FaceNet(load_state(WEIGHTS if path is None else path, WEIGHTS_DIGEST, "FaceNet", fix))

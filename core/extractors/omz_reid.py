@@ -51,9 +51,12 @@ CHIP_SIZE = 128
 
 #: (input, expanded, output channels, stride) of each bottleneck, in order
 BOTTLENECKS = (
-    (64, 128, 64, 2), *[(64, 128, 64, 1)] * 4,
-    (64, 256, 128, 2), *[(128, 256, 128, 1)] * 6,
-    (128, 512, 128, 2), *[(128, 256, 128, 1)] * 2,
+    (64, 128, 64, 2),
+    *[(64, 128, 64, 1)] * 4,
+    (64, 256, 128, 2),
+    *[(128, 256, 128, 1)] * 6,
+    (128, 512, 128, 2),
+    *[(128, 256, 128, 1)] * 2,
 )
 
 
@@ -151,7 +154,4 @@ def omz_reid(path: str | os.PathLike[str] | None = None) -> OMZFaceReid:
     state = load_state(WEIGHTS_FILE if path is None else path, WEIGHTS_DIGEST, "omz_reid", fix)
     model = OMZFaceReid()
     model.load_state_dict(state)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     return model

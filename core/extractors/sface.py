@@ -111,7 +111,4 @@ class SFace(Extractor):
 def sface(path: str | os.PathLike[str] | None = None) -> SFace:
     """SFace with the shipped weights (``path``: another copy of ``sface.fp16.pt``)."""
     fix = "reinstall cloakd" if path is None else "regenerate it with scripts/convert_sface.py"
-    model = SFace(load_state(WEIGHTS if path is None else path, WEIGHTS_DIGEST, "SFace", fix)).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return SFace(load_state(WEIGHTS if path is None else path, WEIGHTS_DIGEST, "SFace", fix))

@@ -21,6 +21,7 @@ import io
 import numpy as np
 from PIL import Image, ImageCms
 
+
 def _bayer(size: int) -> np.ndarray:
     """The recursive Bayer index matrix (values 0 .. size*size-1), finest detail in the low bits."""
     m = np.array([[0, 2], [3, 1]])

@@ -4,8 +4,8 @@ Modelled in spirit on mat2's libmat2: one small class per format (jpeg.py, png.p
 knows how to recognise its magic bytes, how to list every block of its container (so verification and
 inspection share one parser per format), and how to write a fresh file with Pillow; and it carries its own
 rules (what it refuses despite its signature, which EXIF tags are its structure, what it is written as, what
-its text blocks mean), so no code elsewhere asks for a format by name. formats.py holds the registry that
-picks the class from the content, never from a file name.
+its text blocks mean, which file name extensions it usually has), so no code elsewhere asks for a format by
+name. formats.py holds the registry that picks the class from the content, never from a file name.
 """
 
 from __future__ import annotations
@@ -57,20 +57,20 @@ class Block:
 class OutputOptions:
     """How clean files are written. Defaults are the documented product policy (see encode.py).
 
-    heif_as: "JPEG" (default: every browser and upload form takes it) or "HEIF" to keep HEIC as HEIC.
+    heic_as: "JPEG" (default: every browser and upload form takes it) or "HEIF" to keep HEIC as HEIC.
     jpeg_quality: 95 with 4:4:4 chroma (no colour bleeding at edges; larger files than 4:2:0).
     webp_quality: for lossy WebP inputs; lossless WebP inputs stay lossless.
-    heif_quality: pillow-heif/x265 quality when heif_as="HEIF" (its default of 50 is visibly soft).
+    heif_quality: pillow-heif/x265 quality when heic_as="HEIF" (its default of 50 is visibly soft).
     """
 
-    heif_as: str = "JPEG"
+    heic_as: str = "JPEG"
     jpeg_quality: int = 95
     webp_quality: int = 95
     heif_quality: int = 90
 
     def __post_init__(self) -> None:
-        if self.heif_as not in ("JPEG", "HEIF"):
-            raise ValueError(f"heif_as must be 'JPEG' or 'HEIF', not {self.heif_as!r}")
+        if self.heic_as not in ("JPEG", "HEIF"):
+            raise ValueError(f"heic_as must be 'JPEG' or 'HEIF', not {self.heic_as!r}")
         for name in ("jpeg_quality", "webp_quality", "heif_quality"):
             if not 1 <= getattr(self, name) <= 100:
                 raise ValueError(f"{name} must be within 1..100")
@@ -81,11 +81,18 @@ class ImageFormat(abc.ABC):
 
     name: ClassVar[str]  # our name: "JPEG", "PNG", "WEBP", "HEIF", "TIFF"
     pillow_id: ClassVar[str]  # Pillow plugin id, so Image.open never falls through to another plugin
-    extension: ClassVar[str]  # for output file names
+    #: the file name extensions of this format, the one cloakd writes first; when a folder is searched for
+    #: photos they are only a first filter (discover.py): the content decides what a file is
+    extensions: ClassVar[tuple[str, ...]]
     has_alpha: ClassVar[bool] = True
     has_grey: ClassVar[bool] = True
     #: EXIF tags that are image structure in this format, allowed in a written file's EXIF block
     exif_structure_tags: ClassVar[frozenset[int]] = frozenset()
+
+    @property
+    def extension(self) -> str:
+        """The extension of the files cloakd writes in this format."""
+        return self.extensions[0]
 
     @abc.abstractmethod
     def sniff(self, head: bytes) -> bool:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +97,10 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "i
             raise ImageTooLargeError(too_large(label, width, height, max_pixels))
         frames = fmt.frame_count(image, blocks)
         if frames > 1:
-            raise AnimatedImageError(f"{label} has {frames} frames or pages (animated or multi-page "
-                                     f"{fmt.name}): cloakd processes still photos only")
+            raise AnimatedImageError(
+                f"{label} has {frames} frames or pages (animated or multi-page "
+                f"{fmt.name}): cloakd processes still photos only"
+            )
         high = fmt.high_depth_samples(image, data)
         image.load()
     exif = first_payload(blocks, Kind.EXIF)
@@ -137,8 +139,10 @@ def open_image(data: bytes, fmt: ImageFormat) -> Image.Image:
 
 def too_large(label: str, width: int, height: int, limit: int) -> str:
     """The message for an image above the pixel limit."""
-    return (f"{label} is too large: {width}x{height} = {width * height / 1e6:.0f} MP, above the "
-            f"{limit / 1e6:.0f} MP limit (decompression-bomb guard); reduce its resolution first")
+    return (
+        f"{label} is too large: {width}x{height} = {width * height / 1e6:.0f} MP, above the "
+        f"{limit / 1e6:.0f} MP limit (decompression-bomb guard); reduce its resolution first"
+    )
 
 
 @contextmanager
@@ -149,7 +153,8 @@ def _pillow_errors(fmt: ImageFormat, label: str) -> Iterator[None]:
     except Image.DecompressionBombError as e:
         detail = str(e).split(",")[0]  # "Image size (N pixels) exceeds limit of M pixels"
         raise ImageTooLargeError(
-            f"{label} is too large to decode safely ({detail}): reduce its resolution first") from e
+            f"{label} is too large to decode safely ({detail}): reduce its resolution first"
+        ) from e
     except UnidentifiedImageError as e:
         raise TruncatedImageError(f"{label} looks like {fmt.name} but its header is truncated or damaged") from e
     except (OSError, SyntaxError, ValueError, EOFError, RuntimeError, struct.error, zlib.error) as e:
@@ -162,13 +167,7 @@ def _planes(image: Image.Image, high: np.ndarray | None, label: str) -> tuple[Im
     if high is None and image.mode in _HIGH_DEPTH_MODES:
         high = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
     if high is not None:
-        samples = reduce_depth(high)
-        if samples.ndim == 2:
-            return Image.fromarray(samples), None, 16
-        colour_channels = 1 if samples.shape[2] in (1, 2) else 3
-        colour = samples[..., 0] if colour_channels == 1 else samples[..., :3]
-        alpha = samples[..., colour_channels] if samples.shape[2] in (2, 4) else None
-        return Image.fromarray(np.ascontiguousarray(colour)), alpha, 16
+        return _high_depth_planes(high)
     mode = image.mode
     if mode == "F":
         raise UnsupportedFormatError(f"{label} has floating-point samples, which cloakd does not process")
@@ -187,6 +186,17 @@ def _planes(image: Image.Image, high: np.ndarray | None, label: str) -> tuple[Im
     if mode == "RGBA":
         return image.convert("RGB"), np.asarray(image.getchannel("A")), 8
     return image.convert("RGB"), None, 8  # YCbCr, LAB, HSV, RGBX: Pillow converts
+
+
+def _high_depth_planes(high: np.ndarray) -> tuple[Image.Image, np.ndarray | None, int]:
+    """The planes of 16-bit samples (H x W or H x W x C), reduced to 8 bits (reduce_depth)."""
+    samples = reduce_depth(high)
+    if samples.ndim == 2:
+        return Image.fromarray(samples), None, 16
+    colour_channels = 1 if samples.shape[2] in (1, 2) else 3
+    colour = samples[..., 0] if colour_channels == 1 else samples[..., :3]
+    alpha = samples[..., colour_channels] if samples.shape[2] in (2, 4) else None
+    return Image.fromarray(np.ascontiguousarray(colour)), alpha, 16
 
 
 def _depalette(image: Image.Image) -> Image.Image:

@@ -1,7 +1,7 @@
 """Write pixels into a fresh file: nothing of the source container is copied, ever.
 
 Policies (defaults in container.OutputOptions):
-- Same format and dimensions as the input; HEIC/HEIF becomes JPEG (``heif_as="HEIF"`` keeps HEIF).
+- Same format and dimensions as the input; HEIC/HEIF becomes JPEG (``heic_as="HEIF"`` keeps HEIF).
 - JPEG: quality 95, 4:4:4 chroma (Pillow subsampling=0), baseline; only a JFIF APP0 segment.
 - PNG: lossless, 8 bits per sample (16-bit inputs were dithered to 8 at decode), no ancillary chunks.
 - WebP: lossless inputs stay lossless; lossy ones at quality 95 (VP8 is always 4:2:0), alpha lossless.

@@ -70,16 +70,23 @@ def exif_findings(tiff: bytes, source: str = "EXIF") -> list[Finding]:
         add(PEOPLE, "user comment", _user_comment(exif.entries.get(_USER_COMMENT)))
         note = exif.entries.get(_MAKER_NOTE)
         if note is not None and note.raw:
-            add(CAMERA, "maker note", f"{make or 'camera maker'} private data, {len(note.raw)} bytes", "MakerNote")
-            for what, value in _maker_serials(reader, note, make):
-                add(CAMERA, what, value, "MakerNote")
-            previews = note.raw.count(b"\xff\xd8\xff")
-            if previews:
-                add(PREVIEWS, "preview image in the maker note", f"{previews} JPEG stream(s)", "MakerNote")
+            for topic, what, value in _maker_note(reader, note, make):
+                add(topic, what, value, "MakerNote")
     if gps is not None:
         out += _gps(gps, source)
     if len(chain) > 1:
         out.append(_thumbnail(reader, chain[1], source))
+    return out
+
+
+def _maker_note(reader: TiffReader, note: Entry, make: str) -> list[tuple[str, str, str]]:
+    """What a maker note tells, as (topic, what, value): that it is there, the serial numbers in it, and the
+    previews it hides."""
+    out = [(CAMERA, "maker note", f"{make or 'camera maker'} private data, {len(note.raw)} bytes")]
+    out += [(CAMERA, what, value) for what, value in _maker_serials(reader, note, make)]
+    previews = note.raw.count(b"\xff\xd8\xff")
+    if previews:
+        out.append((PREVIEWS, "preview image in the maker note", f"{previews} JPEG stream(s)"))
     return out
 
 
@@ -136,7 +143,7 @@ def _thumbnail(reader: TiffReader, ifd1: Directory, source: str) -> Finding:
     length = length_entry.ints()[0] if length_entry is not None and length_entry.ints() else 0
     if not length:
         return Finding(PREVIEWS, "thumbnail directory", "IFD1 present", f"{source} IFD1")
-    size = _jpeg_size(bytes(reader.data[start:start + length]))
+    size = _jpeg_size(bytes(reader.data[start : start + length]))
     return Finding(PREVIEWS, "thumbnail", f"JPEG, {size}{length} bytes", f"{source} IFD1")
 
 
@@ -153,14 +160,26 @@ def _maker_serials(reader: TiffReader, note: Entry, make: str) -> list[tuple[str
     raw = note.raw
     maker = make.lower()
     layouts: list[tuple[bool, Callable[[], tuple[TiffReader, int]], dict[int, str]]] = [
-        (maker.startswith("canon"), lambda: (reader, note.offset),
-         {0x0009: "camera owner", 0x000C: "camera serial number", 0x0096: "internal serial number"}),
-        (raw.startswith(b"Nikon\x00\x02"), lambda: _nikon(raw),
-         {0x001D: "camera serial number", 0x00A0: "camera serial number"}),
-        (raw.startswith(b"Panasonic\x00"), lambda: (reader, note.offset + 12),
-         {0x0025: "internal serial number", 0x0052: "lens serial number"}),
-        (raw.startswith(b"FUJIFILM"), lambda: (TiffReader(raw, order="<"), int.from_bytes(raw[8:12], "little")),
-         {0x0010: "internal serial number"}),
+        (
+            maker.startswith("canon"),
+            lambda: (reader, note.offset),
+            {0x0009: "camera owner", 0x000C: "camera serial number", 0x0096: "internal serial number"},
+        ),
+        (
+            raw.startswith(b"Nikon\x00\x02"),
+            lambda: _nikon(raw),
+            {0x001D: "camera serial number", 0x00A0: "camera serial number"},
+        ),
+        (
+            raw.startswith(b"Panasonic\x00"),
+            lambda: (reader, note.offset + 12),
+            {0x0025: "internal serial number", 0x0052: "lens serial number"},
+        ),
+        (
+            raw.startswith(b"FUJIFILM"),
+            lambda: (TiffReader(raw, order="<"), int.from_bytes(raw[8:12], "little")),
+            {0x0010: "internal serial number"},
+        ),
     ]
     for applies, locate, tags in layouts:
         if not applies:

@@ -24,6 +24,8 @@ from .webp import WebP
 
 FORMATS: tuple[ImageFormat, ...] = (Jpeg(), Png(), WebP(), Heif(), Tiff())
 _BY_NAME = {f.name: f for f in FORMATS}
+#: the usual file name extensions of the supported formats (lower case): a first filter only (discover.py)
+PHOTO_EXTENSIONS = frozenset(e for f in FORMATS for e in f.extensions)
 
 
 @dataclass(frozen=True)
@@ -75,5 +77,6 @@ def detect(data: bytes, *, label: str = "input") -> ImageFormat:
             if refused.frames is not None and refused.frames(data) > 1:
                 raise AnimatedImageError(f"{label} is an animated {refused.name}: cloakd processes still photos only")
             raise UnsupportedFormatError(
-                f"{label} is a {refused.name} image, which cloakd does not process: convert it to JPEG or PNG")
+                f"{label} is a {refused.name} image, which cloakd does not process: convert it to JPEG or PNG"
+            )
     raise NotAnImageError(f"{label} is not an image cloakd recognises (JPEG, PNG, WebP, HEIC/HEIF or TIFF)")

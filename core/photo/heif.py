@@ -13,7 +13,7 @@ Orientation inside a HEIF is informative only (HEIF spec), so decode.py must not
 Only the primary image is processed; other top-level images of a collection are dropped. Image
 sequences (a "moov" track, .heics) count as animated.
 
-Output (OutputOptions.heif_as="HEIF"): pillow-heif writes ftyp, meta (hdlr, pinf, iloc, iinf, iprp with an
+Output (OutputOptions.heic_as="HEIF"): pillow-heif writes ftyp, meta (hdlr, pinf, iloc, iinf, iprp with an
 "nclx" colour box) and mdat; EXIF/XMP items only if asked to, which verification checks.
 """
 
@@ -36,9 +36,34 @@ _HEVC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b
 _ALPHA_AUX = (b"urn:mpeg:hevc:2015:auxid:1", b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha")
 # Item properties that describe how to decode and show pixels (codec configuration, size, bit depth,
 # colour, crop, rotation, mirror, aux type, layer selection, light levels, scaling, tiling).
-_PIXEL_PROPERTIES = {b"hvcC", b"av1C", b"vvcC", b"jpgC", b"j2kH", b"uncC", b"cmpd", b"ispe", b"pixi", b"colr",
-                     b"clap", b"irot", b"imir", b"auxC", b"rloc", b"lsel", b"a1op", b"a1lx", b"pasp", b"clli",
-                     b"mdcv", b"cclv", b"amve", b"iscl", b"tilC", b"reve"}
+_PIXEL_PROPERTIES = {
+    b"hvcC",
+    b"av1C",
+    b"vvcC",
+    b"jpgC",
+    b"j2kH",
+    b"uncC",
+    b"cmpd",
+    b"ispe",
+    b"pixi",
+    b"colr",
+    b"clap",
+    b"irot",
+    b"imir",
+    b"auxC",
+    b"rloc",
+    b"lsel",
+    b"a1op",
+    b"a1lx",
+    b"pasp",
+    b"clli",
+    b"mdcv",
+    b"cclv",
+    b"amve",
+    b"iscl",
+    b"tilC",
+    b"reve",
+}
 
 
 def ftyp_brands(head: bytes) -> set[bytes]:
@@ -46,7 +71,7 @@ def ftyp_brands(head: bytes) -> set[bytes]:
     if len(head) < 16 or head[4:8] != b"ftyp":
         return set()
     size = min(struct.unpack(">I", head[:4])[0], len(head))
-    return {head[8:12]} | {head[i:i + 4] for i in range(16, size - 3, 4)}
+    return {head[8:12]} | {head[i : i + 4] for i in range(16, size - 3, 4)}
 
 
 def _boxes(data: bytes, start: int, end: int, errors: list[str]) -> list[tuple[bytes, int, int]]:
@@ -54,10 +79,10 @@ def _boxes(data: bytes, start: int, end: int, errors: list[str]) -> list[tuple[b
     out = []
     pos = start
     while pos + 8 <= end:
-        size, btype = struct.unpack(">I4s", data[pos:pos + 8])
+        size, btype = struct.unpack(">I4s", data[pos : pos + 8])
         head = 8
         if size == 1 and pos + 16 <= end:
-            size, head = struct.unpack(">Q", data[pos + 8:pos + 16])[0], 16
+            size, head = struct.unpack(">Q", data[pos + 8 : pos + 16])[0], 16
         elif size == 0:
             size = end - pos
         if size < head or pos + size > end:
@@ -101,7 +126,9 @@ class _Meta:
         for btype, s, e in _boxes(d, start, end, self.errors):
             version = d[s] if e > s else 0
             if btype == b"pitm":
-                self.primary = struct.unpack(">H" if version == 0 else ">I", d[s + 4:s + (6 if version == 0 else 8)])[0]
+                self.primary = struct.unpack(">H" if version == 0 else ">I", d[s + 4 : s + (6 if version == 0 else 8)])[
+                    0
+                ]
             elif btype == b"iinf":
                 first = s + (6 if version == 0 else 8)
                 for ib, bs, be in _boxes(d, first, e, self.errors):
@@ -115,15 +142,20 @@ class _Meta:
                 self._iprp(s, e)
             elif btype == b"idat":
                 self.idat = d[s:e]
-            elif btype == b"hdlr":
-                name = d[s + 24:e].split(b"\x00")[0]
-                self.extra.append(Block(Kind.TEXT, "hdlr name", name) if name else Block(Kind.STRUCTURE, "hdlr"))
-            elif btype in (b"dinf", b"grpl", b"pinf"):
-                self.extra.append(Block(Kind.STRUCTURE, btype.decode("latin-1")))
-            elif btype in (b"xml ", b"bxml"):
-                self.extra.append(Block(Kind.XMP, f"meta {btype.decode('latin-1').strip()} box", d[s + 4:e]))
             else:
-                self.extra.append(Block(Kind.UNKNOWN, f"meta box {btype!r}", d[s:e]))
+                self.extra.append(self._other(btype, s, e))
+
+    def _other(self, btype: bytes, s: int, e: int) -> Block:
+        """A box of meta that is not about items: the handler's name, structure, XMP, or unknown."""
+        d = self.data
+        if btype == b"hdlr":
+            name = d[s + 24 : e].split(b"\x00")[0]
+            return Block(Kind.TEXT, "hdlr name", name) if name else Block(Kind.STRUCTURE, "hdlr")
+        if btype in (b"dinf", b"grpl", b"pinf"):
+            return Block(Kind.STRUCTURE, btype.decode("latin-1"))
+        if btype in (b"xml ", b"bxml"):
+            return Block(Kind.XMP, f"meta {btype.decode('latin-1').strip()} box", d[s + 4 : e])
+        return Block(Kind.UNKNOWN, f"meta box {btype!r}", d[s:e])
 
     def _infe(self, s: int, e: int) -> None:
         d = self.data
@@ -131,11 +163,11 @@ class _Meta:
         if version < 2:
             return  # pre-HEIF item info: no item types
         id_size = 2 if version == 2 else 4
-        item_id = int.from_bytes(d[s + 4:s + 4 + id_size], "big")
+        item_id = int.from_bytes(d[s + 4 : s + 4 + id_size], "big")
         pos = s + 4 + id_size + 2
         item = self.item(item_id)
-        item.type = d[pos:pos + 4]
-        strings = d[pos + 4:e].split(b"\x00")
+        item.type = d[pos : pos + 4]
+        strings = d[pos + 4 : e].split(b"\x00")
         if item.type == b"mime" and len(strings) > 1:
             item.content_type = strings[1]
 
@@ -149,7 +181,7 @@ class _Meta:
 
         def read(n: int) -> int:
             nonlocal pos
-            value = int.from_bytes(d[pos:pos + n], "big") if n else 0
+            value = int.from_bytes(d[pos : pos + n], "big") if n else 0
             pos += n
             return value
 
@@ -170,9 +202,9 @@ class _Meta:
         id_fmt = ">H" if version == 0 else ">I"
         n = struct.calcsize(id_fmt)
         for rtype, bs, be in _boxes(d, s + 4, e, self.errors):
-            (source,) = struct.unpack(id_fmt, d[bs:bs + n])
-            (count,) = struct.unpack(">H", d[bs + n:bs + n + 2])
-            targets = [struct.unpack(id_fmt, d[bs + n + 2 + i * n:bs + 2 * n + 2 + i * n])[0] for i in range(count)]
+            (source,) = struct.unpack(id_fmt, d[bs : bs + n])
+            (count,) = struct.unpack(">H", d[bs + n : bs + n + 2])
+            targets = [struct.unpack(id_fmt, d[bs + n + 2 + i * n : bs + 2 * n + 2 + i * n])[0] for i in range(count)]
             self.item(source).refs.setdefault(rtype, []).extend(targets)
 
     def _iprp(self, s: int, e: int) -> None:
@@ -183,7 +215,7 @@ class _Meta:
                 properties = _boxes(d, bs, be, self.errors)
                 for ptype, ps, pe in properties:
                     if ptype == b"udes":  # user description: language, name, description, tags
-                        self.extra.append(Block(Kind.TEXT, "udes (user description property)", d[ps + 4:pe]))
+                        self.extra.append(Block(Kind.TEXT, "udes (user description property)", d[ps + 4 : pe]))
                     elif ptype not in _PIXEL_PROPERTIES and not _empty_free(ptype, d[ps:pe]):
                         self.extra.append(Block(Kind.UNKNOWN, f"item property {ptype!r}", d[ps:pe]))
             elif btype == b"ipma":
@@ -191,32 +223,32 @@ class _Meta:
 
     def _ipma(self, s: int, e: int, properties: list[tuple[bytes, int, int]]) -> None:
         d = self.data
-        version, flags = d[s], int.from_bytes(d[s + 1:s + 4], "big")
+        version, flags = d[s], int.from_bytes(d[s + 1 : s + 4], "big")
         pos = s + 8
-        for _ in range(struct.unpack(">I", d[s + 4:s + 8])[0]):
+        for _ in range(struct.unpack(">I", d[s + 4 : s + 8])[0]):
             id_size = 2 if version < 1 else 4
-            item = self.item(int.from_bytes(d[pos:pos + id_size], "big"))
+            item = self.item(int.from_bytes(d[pos : pos + id_size], "big"))
             pos += id_size
             count = d[pos]
             pos += 1
             for _ in range(count):
                 wide = flags & 1
-                raw = int.from_bytes(d[pos:pos + (2 if wide else 1)], "big")
+                raw = int.from_bytes(d[pos : pos + (2 if wide else 1)], "big")
                 pos += 2 if wide else 1
                 index = raw & (0x7FFF if wide else 0x7F)
                 if not 1 <= index <= len(properties):
                     continue
                 ptype, ps, pe = properties[index - 1]
                 if ptype == b"auxC":
-                    item.aux_type = d[ps + 4:pe].split(b"\x00")[0]
-                elif ptype == b"colr" and d[ps:ps + 4] in (b"prof", b"rICC"):
-                    item.icc = d[ps + 4:pe]
+                    item.aux_type = d[ps + 4 : pe].split(b"\x00")[0]
+                elif ptype == b"colr" and d[ps : ps + 4] in (b"prof", b"rICC"):
+                    item.icc = d[ps + 4 : pe]
 
     def payload(self, item: _Item) -> bytes:
         parts = []
         for method, offset, length in item.extents:
             source = self.data if method == 0 else self.idat if method == 1 else b""
-            parts.append(source[offset:offset + length] if length else source[offset:])
+            parts.append(source[offset : offset + length] if length else source[offset:])
         return b"".join(parts)
 
     def blocks(self) -> list[Block]:
@@ -224,16 +256,23 @@ class _Meta:
         tiles = set(primary.refs.get(b"dimg", [])) if primary else set()
         out = list(self.extra)
         if primary is not None:
-            out.append(Block(Kind.STRUCTURE, f"primary image ({primary.type.decode('latin-1')}"
-                                             f"{f', {len(tiles)} tiles' if tiles else ''})"))
+            out.append(
+                Block(
+                    Kind.STRUCTURE,
+                    f"primary image ({primary.type.decode('latin-1')}{f', {len(tiles)} tiles' if tiles else ''})",
+                )
+            )
             if primary.icc:
                 out.append(Block(Kind.ICC, "colr ICC profile", primary.icc))
         for item_id, item in sorted(self.items.items()):
             if item is primary or item_id in tiles:
                 continue
             out.append(self._classify(item_id, item))
-        cut = [i for i, item in self.items.items()
-               if any(method == 0 and offset + length > len(self.data) for method, offset, length in item.extents)]
+        cut = [
+            i
+            for i, item in self.items.items()
+            if any(method == 0 and offset + length > len(self.data) for method, offset, length in item.extents)
+        ]
         if cut:
             out.append(Block(Kind.DAMAGED, f"data of {len(cut)} item(s) runs past the end of the file (truncated)"))
         return out
@@ -286,7 +325,7 @@ def walk(data: bytes) -> list[Block]:
 class Heif(ImageFormat):
     name = "HEIF"
     pillow_id = "HEIF"
-    extension = ".heic"
+    extensions = (".heic", ".heif")
     has_grey = False
 
     def sniff(self, head: bytes) -> bool:
@@ -308,7 +347,7 @@ class Heif(ImageFormat):
         return False
 
     def output_name(self, options: OutputOptions) -> str:
-        return options.heif_as  # JPEG by default: every browser and upload form takes it
+        return options.heic_as  # JPEG by default: every browser and upload form takes it
 
     def save_options(self, *, lossless: bool, options: OutputOptions) -> dict[str, Any]:
         return {"quality": options.heif_quality}

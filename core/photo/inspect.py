@@ -19,6 +19,7 @@ from .orient import orientation_of
 from .report import OTHER, PEOPLE, PREVIEWS, Finding, Report, text_value
 from .xmp import xmp_findings
 
+
 def inspect(data: bytes, *, label: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS) -> Report:
     """Report on ``data``; NotAnImageError/UnsupportedFormatError if it is not a supported image."""
     fmt = detect(data, label=label)
@@ -28,8 +29,14 @@ def inspect(data: bytes, *, label: str = "input", max_pixels: int = DEFAULT_MAX_
         found = _findings(fmt, block)
         if not found and block.kind is not Kind.STRUCTURE:
             # A carrier with nothing we recognise is still a carrier: say so rather than "clean".
-            found = [Finding(OTHER, f"{block.kind.value} block", f"{len(block.payload)} bytes, "
-                             "nothing identifying recognised", block.name)]
+            found = [
+                Finding(
+                    OTHER,
+                    f"{block.kind.value} block",
+                    f"{len(block.payload)} bytes, nothing identifying recognised",
+                    block.name,
+                )
+            ]
         for finding in found:
             if not any(f.what == finding.what and f.value == finding.value for f in findings):
                 findings.append(finding)

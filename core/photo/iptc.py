@@ -45,22 +45,28 @@ def iptc_findings(payload: bytes, source: str = "IPTC") -> list[Finding]:
             out += _iim(data, source)
         elif resource_id in _RESOURCES:
             topic = PREVIEWS if _RESOURCES[resource_id] == "thumbnail" else OTHER
-            out.append(Finding(topic, f"Photoshop {_RESOURCES[resource_id]}", f"{len(data)} bytes",
-                               f"Photoshop resource 0x{resource_id:04X}"))
+            out.append(
+                Finding(
+                    topic,
+                    f"Photoshop {_RESOURCES[resource_id]}",
+                    f"{len(data)} bytes",
+                    f"Photoshop resource 0x{resource_id:04X}",
+                )
+            )
     return out
 
 
 def _resources(payload: bytes) -> list[tuple[int, bytes]]:
     out = []
     pos = 0
-    while pos + 12 <= len(payload) and payload[pos:pos + 4] == b"8BIM":
-        (resource_id,) = struct.unpack(">H", payload[pos + 4:pos + 6])
+    while pos + 12 <= len(payload) and payload[pos : pos + 4] == b"8BIM":
+        (resource_id,) = struct.unpack(">H", payload[pos + 4 : pos + 6])
         name_len = payload[pos + 6]
         pos += 6 + name_len + 1 + ((name_len + 1) & 1)  # Pascal name padded to even length
         if pos + 4 > len(payload):
             break
-        (size,) = struct.unpack(">I", payload[pos:pos + 4])
-        out.append((resource_id, payload[pos + 4:pos + 4 + size]))
+        (size,) = struct.unpack(">I", payload[pos : pos + 4])
+        out.append((resource_id, payload[pos + 4 : pos + 4 + size]))
         pos += 4 + size + (size & 1)
     return out
 
@@ -69,13 +75,13 @@ def _iim(data: bytes, source: str) -> list[Finding]:
     values: dict[int, list[str]] = {}
     pos = 0
     while pos + 5 <= len(data) and data[pos] == 0x1C:
-        record, dataset, size = data[pos + 1], data[pos + 2], struct.unpack(">H", data[pos + 3:pos + 5])[0]
+        record, dataset, size = data[pos + 1], data[pos + 2], struct.unpack(">H", data[pos + 3 : pos + 5])[0]
         pos += 5
         if size & 0x8000:  # extended dataset: the low bits give the byte count of the real length
             n = size & 0x7FFF
-            size = int.from_bytes(data[pos:pos + n], "big")
+            size = int.from_bytes(data[pos : pos + n], "big")
             pos += n
-        value = data[pos:pos + size]
+        value = data[pos : pos + size]
         pos += size
         if record == 2 and dataset in _DATASETS:
             text = _decode(value)

@@ -19,17 +19,38 @@ _SOI = b"\xff\xd8"
 # Next marker inside scan data: 0xFF not followed by a stuffed 0x00, a restart marker or fill byte.
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 # Segments that make up the picture itself (frame, tables, scan, restart interval, hierarchical).
-_STRUCTURE = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF,
-              0xC4, 0xCC, 0xDB, 0xDD, 0xDC, 0xDE, 0xDF}
-_APP_SIGNATURES: list[tuple[int, bytes, Kind, str]] = [
-    (0xE1, b"Exif\x00", Kind.EXIF, "APP1 Exif"),
-    (0xE1, b"http://ns.adobe.com/xap/1.0/\x00", Kind.XMP, "APP1 XMP"),
-    (0xE1, b"http://ns.adobe.com/xmp/extension/\x00", Kind.XMP, "APP1 extended XMP"),
-    (0xE2, b"ICC_PROFILE\x00", Kind.ICC, "APP2 ICC_PROFILE"),
-    (0xE2, b"MPF\x00", Kind.PREVIEW, "APP2 MPF (multi-picture index)"),
-    (0xE2, b"FPXR\x00", Kind.PREVIEW, "APP2 FlashPix (FPXR) preview"),
-    (0xED, b"Photoshop 3.0\x00", Kind.IPTC, "APP13 Photoshop/IPTC"),
-    (0xE0, b"JFXX\x00", Kind.PREVIEW, "APP0 JFXX thumbnail"),
+_STRUCTURE = {
+    0xC0,
+    0xC1,
+    0xC2,
+    0xC3,
+    0xC5,
+    0xC6,
+    0xC7,
+    0xC9,
+    0xCA,
+    0xCB,
+    0xCD,
+    0xCE,
+    0xCF,
+    0xC4,
+    0xCC,
+    0xDB,
+    0xDD,
+    0xDC,
+    0xDE,
+    0xDF,
+}
+#: marker, signature, kind, name, and the header bytes after the signature that are not the payload
+_APP_SIGNATURES: list[tuple[int, bytes, Kind, str, int]] = [
+    (0xE1, b"Exif\x00", Kind.EXIF, "APP1 Exif", 1),  # a pad byte (normally \0)
+    (0xE1, b"http://ns.adobe.com/xap/1.0/\x00", Kind.XMP, "APP1 XMP", 0),
+    (0xE1, b"http://ns.adobe.com/xmp/extension/\x00", Kind.XMP, "APP1 extended XMP", 40),  # GUID, length, offset
+    (0xE2, b"ICC_PROFILE\x00", Kind.ICC, "APP2 ICC_PROFILE", 0),
+    (0xE2, b"MPF\x00", Kind.PREVIEW, "APP2 MPF (multi-picture index)", 0),
+    (0xE2, b"FPXR\x00", Kind.PREVIEW, "APP2 FlashPix (FPXR) preview", 0),
+    (0xED, b"Photoshop 3.0\x00", Kind.IPTC, "APP13 Photoshop/IPTC", 0),
+    (0xE0, b"JFXX\x00", Kind.PREVIEW, "APP0 JFXX thumbnail", 0),
 ]
 
 
@@ -40,14 +61,9 @@ def _app_block(marker: int, payload: bytes) -> Block:
         return Block(Kind.PREVIEW if has_thumb else Kind.STRUCTURE, "APP0 JFIF", payload[14:] if has_thumb else b"")
     if marker == 0xEE and payload.startswith(b"Adobe") and len(payload) == 12:
         return Block(Kind.STRUCTURE, "APP14 Adobe (colour transform)")  # fixed 12 bytes: decoding flags only
-    for m, sig, kind, name in _APP_SIGNATURES:
+    for m, sig, kind, name, header in _APP_SIGNATURES:
         if marker == m and payload.startswith(sig):
-            body = payload[len(sig):]
-            if kind is Kind.EXIF:
-                body = body[1:]  # "Exif\0" + pad byte (normally \0)
-            elif kind is Kind.XMP and name.startswith("APP1 extended"):
-                body = body[40:]  # GUID (32) + full length (4) + offset (4)
-            return Block(kind, name, body)
+            return Block(kind, name, payload[len(sig) + header :])
     label = payload[:16].split(b"\x00")[0].decode("latin-1", "replace")
     return Block(Kind.UNKNOWN, f"APP{marker - 0xE0} {label!r}", payload)
 
@@ -90,22 +106,24 @@ def _segment(data: bytes, pos: int) -> tuple[list[Block], int | None]:
         return [Block(Kind.UNKNOWN, f"{nxt - pos} stray bytes at byte {pos}", data[pos:nxt])], nxt
     marker = data[pos + 1]
     if marker == 0xD9:  # EOI
-        return [Block(Kind.STRUCTURE, "EOI")] + _after_end(data[pos + 2:]), None
+        return [Block(Kind.STRUCTURE, "EOI")] + _after_end(data[pos + 2 :]), None
     if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn / TEM: no length
         return [], pos + 2
     if pos + 4 > n:
         return [Block(Kind.DAMAGED, f"segment header cut at byte {pos}")], None
-    (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+    (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
     end = pos + 2 + length
     if length < 2 or end > n:
         return [Block(Kind.DAMAGED, f"segment 0x{marker:02X} at byte {pos} runs past the end of the file")], None
     if marker == 0xDA:  # SOS: header, then entropy-coded data up to the next real marker
         found = _NEXT_MARKER.search(data, end)
         if found is None:
-            return [Block(Kind.STRUCTURE, "SOS"),
-                    Block(Kind.DAMAGED, "scan data runs to the end of the file (no end-of-image marker)")], None
+            return [
+                Block(Kind.STRUCTURE, "SOS"),
+                Block(Kind.DAMAGED, "scan data runs to the end of the file (no end-of-image marker)"),
+            ], None
         return [Block(Kind.STRUCTURE, "SOS")], found.start()
-    return [_marker_block(marker, data[pos + 4:end])], end
+    return [_marker_block(marker, data[pos + 4 : end])], end
 
 
 def _after_end(trailer: bytes) -> list[Block]:
@@ -130,7 +148,7 @@ def _marker_block(marker: int, payload: bytes) -> Block:
 class Jpeg(ImageFormat):
     name = "JPEG"
     pillow_id = "JPEG"
-    extension = ".jpg"
+    extensions = (".jpg", ".jpeg")
     has_alpha = False
 
     def sniff(self, head: bytes) -> bool:

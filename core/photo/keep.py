@@ -22,12 +22,25 @@ from .tiffdir import EXIF_IFD, GPS_IFD, INTEROP_IFD, TiffReader
 _NEVER_KEPT = STRUCTURE_TAGS | {
     0x0112,  # Orientation
     0x927C,  # MakerNote
-    EXIF_IFD, GPS_IFD, INTEROP_IFD, 330,  # directory pointers, SubIFDs
-    700, 33723, 34377, 34675, 50341,  # XMP, IPTC, Photoshop resources, ICC profile, PrintIM
-    50740, 50972, 50831, 50833,  # DNG private data, original raw file data, as-shot / current ICC profiles
+    EXIF_IFD,
+    GPS_IFD,
+    INTEROP_IFD,
+    330,  # directory pointers, SubIFDs
+    700,
+    33723,
+    34377,
+    34675,
+    50341,  # XMP, IPTC, Photoshop resources, ICC profile, PrintIM
+    50740,
+    50972,
+    50831,
+    50833,  # DNG private data, original raw file data, as-shot / current ICC profiles
 }
-_REFUSED_NAMES = {"orientation": "the pixels are already upright", "makernote": "it is private camera data",
-                  "gps": "location is never kept"}
+_REFUSED_NAMES = {
+    "orientation": "the pixels are already upright",
+    "makernote": "it is private camera data",
+    "gps": "location is never kept",
+}
 
 
 def _keepable() -> dict[str, tuple[str, int, str]]:
@@ -55,8 +68,10 @@ def resolve(names: Iterable[str]) -> tuple[str, ...]:
         reason = next((why for prefix, why in _REFUSED_NAMES.items() if key.startswith(prefix)), None)
         if reason:
             raise MetadataPolicyError(f"tag {raw!r} cannot be kept: {reason}")
-        raise MetadataPolicyError(f"unknown or never-kept EXIF tag {raw!r} in the keep list "
-                                  f"(use EXIF names such as DateTimeOriginal, Artist, Copyright)")
+        raise MetadataPolicyError(
+            f"unknown or never-kept EXIF tag {raw!r} in the keep list "
+            f"(use EXIF names such as DateTimeOriginal, Artist, Copyright)"
+        )
     return tuple(out)
 
 

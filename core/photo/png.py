@@ -24,13 +24,49 @@ from .report import CAMERA, DATES, OTHER, PEOPLE, SOFTWARE, Finding
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Critical chunks, transparency, colour rendering hints, physical size, animation control: no free text.
-_STRUCTURE = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"cICP",
-              b"mDCV", b"cLLI", b"pHYs", b"bKGD", b"hIST", b"sPLT", b"acTL", b"fcTL", b"fdAT"}
-_RAW_PROFILES = {"exif": Kind.EXIF, "app1": Kind.EXIF, "xmp": Kind.XMP, "iptc": Kind.IPTC,
-                 "8bim": Kind.IPTC, "icc": Kind.ICC, "icm": Kind.ICC}
+_STRUCTURE = {
+    b"IHDR",
+    b"PLTE",
+    b"IDAT",
+    b"IEND",
+    b"tRNS",
+    b"gAMA",
+    b"cHRM",
+    b"sRGB",
+    b"sBIT",
+    b"cICP",
+    b"mDCV",
+    b"cLLI",
+    b"pHYs",
+    b"bKGD",
+    b"hIST",
+    b"sPLT",
+    b"acTL",
+    b"fcTL",
+    b"fdAT",
+}
+_RAW_PROFILES = {
+    "exif": Kind.EXIF,
+    "app1": Kind.EXIF,
+    "xmp": Kind.XMP,
+    "iptc": Kind.IPTC,
+    "8bim": Kind.IPTC,
+    "icc": Kind.ICC,
+    "icm": Kind.ICC,
+}
 # The PNG specification's predefined text keywords (case-insensitive here); ImageMagick adds "date:*" keys.
-_KEYWORDS = {"title": PEOPLE, "author": PEOPLE, "description": PEOPLE, "copyright": PEOPLE, "comment": PEOPLE,
-             "disclaimer": OTHER, "warning": OTHER, "creation time": DATES, "software": SOFTWARE, "source": CAMERA}
+_KEYWORDS = {
+    "title": PEOPLE,
+    "author": PEOPLE,
+    "description": PEOPLE,
+    "copyright": PEOPLE,
+    "comment": PEOPLE,
+    "disclaimer": OTHER,
+    "warning": OTHER,
+    "creation time": DATES,
+    "software": SOFTWARE,
+    "source": CAMERA,
+}
 # Little-endian rawmodes that, applied to big-endian 16-bit data, yield the low byte of every sample.
 _LOW_BYTES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 
@@ -96,12 +132,12 @@ def walk(data: bytes) -> list[Block]:
         if pos + 8 > len(data):
             blocks.append(Block(Kind.DAMAGED, f"file ends at byte {len(data)} before the IEND chunk"))
             break
-        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
         end = pos + 12 + length
         if end > len(data):
             blocks.append(Block(Kind.DAMAGED, f"chunk {ctype!r} at byte {pos} runs past the end of the file"))
             break
-        blocks.append(_classify(ctype, data[pos + 8:pos + 8 + length]))
+        blocks.append(_classify(ctype, data[pos + 8 : pos + 8 + length]))
         pos = end
         if ctype == b"IEND":
             if pos < len(data):
@@ -114,7 +150,7 @@ def walk(data: bytes) -> list[Block]:
 class Png(ImageFormat):
     name = "PNG"
     pillow_id = "PNG"
-    extension = ".png"
+    extensions = (".png",)
 
     def sniff(self, head: bytes) -> bool:
         return head[:8] == SIGNATURE
@@ -141,8 +177,9 @@ class Png(ImageFormat):
     def text_finding(self, block: Block) -> Finding:
         if block.name.startswith("tIME") and len(block.payload) == 7:
             year, month, day, hour, minute, second = struct.unpack(">HBBBBB", block.payload)
-            return Finding(DATES, "last modified", f"{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}",
-                           block.name)
+            return Finding(
+                DATES, "last modified", f"{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}", block.name
+            )
         return super().text_finding(block)
 
     def save_options(self, *, lossless: bool, options: OutputOptions) -> dict[str, Any]:

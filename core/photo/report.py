@@ -62,5 +62,9 @@ class Report:
         return out
 
     def to_dict(self) -> dict:
-        return {"format": self.format, "size": list(self.size) if self.size else None,
-                "findings": [asdict(f) for f in self.findings], "problem": self.problem}
+        return {
+            "format": self.format,
+            "size": list(self.size) if self.size else None,
+            "findings": [asdict(f) for f in self.findings],
+            "problem": self.problem,
+        }

@@ -20,16 +20,75 @@ from .container import Block, ImageFormat, Kind, OutputOptions
 from .tiffdir import TiffReader
 
 # Tags that describe the pixels (size, sampling, compression, strips/tiles, colour interpretation).
-STRUCTURE_TAGS = frozenset({
-    254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 282, 283, 284, 296, 317,
-    318, 319, 320, 322, 323, 324, 325, 338, 339, 340, 341, 347, 512, 513, 514, 515, 517, 518, 519, 520,
-    521, 529, 530, 531, 532,
-})
-_CARRIERS = {700: (Kind.XMP, "XMP tag"), 33723: (Kind.IPTC, "IPTC tag"), 34377: (Kind.IPTC, "Photoshop tag"),
-             34675: (Kind.ICC, "ICC profile tag"), 330: (Kind.PREVIEW, "sub-images (SubIFDs)")}
-_NAMES = {270: "ImageDescription", 271: "Make", 272: "Model", 274: "Orientation", 305: "Software",
-          306: "DateTime", 315: "Artist", 316: "HostComputer", 33432: "Copyright", 34665: "EXIF directory",
-          34853: "GPS directory"}
+STRUCTURE_TAGS = frozenset(
+    {
+        254,
+        255,
+        256,
+        257,
+        258,
+        259,
+        262,
+        263,
+        266,
+        273,
+        277,
+        278,
+        279,
+        280,
+        281,
+        282,
+        283,
+        284,
+        296,
+        317,
+        318,
+        319,
+        320,
+        322,
+        323,
+        324,
+        325,
+        338,
+        339,
+        340,
+        341,
+        347,
+        512,
+        513,
+        514,
+        515,
+        517,
+        518,
+        519,
+        520,
+        521,
+        529,
+        530,
+        531,
+        532,
+    }
+)
+_CARRIERS = {
+    700: (Kind.XMP, "XMP tag"),
+    33723: (Kind.IPTC, "IPTC tag"),
+    34377: (Kind.IPTC, "Photoshop tag"),
+    34675: (Kind.ICC, "ICC profile tag"),
+    330: (Kind.PREVIEW, "sub-images (SubIFDs)"),
+}
+_NAMES = {
+    270: "ImageDescription",
+    271: "Make",
+    272: "Model",
+    274: "Orientation",
+    305: "Software",
+    306: "DateTime",
+    315: "Artist",
+    316: "HostComputer",
+    33432: "Copyright",
+    34665: "EXIF directory",
+    34853: "GPS directory",
+}
 
 
 def is_camera_raw(data: bytes) -> bool:
@@ -71,7 +130,7 @@ def walk(data: bytes) -> list[Block]:
 class Tiff(ImageFormat):
     name = "TIFF"
     pillow_id = "TIFF"
-    extension = ".tif"
+    extensions = (".tif", ".tiff")
     exif_structure_tags = STRUCTURE_TAGS  # the whole file is the EXIF structure: its pixel tags are allowed
 
     def check_supported(self, data: bytes, label: str) -> None:

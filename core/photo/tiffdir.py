@@ -88,7 +88,7 @@ class TiffReader:
         size = struct.calcsize(fmt)
         if offset < 0 or offset + size > len(self.data):
             raise ValueError(f"TIFF structure ends before offset {offset + size}")
-        return struct.unpack(self.order + fmt, self.data[offset:offset + size])
+        return struct.unpack(self.order + fmt, self.data[offset : offset + size])
 
     def directory(self, offset: int) -> Directory:
         """The directory at ``offset``; ValueError if even its entry count is out of bounds."""
@@ -101,7 +101,7 @@ class TiffReader:
             tag, typ, n = self._unpack("HHI", pos)
             size = _TYPE_SIZE.get(typ, 0) * n
             value_at = pos + 8 if size <= 4 else self._unpack("I", pos + 8)[0]
-            raw = bytes(self.data[value_at:value_at + size]) if value_at + size <= len(self.data) else b""
+            raw = bytes(self.data[value_at : value_at + size]) if value_at + size <= len(self.data) else b""
             entries.setdefault(tag, Entry(tag, typ, n, raw, self.order, value_at))
         end = offset + 2 + 12 * min(count, _MAX_ENTRIES)
         next_offset = self._unpack("I", end)[0] if end + 4 <= len(self.data) else 0

@@ -24,8 +24,8 @@ def walk(data: bytes) -> list[Block]:
         blocks.append(Block(Kind.DAMAGED, f"file ends at byte {len(data)}, RIFF size says {8 + riff_size}"))
     pos = 12
     while pos + 8 <= riff_end:
-        fourcc, size = struct.unpack("<4sI", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + size]
+        fourcc, size = struct.unpack("<4sI", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + size]
         name = fourcc.decode("latin-1")
         if pos + 8 + size > riff_end:
             blocks.append(Block(Kind.DAMAGED, f"chunk {name!r} at byte {pos} runs past the end of the file"))
@@ -47,7 +47,7 @@ def walk(data: bytes) -> list[Block]:
 class WebP(ImageFormat):
     name = "WEBP"
     pillow_id = "WEBP"
-    extension = ".webp"
+    extensions = (".webp",)
     has_grey = False  # WebP stores colour only; greyscale is written as RGB with R = G = B
 
     def sniff(self, head: bytes) -> bool:

@@ -88,12 +88,12 @@ def xmp_findings(packet: bytes, source: str = "XMP") -> list[Finding]:
     start = packet.find(b"<x:xmpmeta")
     if start < 0:
         start = packet.find(b"<rdf:RDF")
-    end_tag = b"</x:xmpmeta>" if packet[start:start + 10] == b"<x:xmpmeta" else b"</rdf:RDF>"
+    end_tag = b"</x:xmpmeta>" if packet[start : start + 10] == b"<x:xmpmeta" else b"</rdf:RDF>"
     end = packet.find(end_tag, start)
     if start < 0 or end < 0:
         return [Finding(OTHER, "XMP packet", f"{len(packet)} bytes, not readable as XML", source)]
     try:
-        root = ET.fromstring(packet[start:end + len(end_tag)])
+        root = ET.fromstring(packet[start : end + len(end_tag)])
     except ET.ParseError:
         return [Finding(OTHER, "XMP packet", f"{len(packet)} bytes, not well-formed XML", source)]
     out: list[Finding] = []

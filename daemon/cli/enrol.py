@@ -13,24 +13,29 @@ import sys
 from pathlib import Path
 
 from cloakd.core.errors import CloakdError
+from cloakd.core.photo.discover import photo_files
 from cloakd.core.targets import TargetBank
 
 from .exits import Exit, skip
 from .models import load_analyzer
 from .options import add_command, add_state_options, state_dir
 from .progress import Progress
-from .targets import photo_files
 
 
 def register(sub) -> None:
-    p = add_command(sub, "enrol", summary="teach cloakd which face is yours, from photos of you alone",
-                    description="Describe photos of the user alone and keep their face descriptors (never the "
-                                "photos) in the state directory. From then on, in each photo only the user's "
-                                "face gets the targeted cloak, and the user's target class is chosen from these "
-                                "photos if it was not chosen yet. Enrolling again adds photos.",
-                    example="cloakd enrol --user alice ~/Pictures/me/")
-    p.add_argument("photos", nargs="+", type=Path, metavar="PHOTOS_OR_DIR",
-                   help="photos of the user alone, or folders of them")
+    p = add_command(
+        sub,
+        "enrol",
+        summary="teach cloakd which face is yours, from photos of you alone",
+        description="Describe photos of the user alone and keep their face descriptors (never the "
+        "photos) in the state directory. From then on, in each photo only the user's "
+        "face gets the targeted cloak, and the user's target class is chosen from these "
+        "photos if it was not chosen yet. Enrolling again adds photos.",
+        example="cloakd enrol --user alice ~/Pictures/me/",
+    )
+    p.add_argument(
+        "photos", nargs="+", type=Path, metavar="PHOTOS_OR_DIR", help="photos of the user alone, or folders of them"
+    )
     p.add_argument("--user", required=True, help="the user's name, as in the configuration")
     p.add_argument("--replace", action="store_true", help="forget the user's earlier reference photos")
     add_state_options(p)
@@ -75,9 +80,13 @@ def run(args) -> int:
     current = targets.get(args.user)
     if current is None:
         t = targets.choose(args.user, refs.descriptors)
-        print(f"{args.user}: target class {t.name} chosen (min distance to the references {t.min_distance:.3f}); "
-              "it is kept for every later photo")
+        print(
+            f"{args.user}: target class {t.name} chosen (min distance to the references {t.min_distance:.3f}); "
+            "it is kept for every later photo"
+        )
     else:
-        print(f"{args.user}: target class {current.name} kept (chosen {current.chosen_at}; "
-              "'cloakd target rotate' changes it deliberately)")
+        print(
+            f"{args.user}: target class {current.name} kept (chosen {current.chosen_at}; "
+            "'cloakd target rotate' changes it deliberately)"
+        )
     return Exit.OK

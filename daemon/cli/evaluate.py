@@ -15,43 +15,66 @@ from pathlib import Path
 
 from cloakd.core.cloak.presets import DEFAULT_PRESET
 from cloakd.core.errors import CloakdError
+from cloakd.core.photo.discover import photo_files
 
 from ..config import MODES
 from .exits import Exit
 from .models import load_analyzer
 from .options import add_command, number
 from .progress import Progress
-from .targets import photo_files
 
 
 def register(sub) -> None:
-    p = add_command(sub, "evaluate", summary="measure how well the cloak protects, on a folder of identities",
-                    description="Measure protection as the Fawkes paper does. Some identities of DATASET_DIR "
-                                "(one sub-folder of photos per person) act as users: their training photos are "
-                                "cloaked, a tracker trains a face recogniser on every identity's photos, and "
-                                "is then asked about the users' clean photos. Reported: the protection success "
-                                "rate (PSR: how often the tracker fails to recognise a user), its accuracy on "
-                                "everyone else, and how much the photos changed (DSSIM, PSNR); also with some "
-                                "of the user's photos leaked uncloaked, and with Sybil images. The tracker uses "
-                                "the feature extractor the cloak is made against: this is the best case.",
-                    example="cloakd evaluate ../shared/data/faces --users 5")
-    p.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="a folder with one sub-folder of photos "
-                   "per identity")
-    p.add_argument("--users", type=number(int, 1), default=5,
-                   help="how many identities act as users (default %(default)s)")
-    p.add_argument("--train", type=number(int, 1), default=8,
-                   help="user photos cloaked for the tracker (default %(default)s)")
+    p = add_command(
+        sub,
+        "evaluate",
+        summary="measure how well the cloak protects, on a folder of identities",
+        description="Measure protection as the Fawkes paper does. Some identities of DATASET_DIR "
+        "(one sub-folder of photos per person) act as users: their training photos are "
+        "cloaked, a tracker trains a face recogniser on every identity's photos, and "
+        "is then asked about the users' clean photos. Reported: the protection success "
+        "rate (PSR: how often the tracker fails to recognise a user), its accuracy on "
+        "everyone else, and how much the photos changed (DSSIM, PSNR); also with some "
+        "of the user's photos leaked uncloaked, and with Sybil images. The tracker uses "
+        "the feature extractor the cloak is made against: this is the best case.",
+        example="cloakd evaluate ../shared/data/faces --users 5",
+    )
+    p.add_argument(
+        "dataset", type=Path, metavar="DATASET_DIR", help="a folder with one sub-folder of photos per identity"
+    )
+    p.add_argument(
+        "--users", type=number(int, 1), default=5, help="how many identities act as users (default %(default)s)"
+    )
+    p.add_argument(
+        "--train", type=number(int, 1), default=8, help="user photos cloaked for the tracker (default %(default)s)"
+    )
     p.add_argument("--mode", default=DEFAULT_PRESET, choices=MODES, help="cloak strength (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="which identities are users, and the cloaks' randomness "
-                   "(default %(default)s)")
-    p.add_argument("--leaked", default="0,0.1,0.2,0.4", type=_ratios, metavar="R,R,...",
-                   help="ratios of the user's training photos the tracker holds uncloaked (default %(default)s)")
-    p.add_argument("--sybil-candidates", type=Path, metavar="DIR",
-                   help="photos (one face each) to make Sybil images from; enables the Sybil columns")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="which identities are users, and the cloaks' randomness (default %(default)s)",
+    )
+    p.add_argument(
+        "--leaked",
+        default="0,0.1,0.2,0.4",
+        type=_ratios,
+        metavar="R,R,...",
+        help="ratios of the user's training photos the tracker holds uncloaked (default %(default)s)",
+    )
+    p.add_argument(
+        "--sybil-candidates",
+        type=Path,
+        metavar="DIR",
+        help="photos (one face each) to make Sybil images from; enables the Sybil columns",
+    )
     p.add_argument("--sybil-images", type=number(int, 0), help="Sybil images per user (default: as many as --train)")
-    p.add_argument("--sybil-tries", type=number(int, 1), default=3,
-                   help="candidates cloaked per Sybil image, best kept "
-                   "(default %(default)s)")
+    p.add_argument(
+        "--sybil-tries",
+        type=number(int, 1),
+        default=3,
+        help="candidates cloaked per Sybil image, best kept (default %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(func=run)
 
@@ -73,16 +96,33 @@ def run(args) -> int:
     t0 = time.perf_counter()
     if not args.dataset.is_dir():
         raise CloakdError(f"{args.dataset}: no such folder of identity sub-folders")
-    settings = Settings(users=args.users, train=args.train, mode=args.mode, seed=args.seed, leaked=tuple(args.leaked),
-                        sybil_images=args.sybil_images, sybil_tries=args.sybil_tries)
+    settings = Settings(
+        users=args.users,
+        train=args.train,
+        mode=args.mode,
+        seed=args.seed,
+        leaked=tuple(args.leaked),
+        sybil_images=args.sybil_images,
+        sybil_tries=args.sybil_tries,
+    )
     people = {p.name: photo_files(p) for p in sorted(args.dataset.iterdir()) if p.is_dir()}
-    people = {name: [(str(f), f.read_bytes()) for f in files]
-              for name, files in people.items() if len(files) >= settings.min_photos}
+    people = {
+        name: [(str(f), f.read_bytes()) for f in files]
+        for name, files in people.items()
+        if len(files) >= settings.min_photos
+    }
     candidates = None if args.sybil_candidates is None else _candidates(args.sybil_candidates)
     analyzer = load_analyzer(cloaks=True)
     with _Stages() as progress:
-        result = evaluate(analyzer, people, settings, bank=TargetBank.load(), candidates=candidates,
-                          progress=progress, note=lambda message: print(f"cloakd: {message}", file=sys.stderr))
+        result = evaluate(
+            analyzer,
+            people,
+            settings,
+            bank=TargetBank.load(),
+            candidates=candidates,
+            progress=progress,
+            note=lambda message: print(f"cloakd: {message}", file=sys.stderr),
+        )
     summary = {**asdict(result), "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -127,10 +167,12 @@ class _Stages:
 
 def _print_tables(summary: dict, with_sybil: bool) -> None:
     label = {"written": "as written", "uploaded": "after JPEG 75 + 1080 px"}
-    print(f"users: {', '.join(summary['users'])}; mode {summary['mode']} (rho {summary['rho']}); "
-          f"{summary['cloaked']} photos cloaked, {summary['held']} held; median DSSIM {summary['median_dssim']:.4f}, "
-          f"median PSNR {summary['median_psnr']:.1f} dB; {summary['sybil_images']} Sybil images; "
-          f"{summary['seconds']} s")
+    print(
+        f"users: {', '.join(summary['users'])}; mode {summary['mode']} (rho {summary['rho']}); "
+        f"{summary['cloaked']} photos cloaked, {summary['held']} held; median DSSIM {summary['median_dssim']:.4f}, "
+        f"median PSNR {summary['median_psnr']:.1f} dB; {summary['sybil_images']} Sybil images; "
+        f"{summary['seconds']} s"
+    )
     print("| tracker | files | PSR | normal accuracy |\n| --- | --- | --- | --- |")
     for key, s in summary["trackers"].items():
         t, v = key.split("/")

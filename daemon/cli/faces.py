@@ -13,11 +13,15 @@ from .options import add_command
 
 
 def register(sub) -> None:
-    p = add_command(sub, "faces", summary="show the faces cloakd finds in photos",
-                    description="Find the faces in each photo and show, per face, its box, how sure the detector "
-                                "is, and five landmarks (eyes, nose, mouth corners). With --json, also the "
-                                "128-number descriptor that face recognition compares.",
-                    example="cloakd faces group.jpg")
+    p = add_command(
+        sub,
+        "faces",
+        summary="show the faces cloakd finds in photos",
+        description="Find the faces in each photo and show, per face, its box, how sure the detector "
+        "is, and five landmarks (eyes, nose, mouth corners). With --json, also the "
+        "128-number descriptor that face recognition compares.",
+        example="cloakd faces group.jpg",
+    )
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="photos to look at")
     p.add_argument("--json", action="store_true", help="print JSON lines, with each face's descriptor")
     p.set_defaults(func=run)
@@ -36,8 +40,9 @@ def run(args) -> int:
             continue
         h, w = rgb.shape[:2]
         if args.json:
-            print(json.dumps({"photo": path, "size": [w, h],
-                              "faces": [f.as_dict(with_descriptor=True) for f in faces]}))
+            print(
+                json.dumps({"photo": path, "size": [w, h], "faces": [f.as_dict(with_descriptor=True) for f in faces]})
+            )
             continue
         print(f"{path}: {w}x{h}, {len(faces)} face{'s' if len(faces) != 1 else ''}")
         for i, f in enumerate(faces, 1):

@@ -21,24 +21,41 @@ HELP_WIDTH = 100
 def add_command(sub, name: str, *, summary: str, description: str, example: str) -> argparse.ArgumentParser:
     """A sub-command: ``summary`` in `cloakd --help`; ``description`` (one paragraph of plain words) and one
     ``example`` in its own help."""
-    return sub.add_parser(name, help=summary, description=textwrap.fill(description, HELP_WIDTH),
-                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, HELP_WIDTH),
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def add_config_option(p: argparse.ArgumentParser, *, default: Path | None = DEFAULT_CONFIG, help: str = "") -> None:
-    p.add_argument("--config", type=Path, default=default, metavar="FILE",
-                   help=help or f"the service's configuration file (default: {DEFAULT_CONFIG})")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        metavar="FILE",
+        help=help or f"the service's configuration file (default: {DEFAULT_CONFIG})",
+    )
 
 
 def add_state_options(p: argparse.ArgumentParser) -> None:
     """``--config FILE`` (its ``state_dir``) or ``--state-dir DIR``: where users' records are kept."""
     where = p.add_mutually_exclusive_group()
-    add_config_option(where, default=None,
-                      help=f"use the state directory (state_dir) of this configuration; default: {DEFAULT_CONFIG} "
-                           f"if it exists, else {DEFAULT_STATE_DIR}")
-    where.add_argument("--state-dir", type=Path, metavar="DIR",
-                       help="keep users' target classes, enrolled face descriptors and Sybil records in DIR "
-                            "instead of the configuration's state directory")
+    add_config_option(
+        where,
+        default=None,
+        help=f"use the state directory (state_dir) of this configuration; default: {DEFAULT_CONFIG} "
+        f"if it exists, else {DEFAULT_STATE_DIR}",
+    )
+    where.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep users' target classes, enrolled face descriptors and Sybil records in DIR "
+        "instead of the configuration's state directory",
+    )
 
 
 def state_dir(args: argparse.Namespace) -> Path:
@@ -53,6 +70,7 @@ def state_dir(args: argparse.Namespace) -> Path:
 def number(kind: type, minimum: float, *, inclusive: bool = True):
     """An argparse type: a number of ``kind`` (int or float) of at least ``minimum`` (above it, if not
     ``inclusive``), so that a wrong value is a usage error, never a failure deep inside a command."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -69,23 +87,37 @@ def number(kind: type, minimum: float, *, inclusive: bool = True):
 
 
 def add_out_option(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help=f"folder for {what} (created if missing; nothing in it is ever replaced)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help=f"folder for {what} (created if missing; nothing in it is ever replaced)",
+    )
 
 
 def add_output_options(p: argparse.ArgumentParser, what: str) -> None:
     """``--out DIR`` and what the written files keep: ``--keep TAG`` and ``--heic-as``."""
     add_out_option(p, what)
-    p.add_argument("--keep", action="append", default=[], metavar="TAG",
-                   help="EXIF tag to keep, e.g. DateTimeOriginal (repeatable; GPS and Orientation never)")
-    p.add_argument("--heic-as", choices=HEIC_AS, default=UserConfig.heic_as.lower(),
-                   help="format of the copies of HEIC photos (default %(default)s)")
+    p.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="EXIF tag to keep, e.g. DateTimeOriginal (repeatable; GPS and Orientation never)",
+    )
+    p.add_argument(
+        "--heic-as",
+        choices=HEIC_AS,
+        default=UserConfig.heic_as.lower(),
+        help="format of the copies of HEIC photos (default %(default)s)",
+    )
 
 
 def output_settings(args: argparse.Namespace) -> tuple[tuple[str, ...], OutputOptions]:
     """(tags to keep, output options) from ``--keep`` and ``--heic-as``; a bad tag name is an error before any
     file is touched."""
-    return resolve(args.keep), OutputOptions(heif_as=args.heic_as.upper())
+    return resolve(args.keep), OutputOptions(heic_as=args.heic_as.upper())
 
 
 def output_folder(folder: Path) -> Path:
@@ -93,8 +125,9 @@ def output_folder(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise CloakdError(f"--out {folder}: this is a file, not a folder; fix: name a folder (it is created if "
-                          f"missing)") from None
+        raise CloakdError(
+            f"--out {folder}: this is a file, not a folder; fix: name a folder (it is created if missing)"
+        ) from None
     except OSError as e:
         raise CloakdError(f"--out: cannot create the folder {os_error_text(e, folder)}") from None
     if not os.access(folder, os.W_OK | os.X_OK):

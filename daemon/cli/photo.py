@@ -24,28 +24,44 @@ from .progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(subparsers, "inspect", summary="show what photos would tell about you (place, camera, names...)",
-                    description="Show, in plain words, the metadata each photo carries: where it was taken, the "
-                                "camera and its serial number, dates, captions naming people, embedded previews. "
-                                "Nothing is changed.",
-                    example="cloakd inspect holiday.jpg")
+    p = add_command(
+        subparsers,
+        "inspect",
+        summary="show what photos would tell about you (place, camera, names...)",
+        description="Show, in plain words, the metadata each photo carries: where it was taken, the "
+        "camera and its serial number, dates, captions naming people, embedded previews. "
+        "Nothing is changed.",
+        example="cloakd inspect holiday.jpg",
+    )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="photos to look at")
     p.add_argument("--json", action="store_true", help="machine-readable output (a JSON list, one entry per file)")
-    p.add_argument("--max-megapixels", type=number(float, 0, inclusive=False), default=DEFAULT_MAX_PIXELS / 1e6,
-                   help="say when a photo is larger than cloakd processes (default %(default)g)")
+    p.add_argument(
+        "--max-megapixels",
+        type=number(float, 0, inclusive=False),
+        default=DEFAULT_MAX_PIXELS / 1e6,
+        help="say when a photo is larger than cloakd processes (default %(default)g)",
+    )
     p.set_defaults(func=run_inspect)
 
-    s = add_command(subparsers, "strip", summary="write copies of photos without metadata (no cloak)",
-                    description="Write a clean copy of each photo into a folder: the picture re-encoded into a "
-                                "fresh file with no metadata (no GPS position, camera serials, captions, "
-                                "thumbnails), checked after writing. Nothing existing is ever replaced: a name "
-                                "that is taken gets -1, -2, ... Faces are not cloaked: use 'cloakd protect' "
-                                "for that.",
-                    example="cloakd strip IMG_0001.jpg IMG_0002.heic --out clean")
+    s = add_command(
+        subparsers,
+        "strip",
+        summary="write copies of photos without metadata (no cloak)",
+        description="Write a clean copy of each photo into a folder: the picture re-encoded into a "
+        "fresh file with no metadata (no GPS position, camera serials, captions, "
+        "thumbnails), checked after writing. Nothing existing is ever replaced: a name "
+        "that is taken gets -1, -2, ... Faces are not cloaked: use 'cloakd protect' "
+        "for that.",
+        example="cloakd strip IMG_0001.jpg IMG_0002.heic --out clean",
+    )
     s.add_argument("files", nargs="+", type=Path, metavar="FILE", help="photos to copy")
     add_output_options(s, "the clean copies")
-    s.add_argument("--max-megapixels", type=number(float, 0, inclusive=False), default=DEFAULT_MAX_PIXELS / 1e6,
-                   help="refuse larger images (decompression-bomb guard; default %(default)g)")
+    s.add_argument(
+        "--max-megapixels",
+        type=number(float, 0, inclusive=False),
+        default=DEFAULT_MAX_PIXELS / 1e6,
+        help="refuse larger images (decompression-bomb guard; default %(default)g)",
+    )
     s.set_defaults(func=run_strip)
 
 
@@ -80,8 +96,9 @@ def run_strip(args: argparse.Namespace) -> int:
     with Progress("strip", len(args.files)) as progress:
         for path in args.files:
             try:
-                clean = strip_bytes(path.read_bytes(), keep=keep, options=options, max_pixels=max_pixels,
-                                    label=str(path))
+                clean = strip_bytes(
+                    path.read_bytes(), keep=keep, options=options, max_pixels=max_pixels, label=str(path)
+                )
                 target = write_new_file(out, path.stem, clean.extension, clean.data)
             except (CloakdError, OSError) as e:
                 failed += 1

@@ -27,12 +27,16 @@ CLOAKED_SHIFT = 0.1
 
 
 def register(sub) -> None:
-    p = add_command(sub, "preview", summary="a picture of what a cloak did: original | cloaked | difference",
-                    description="Make a PNG that shows, around each cloaked face, the original photo, the cloaked "
-                                "one and their difference amplified, labelled with the DSSIM and the feature "
-                                "shift. Faces narrower than 100 pixels are shown three times larger. 'cloakd "
-                                "protect --preview DIR' makes the same picture for every photo it protects.",
-                    example="cloakd preview holiday.jpg ready/holiday.jpg --out holiday-preview.png")
+    p = add_command(
+        sub,
+        "preview",
+        summary="a picture of what a cloak did: original | cloaked | difference",
+        description="Make a PNG that shows, around each cloaked face, the original photo, the cloaked "
+        "one and their difference amplified, labelled with the DSSIM and the feature "
+        "shift. Faces narrower than 100 pixels are shown three times larger. 'cloakd "
+        "protect --preview DIR' makes the same picture for every photo it protects.",
+        example="cloakd preview holiday.jpg ready/holiday.jpg --out holiday-preview.png",
+    )
     p.add_argument("original", type=Path, metavar="ORIGINAL", help="the photo before cloaking")
     p.add_argument("cloaked", type=Path, metavar="CLOAKED", help="the same photo after cloaking")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the PNG to write (never replaced)")
@@ -45,8 +49,10 @@ def run(args) -> int:
 
     original, cloaked = decode_file(args.original).rgb, decode_file(args.cloaked).rgb
     if original.shape != cloaked.shape:
-        raise CloakdError(f"{args.original} is {original.shape[1]}x{original.shape[0]} but {args.cloaked} is "
-                          f"{cloaked.shape[1]}x{cloaked.shape[0]}: not the same photo before and after cloaking")
+        raise CloakdError(
+            f"{args.original} is {original.shape[1]}x{original.shape[0]} but {args.cloaked} is "
+            f"{cloaked.shape[1]}x{cloaked.shape[0]}: not the same photo before and after cloaking"
+        )
     png = render(load_analyzer(), original, cloaked, f"{args.original.name} -> {args.cloaked}")
     output_folder(args.out.parent)
     try:
@@ -57,8 +63,9 @@ def run(args) -> int:
     return Exit.OK
 
 
-def render(analyzer, original: np.ndarray, cloaked: np.ndarray, title: str,
-           modes: Sequence[tuple[Sequence[float], str]] = ()) -> bytes:
+def render(
+    analyzer, original: np.ndarray, cloaked: np.ndarray, title: str, modes: Sequence[tuple[Sequence[float], str]] = ()
+) -> bytes:
     """The preview PNG of ``cloaked`` against ``original`` (RGB arrays). ``modes``: (box, mode) of the faces
     a protect run cloaked, to name each face's mode."""
     shown = faces_shown(analyzer, original, cloaked, modes)
@@ -67,8 +74,9 @@ def render(analyzer, original: np.ndarray, cloaked: np.ndarray, title: str,
     return buffer.getvalue()
 
 
-def faces_shown(analyzer, original: np.ndarray, cloaked: np.ndarray,
-                modes: Sequence[tuple[Sequence[float], str]] = ()) -> list[ShownFace]:
+def faces_shown(
+    analyzer, original: np.ndarray, cloaked: np.ndarray, modes: Sequence[tuple[Sequence[float], str]] = ()
+) -> list[ShownFace]:
     """The cloaked faces (see the module docstring), each with its label."""
     faces = analyzer.analyse(original)
     if not faces:
@@ -82,8 +90,11 @@ def faces_shown(analyzer, original: np.ndarray, cloaked: np.ndarray,
         left, top, right, bottom = crop_box(original.shape, face.box)
         dssim = _dssim(original[top:bottom, left:right], cloaked[top:bottom, left:right])
         mode = next((f", mode {m}" for box, m in modes if _contains(box, face.box)), "")
-        shown.append(ShownFace(tuple(float(v) for v in face.box),
-                               f"face {number}{mode}: DSSIM {dssim:.4f}, feature shift {shift:.3f}"))
+        shown.append(
+            ShownFace(
+                tuple(float(v) for v in face.box), f"face {number}{mode}: DSSIM {dssim:.4f}, feature shift {shift:.3f}"
+            )
+        )
     return shown
 
 

@@ -30,8 +30,11 @@ class Progress:
 
     def text(self) -> str:
         elapsed = time.monotonic() - self._start
-        left = (f"about {duration(elapsed / self.done * (self.total - self.done))} left" if self.done
-                else "time left not known yet")
+        left = (
+            f"about {duration(elapsed / self.done * (self.total - self.done))} left"
+            if self.done
+            else "time left not known yet"
+        )
         return f"{self.what}: {self.done} of {self.total}, {duration(elapsed)} elapsed, {left}"
 
     def advance(self) -> None:

@@ -3,35 +3,58 @@
 from __future__ import annotations
 
 import argparse
-
-from cloakd.core.errors import CloakdError
+import json
+from typing import TYPE_CHECKING
 
 from ..config import folder_problems, load_config, parse_config, read_config_text
 from .exits import Exit
 from .options import add_command, add_config_option
 from .words import count
 
+if TYPE_CHECKING:
+    from ..status import UserStatus
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     commands = [
-        ("run", run, "run the service in the foreground",
-         "Run the service in the foreground: watch every user's outbound folders, protect each photo that "
-         "arrives and deliver it to the user's ready folder. systemd runs this (systemd/cloakd.service); "
-         "stop it with Ctrl-C.",
-         "sudo cloakd run --config /etc/cloakd/cloakd.yaml"),
-        ("status", status, "show what the service is doing, per user",
-         "Show per user: photos queued, in progress, done and held, enrolled reference photos, the target "
-         "class, Sybil images made and candidates left, and the last error.",
-         "sudo cloakd status"),
-        ("check-config", check_config, "check the configuration file",
-         "Check the configuration file and list every problem with its line and how to fix it (unknown keys, "
-         "wrong values, missing or shared folders...).",
-         "cloakd check-config --config /etc/cloakd/cloakd.yaml"),
+        (
+            "run",
+            run,
+            "run the service in the foreground",
+            "Run the service in the foreground: watch every user's outbound folders, protect each photo that "
+            "arrives and deliver it to the user's ready folder. systemd runs this (systemd/cloakd.service); "
+            "stop it with Ctrl-C.",
+            "sudo cloakd run --config /etc/cloakd/cloakd.yaml",
+        ),
+        (
+            "status",
+            status,
+            "show what the service is doing, per user",
+            "Show per user: photos queued, in progress, done and held, enrolled reference photos, the target "
+            "class, Sybil images made and candidates left, and the last error. With --json, one JSON object: "
+            "state_dir, and users, each with name, queued, in_progress, done, held, enrolled (reference photos), "
+            "references_folder (true if a references folder adds photos), target (the target class, null if not "
+            'chosen yet), sybil (null without Sybil images, else made and left), last_error ("" if none) and '
+            "unreadable (what could not be read, with why; its fields are then null).",
+            "sudo cloakd status --json",
+        ),
+        (
+            "check-config",
+            check_config,
+            "check the configuration file",
+            "Check the configuration file and list every problem with its line and how to fix it (unknown keys, "
+            "wrong values, missing or shared folders...).",
+            "cloakd check-config --config /etc/cloakd/cloakd.yaml",
+        ),
     ]
+    parsers = {}
     for name, handler, summary, description, example in commands:
-        p = add_command(subparsers, name, summary=summary, description=description, example=example)
+        parsers[name] = p = add_command(subparsers, name, summary=summary, description=description, example=example)
         add_config_option(p)
         p.set_defaults(func=handler)
+    parsers["status"].add_argument(
+        "--json", action="store_true", help="print the status as one JSON object (its fields above)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,63 +78,55 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from ..ledger import FILE_NAME, Ledger
-    from ..targets import TargetStore
+    from ..status import snapshot
 
-    config = load_config(args.config, check_folders=False)
-    if not (config.state_dir / FILE_NAME).exists():
-        raise CloakdError(f"no ledger in {config.state_dir}: the service has not run with this configuration yet")
-    try:
-        ledger = Ledger(config.state_dir, readonly=True)
-        counts = ledger.counts()
-    except Exception as e:  # sqlite3 errors: usually no permission on the state directory
-        raise CloakdError(f"cannot read the ledger in {config.state_dir}: {e} (run as the service's user)") from None
-    store = TargetStore(config.state_dir)
-    header = ("user", "queued", "in progress", "done", "held", "references", "target class", "sybil made/left",
-              "last error")
-    rows = []
-    for name, user in config.users.items():
-        c = counts.get(name)
-        try:
-            target = store.get(name)
-        except CloakdError as e:
-            target_name = f"(unreadable: {e})"
-        else:
-            target_name = target.name if target is not None else "(not chosen yet)"
-        rows.append((name, *(str(getattr(c, k, 0)) for k in ("queued", "working", "done", "held")),
-                     _references(config, user, store.bank.extractor), target_name, _sybil(config, user),
-                     (c.last_error if c else "") or "-"))
+    snap = snapshot(load_config(args.config, check_folders=False))
+    if args.json:
+        print(json.dumps(snap.as_dict(), indent=1))
+        return Exit.OK
+    header = (
+        "user",
+        "queued",
+        "in progress",
+        "done",
+        "held",
+        "references",
+        "target class",
+        "sybil made/left",
+        "last error",
+    )
+    rows = [
+        (
+            u.name,
+            *map(str, (u.queued, u.in_progress, u.done, u.held)),
+            _references(u),
+            _target(u),
+            _sybil(u),
+            u.last_error or "-",
+        )
+        for u in snap.users
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     for r in [header, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
     return Exit.OK
 
 
-def _references(config, user, extractor: str) -> str:
-    """Enrolled descriptors (the folder's photos are counted only by the service: describing them is not cheap)."""
-    from ..references import ReferenceStore
-
-    try:
-        enrolled = ReferenceStore(config.state_dir, extractor).get(user.name)
-    except CloakdError:
+def _references(u: "UserStatus") -> str:
+    if u.enrolled is None:
         return "(unreadable)"
-    text = f"{0 if enrolled is None else len(enrolled)} enrolled"
-    return text + " + folder" if user.references is not None else text
+    return f"{u.enrolled} enrolled" + (" + folder" if u.references_folder else "")
 
 
-def _sybil(config, user) -> str:
-    """Images made and candidates not looked at yet (from the record and a listing: no photo is read)."""
-    from ..privileges import Account
-    from ..sybil import SybilRecord, made, unrecorded
+def _target(u: "UserStatus") -> str:
+    if "target" in u.unreadable:
+        return f"(unreadable: {u.unreadable['target']})"
+    return u.target if u.target is not None else "(not chosen yet)"
 
-    if user.sybil is None:
+
+def _sybil(u: "UserStatus") -> str:
+    if u.sybil is None:
         return "-"
-    try:
-        entries = SybilRecord(config.state_dir, user.name).load()
-    except CloakdError:
+    if u.sybil.made is None:
         return "(unreadable record)"
-    try:
-        left = str(len(unrecorded(Account.lookup(user.account), user.sybil.candidates, entries)))
-    except (CloakdError, OSError):
-        left = "?"
-    return f"{len(made(entries))}/{left}"
+    return f"{u.sybil.made}/{'?' if u.sybil.left is None else u.sybil.left}"

@@ -13,52 +13,58 @@ from pathlib import Path
 import numpy as np
 
 from cloakd.core.errors import CloakdError
+from cloakd.core.photo.discover import photo_files
 from cloakd.core.targets import DEFAULT_CANDIDATES, TargetBank
 
 from .exits import Exit, skip
 from .models import load_analyzer
 from .options import add_command, add_state_options, number, state_dir
 
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".tif", ".tiff"}
-
 
 def register(sub) -> None:
-    p = add_command(sub, "targets", summary="build a target bank from a folder of identities",
-                    description="Describe every identity sub-folder of DIR (one folder per person, a few photos "
-                                "each) into a bank file: the identities a user's target class is chosen from. "
-                                "cloakd ships a bank; build your own only to use other identities.",
-                    example="cloakd targets build identities/ --out bank.npz")
+    p = add_command(
+        sub,
+        "targets",
+        summary="build a target bank from a folder of identities",
+        description="Describe every identity sub-folder of DIR (one folder per person, a few photos "
+        "each) into a bank file: the identities a user's target class is chosen from. "
+        "cloakd ships a bank; build your own only to use other identities.",
+        example="cloakd targets build identities/ --out bank.npz",
+    )
     tsub = p.add_subparsers(dest="targets_command", metavar="ACTION", required=True)
-    b = add_command(tsub, "build", summary="describe every identity sub-folder of DIR into a bank file",
-                    description="Describe every identity sub-folder of DIR into a bank file.",
-                    example="cloakd targets build identities/ --out bank.npz")
+    b = add_command(
+        tsub,
+        "build",
+        summary="describe every identity sub-folder of DIR into a bank file",
+        description="Describe every identity sub-folder of DIR into a bank file.",
+        example="cloakd targets build identities/ --out bank.npz",
+    )
     b.add_argument("dir", type=Path, metavar="DIR", help="a folder with one sub-folder of photos per identity")
     b.add_argument("--out", type=Path, required=True, metavar="BANK", help="bank file to write (.npz)")
     b.set_defaults(func=build)
 
-    t = add_command(sub, "target", summary="show, choose or rotate a user's persistent target class",
-                    description="A user's photos are cloaked towards one target class (another identity), "
-                                "chosen once from the user's own photos and kept for good: 'show' tells which, "
-                                "'choose' picks it (enrolling does this too), 'rotate' changes it on purpose, "
-                                "which weakens the protection of photos already online.",
-                    example="cloakd target show --user alice")
+    t = add_command(
+        sub,
+        "target",
+        summary="show, choose or rotate a user's persistent target class",
+        description="A user's photos are cloaked towards one target class (another identity), "
+        "chosen once from the user's own photos and kept for good: 'show' tells which, "
+        "'choose' picks it (enrolling does this too), 'rotate' changes it on purpose, "
+        "which weakens the protection of photos already online.",
+        example="cloakd target show --user alice",
+    )
     t.add_argument("action", choices=["show", "choose", "rotate"], help="what to do")
     t.add_argument("--user", required=True, help="the user's name, as in the configuration")
     t.add_argument("--photos", type=Path, metavar="FILE_OR_DIR", help="photos of the user, for choose and rotate")
     add_state_options(t)
     t.add_argument("--bank", type=Path, help="target bank file (default: the bank shipped with cloakd)")
-    t.add_argument("--candidates", type=number(int, 1), default=DEFAULT_CANDIDATES,
-                   help="how many random identities of the bank are compared (K of the Fawkes paper's eq. 3; "
-                        "default %(default)s)")
+    t.add_argument(
+        "--candidates",
+        type=number(int, 1),
+        default=DEFAULT_CANDIDATES,
+        help="how many random identities of the bank are compared (K of the Fawkes paper's eq. 3; default %(default)s)",
+    )
     t.set_defaults(func=target)
-
-
-def photo_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise CloakdError(f"{path}: no such file or folder")
-    return sorted(p for p in path.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
 
 
 def describe_photos(analyzer, paths: list[Path], *, warn=True) -> np.ndarray:
@@ -101,7 +107,7 @@ def build(args) -> int:
             except (CloakdError, OSError):
                 continue
             if (face := main_face(faces)) is not None:
-                rows.append({k: v[0] for k, v in analyzer.describe_all(rgb, [face]).items()})
+                rows.append(analyzer.describe_face(rgb, face))
         if rows:
             names.append(person.name)
             for k in spaces:
@@ -114,8 +120,10 @@ def build(args) -> int:
     bank = TargetBank(names, primary_descriptors, primary, spaces)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(bank.to_bytes())
-    print(f"{args.out}: {len(names)} identities, {sum(len(d) for d in primary_descriptors)} photos, extractor "
-          f"{primary}" + (f" (also described by {', '.join(spaces)})" if spaces else ""))
+    print(
+        f"{args.out}: {len(names)} identities, {sum(len(d) for d in primary_descriptors)} photos, extractor "
+        f"{primary}" + (f" (also described by {', '.join(spaces)})" if spaces else "")
+    )
     return Exit.OK
 
 
@@ -129,8 +137,10 @@ def target(args) -> int:
         if t is None:
             print(f"{args.user}: no target class chosen yet")
             return Exit.NOTHING
-        print(f"{args.user}: target class {t.name} (chosen {t.chosen_at}, min distance to the user's photos "
-              f"{t.min_distance:.3f}, extractor {t.extractor}, bank {t.bank})")
+        print(
+            f"{args.user}: target class {t.name} (chosen {t.chosen_at}, min distance to the user's photos "
+            f"{t.min_distance:.3f}, extractor {t.extractor}, bank {t.bank})"
+        )
         if t.previous:
             print(f"  previous targets: {', '.join(t.previous)}")
         return Exit.OK

@@ -1,0 +1,114 @@
+"""What the service is doing, per user: one typed snapshot, read from the ledger (opened read-only) and the
+state directory's records. Nothing is written and no photo is read; a record that cannot be read leaves its
+field None and says why in ``unreadable``. ``cloakd status`` renders it as a table or (``--json``) as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from cloakd.core.errors import CloakdError
+
+from .config import Config, UserConfig
+
+
+@dataclass(frozen=True)
+class SybilStatus:
+    made: int | None  # Sybil images made (None: the record is unreadable)
+    left: int | None  # candidates not looked at yet (None: the candidates folder cannot be listed)
+
+
+@dataclass(frozen=True)
+class UserStatus:
+    name: str
+    queued: int
+    in_progress: int
+    done: int
+    held: int
+    enrolled: int | None  # enrolled reference photos (None: the record is unreadable)
+    references_folder: bool  # whether a references: folder adds photos (only the service describes them)
+    target: str | None  # the target class (None: not chosen yet, or unreadable)
+    sybil: SybilStatus | None  # None: the user has no sybil: section
+    last_error: str  # the most recent error (held reason or pending retry), with its time; "" when none
+    #: what could not be read ("target", "references", "sybil", "sybil candidates"), with why
+    unreadable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Status:
+    state_dir: str
+    users: list[UserStatus]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def snapshot(config: Config) -> Status:
+    """Every configured user's status. CloakdError when the ledger does not exist or cannot be read."""
+    from .ledger import FILE_NAME, Ledger
+    from .targets import TargetStore
+
+    if not (config.state_dir / FILE_NAME).exists():
+        raise CloakdError(f"no ledger in {config.state_dir}: the service has not run with this configuration yet")
+    try:
+        counts = Ledger(config.state_dir, readonly=True).counts()
+    except Exception as e:  # sqlite3 errors: usually no permission on the state directory
+        raise CloakdError(f"cannot read the ledger in {config.state_dir}: {e} (run as the service's user)") from None
+    store = TargetStore(config.state_dir)
+    users = []
+    for name, user in config.users.items():
+        c, unreadable = counts.get(name), {}
+        users.append(
+            UserStatus(
+                name,
+                *(getattr(c, k, 0) for k in ("queued", "working", "done", "held")),
+                enrolled=_enrolled(config, user, store.bank.extractor, unreadable),
+                references_folder=user.references is not None,
+                target=_target(store, name, unreadable),
+                sybil=_sybil(config, user, unreadable),
+                last_error=(c.last_error if c else "") or "",
+                unreadable=unreadable,
+            )
+        )
+    return Status(str(config.state_dir), users)
+
+
+def _target(store, name: str, unreadable: dict[str, str]) -> str | None:
+    try:
+        target = store.get(name)
+    except CloakdError as e:
+        unreadable["target"] = str(e)
+        return None
+    return None if target is None else target.name
+
+
+def _enrolled(config: Config, user: UserConfig, extractor: str, unreadable: dict[str, str]) -> int | None:
+    """Enrolled descriptors (the folder's photos are counted only by the service: describing them is not cheap)."""
+    from .references import ReferenceStore
+
+    try:
+        enrolled = ReferenceStore(config.state_dir, extractor).get(user.name)
+    except CloakdError as e:
+        unreadable["references"] = str(e)
+        return None
+    return 0 if enrolled is None else len(enrolled)
+
+
+def _sybil(config: Config, user: UserConfig, unreadable: dict[str, str]) -> SybilStatus | None:
+    """Images made and candidates not looked at yet (from the record and a listing: no photo is read)."""
+    from .privileges import Account
+    from .sybil import SybilRecord, made_entries, unrecorded
+
+    if user.sybil is None:
+        return None
+    try:
+        entries = SybilRecord(config.state_dir, user.name).load()
+    except CloakdError as e:
+        unreadable["sybil"] = str(e)
+        return SybilStatus(None, None)
+    try:
+        left = len(unrecorded(Account.lookup(user.account), user.sybil.candidates, entries))
+    except (CloakdError, OSError) as e:
+        unreadable["sybil candidates"] = str(e)
+        left = None
+    return SybilStatus(len(made_entries(entries)), left)

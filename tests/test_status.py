@@ -1,0 +1,68 @@
+"""`cloakd status`: the snapshot of daemon/status.py, as a table and as JSON, from a real ledger and records."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+from pathlib import Path
+
+from cloakd.core.targets import TargetBank
+from cloakd.daemon.cli import main
+from cloakd.daemon.ledger import DONE, HELD, Ledger
+from cloakd.daemon.targets import TargetStore
+from servicekit import write_config
+
+
+def _service_state(tmp_path: Path) -> Path:
+    """A configuration for user bee with Sybil images (2 candidates), and a ledger with one photo queued, one
+    done and one held; bee's target is chosen and its references record is damaged."""
+    folders = {name: tmp_path / name for name in ("out", "ready", "held", "archive", "candidates", "sybil")}
+    for folder in folders.values():
+        folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (folders["candidates"] / name).write_bytes(b"not read by status")
+    account = pwd.getpwuid(os.getuid()).pw_name
+    config = write_config(
+        tmp_path / "cloakd.yaml",
+        folders,
+        account,
+        user_sybil={"candidates": str(folders["candidates"]), "output": str(folders["sybil"]), "rate": "1/day"},
+    )
+    state = tmp_path / "state"
+    ledger = Ledger(state)
+    for i, end in enumerate((None, DONE, HELD)):
+        ledger.enqueue("bee", f"{folders['out']}/{i}.jpg", 10, i)
+        if end is not None:
+            ledger.finish(ledger.claim(["bee"]).id, end, error="no face could be cloaked" if end == HELD else "")
+    ledger.close()
+    bank = TargetBank.load()
+    TargetStore(state, bank).choose("bee", bank.centroids[:1])
+    (state / "users" / "bee" / "references.npz").write_bytes(b"damaged")
+    return config
+
+
+def test_status_as_json_and_as_a_table_show_the_same_snapshot(tmp_path: Path, capsys):
+    config = _service_state(tmp_path)
+    assert main(["status", "--config", str(config), "--json"]) == 0
+    snap = json.loads(capsys.readouterr().out)
+    assert snap["state_dir"] == str(tmp_path / "state")
+    [bee] = snap["users"]
+    target = TargetStore(tmp_path / "state").get("bee").name
+    assert {k: bee[k] for k in ("name", "queued", "in_progress", "done", "held", "target", "sybil")} == {
+        "name": "bee",
+        "queued": 1,
+        "in_progress": 0,
+        "done": 1,
+        "held": 1,
+        "target": target,
+        "sybil": {"made": 0, "left": 2},
+    }
+    assert bee["last_error"].endswith("no face could be cloaked") and not bee["references_folder"]
+    assert bee["enrolled"] is None and "unreadable reference record" in bee["unreadable"]["references"]
+
+    assert main(["status", "--config", str(config)]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:5] == ["user", "queued", "in", "progress", "done"]
+    assert row.split()[:5] == ["bee", "1", "0", "1", "1"]
+    assert f"(unreadable)  {target}  0/2  " in row and row.endswith("no face could be cloaked")
