@@ -73,7 +73,7 @@ def test_identifies_lfw_faces_leave_one_out(model, faces):
     accuracy = (labels[similarity.argmax(1)] == labels).mean()
     assert accuracy >= 0.97, f"leave-one-out 1-NN accuracy {accuracy:.4f}"
 
-    # the threshold was chosen on other identities (train/, accuracy 0.965 there); it still separates these
+    # the threshold was chosen on other identities (train/, accuracy 0.958 there); it still separates these
     # (measured: 93.2% of same-person pairs below it, 3.0% of different-person pairs)
     distances = np.sqrt(np.maximum(2 - 2 * similarity, 0))
     same = labels[:, None] == labels[None]
@@ -116,7 +116,7 @@ def test_input_gradient_and_bfloat16_twin(model, faces):
         half = twin(_as_input(chips[:8]))
     assert half.dtype == torch.float32
     gap = np.linalg.norm(half.numpy() - descriptors[:8], axis=1)
-    assert gap.max() <= 0.05, gap  # about 0.008 on real faces, against a match threshold of 1.035
+    assert gap.max() <= 0.05, gap  # about 0.008 on real faces, against a match threshold of 1.034
 
 
 def test_standardisation_is_per_image_and_inside(model, faces):
