@@ -40,14 +40,18 @@ def jpeg75(data: bytes) -> np.ndarray:
 
 
 def _looser(face, geometry):
-    """The face as an aligner with a 15% looser, off-centre crop would see it (landmarks moved)."""
+    """The face as an aligner with a 15% looser, off-centre crop would see it (landmarks and box moved)."""
     from dataclasses import replace
 
     lm = face.landmarks.astype(np.float64)
     c = lm.mean(0)
     eyes = np.linalg.norm(lm[1] - lm[0])
-    moved = (c + (lm - c) * 0.85 + np.array([0.1, 0.1]) * eyes).astype(np.float32)
-    return replace(face, landmarks=moved, transform=geometry.transform(moved))
+
+    def move(points: np.ndarray) -> np.ndarray:
+        return (c + (points - c) * 0.85 + np.array([0.1, 0.1]) * eyes).astype(np.float32)
+
+    moved, box = move(lm), move(face.box.reshape(2, 2).astype(np.float64)).reshape(4)
+    return replace(face, landmarks=moved, box=box, transform=geometry.transform(moved, box))
 
 
 def main() -> None:

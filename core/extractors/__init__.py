@@ -17,6 +17,7 @@ from ..errors import CloakdError
 from .arcface_mbf import arcface_mbf
 from .base import ChipGeometry, Extractor
 from .dlib_resnet import dlib_resnet
+from .facenet import facenet
 from .omz_reid import omz_reid
 from .sface import sface
 
@@ -25,6 +26,7 @@ FACTORIES: dict[str, Callable[..., Extractor]] = {
     "dlib_resnet": dlib_resnet,
     "sface": sface,
     "omz_reid": omz_reid,
+    "facenet": facenet,
     "arcface_mbf": arcface_mbf,
 }
 
