@@ -1,6 +1,6 @@
 """How far cloaks move face recognisers: the fast, continuous proxy of PSR used to choose cloak settings.
 
-    .venv/bin/python bench/shift.py --cloak dlib_resnet,sface --held-out omz_reid [--photos 16] [--mode mid]
+    .venv/bin/python bench/shift.py --cloak dlib_resnet,sface --held-out omz_reid [--photos 16] [--mode strong]
 
 PSR over a handful of users moves in steps of whole photos; this measures, per photo, how far the cloak
 moved each recogniser's description of the face, in that recogniser's own identity gaps (different-person
@@ -58,9 +58,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--cloak",
-        default="dlib_resnet,sface,omz_reid",
-        help="extractors an ensemble mode's cloak optimises against, the primary (dlib_resnet) first; "
-        "other modes use the first only (e.g. --mode mid --set ensemble=true to cloak mid against all)",
+        help="extractors the cloak optimises against, the primary (dlib_resnet) first (default: the mode's own; "
+        "e.g. --mode mid --cloak dlib_resnet,sface,omz_reid cloaks mid against three)",
     )
     ap.add_argument("--held-out", default="", help="extractors of ours only measured")
     ap.add_argument("--photos", type=int, default=16)
@@ -94,13 +93,16 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from cloakd.core.cloak.presets import PRESETS
     from cloakd.core.extractors import load_extractor
     from cloakd.core.faces import FaceAnalyzer, main_face
     from cloakd.core.protect import ProtectRequest, protect
     from cloakd.core.targets import TargetBank, choose_target
 
+    if args.cloak:
+        args.set.append("extractors=" + args.cloak.replace(",", "+"))
     args.mode = preset_variant(":".join([args.mode, *args.set]))
-    cloak_names = [n for n in args.cloak.split(",") if n]
+    cloak_names = list(PRESETS[args.mode].extractors)
     held = [n for n in args.held_out.split(",") if n]
     primary = load_extractor("dlib_resnet")
 

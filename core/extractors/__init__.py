@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import CloakdError
+from ..extractor_names import CLOAK, PRIMARY
 from .arcface_mbf import arcface_mbf
 from .base import ChipGeometry, Extractor
 from .dlib_resnet import dlib_resnet
@@ -30,8 +31,8 @@ FACTORIES: dict[str, Callable[..., Extractor]] = {
     "arcface_mbf": arcface_mbf,
 }
 
-DEFAULT_EXTRACTOR = "dlib_resnet"
-CLOAK_EXTRACTORS = ("dlib_resnet", "sface", "omz_reid")
+DEFAULT_EXTRACTOR = PRIMARY
+CLOAK_EXTRACTORS = CLOAK
 
 
 def load_extractor(name: str, **options) -> Extractor:

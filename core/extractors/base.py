@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .calibration import Calibration, calibration
+
 
 @dataclass(frozen=True)
 class ChipGeometry:
@@ -60,18 +62,33 @@ class Extractor(nn.Module):
     name: str = ""
     geometry: ChipGeometry
     dim: int
-    #: distance under which two descriptors are taken to be the same person (model's own threshold)
-    match_threshold: float
-    #: median distances between two photos of one person and of two different people on
-    #: ../shared/data/train (scripts/calibrate_extractors.py): the extractor's identity scale
-    same_person: float
-    other_person: float
+
+    @property
+    def calibration(self) -> Calibration:
+        """The extractor's measured identity scale (core/data/calibration.json)."""
+        return calibration(self.name)
+
+    @property
+    def match_threshold(self) -> float:
+        """Distance under which two descriptors are taken to be the same person: the calibrated one, unless
+        the model has its own (a subclass sets it)."""
+        return self.calibration.match_threshold
+
+    @property
+    def same_person(self) -> float:
+        """Median distance between two photos of one person on ../shared/data/train."""
+        return self.calibration.same_person
+
+    @property
+    def other_person(self) -> float:
+        """Median distance between photos of two different people on ../shared/data/train."""
+        return self.calibration.other_person
 
     @property
     def identity_gap(self) -> float:
         """The unit in which the cloak counts this extractor's distances: a move of one gap is the
         difference between looking like another photo of the same person and like someone else."""
-        return self.other_person - self.same_person
+        return self.calibration.identity_gap
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -134,13 +134,7 @@ class FaceNet(Extractor):
     # wide, so facenet-pytorch's stretched crop is not a similarity of this one (0.58 apart on one face).
     geometry = ChipGeometry(size=160, box_margin=32)
     dim = 512
-    # scripts/calibrate_extractors.py --extractors facenet on ../shared/data/train (LFW identities used in no
-    # evaluation; cloakd's MTCNN, the largest face, this geometry): 3474 faces of the 1279 identities with >= 2
-    # photos, all 5182 same-person pairs and as many random different-person pairs (seed 0). 1.034 (cosine
-    # 0.465) maximises accuracy: 0.958 (same pairs below it 95.1%, different pairs 3.3%); on every second
-    # identity with the face nearest the centre (1730 faces) the best was 1.035 (0.965).
-    match_threshold = 1.034
-    same_person, other_person = 0.7630, 1.2551
+    # identity scale and match threshold: core/data/calibration.json (scripts/calibrate_extractors.py)
 
     def __init__(self, state: dict[str, torch.Tensor] | None) -> None:
         super().__init__()
