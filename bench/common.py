@@ -37,7 +37,12 @@ def preset_variant(spec: str) -> str:
             preset = preset.with_overrides(views=replace(preset.views, **{sub: parsed}))
             continue
         kind = type(getattr(preset, field))
-        cast = {str: str, int: int, bool: lambda v: v.lower() in ("1", "true", "yes")}.get(kind, _number)
+        cast = {
+            str: str,
+            int: int,
+            bool: lambda v: v.lower() in ("1", "true", "yes"),
+            tuple: lambda v: tuple(v.split("+")),  # extractors=dlib_resnet+sface
+        }.get(kind, _number)
         preset = preset.with_overrides(**{field: cast(value)})
     PRESETS[spec] = preset
     return spec

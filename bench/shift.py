@@ -1,6 +1,6 @@
 """How far cloaks move face recognisers: the fast, continuous proxy of PSR used to choose cloak settings.
 
-    .venv/bin/python bench/shift.py --cloak dlib_resnet,sface --held-out omz_reid [--photos 16] [--mode mid]
+    .venv/bin/python bench/shift.py --cloak dlib_resnet,sface --held-out omz_reid [--photos 16] [--mode strong]
 
 PSR over a handful of users moves in steps of whole photos; this measures, per photo, how far the cloak
 moved each recogniser's description of the face, in that recogniser's own identity gaps (different-person
@@ -40,23 +40,26 @@ def jpeg75(data: bytes) -> np.ndarray:
 
 
 def _looser(face, geometry):
-    """The face as an aligner with a 15% looser, off-centre crop would see it (landmarks moved)."""
+    """The face as an aligner with a 15% looser, off-centre crop would see it (landmarks and box moved)."""
     from dataclasses import replace
 
     lm = face.landmarks.astype(np.float64)
     c = lm.mean(0)
     eyes = np.linalg.norm(lm[1] - lm[0])
-    moved = (c + (lm - c) * 0.85 + np.array([0.1, 0.1]) * eyes).astype(np.float32)
-    return replace(face, landmarks=moved, transform=geometry.transform(moved))
+
+    def move(points: np.ndarray) -> np.ndarray:
+        return (c + (points - c) * 0.85 + np.array([0.1, 0.1]) * eyes).astype(np.float32)
+
+    moved, box = move(lm), move(face.box.reshape(2, 2).astype(np.float64)).reshape(4)
+    return replace(face, landmarks=moved, box=box, transform=geometry.transform(moved, box))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--cloak",
-        default="dlib_resnet,sface,omz_reid",
-        help="extractors an ensemble mode's cloak optimises against, the primary (dlib_resnet) first; "
-        "other modes use the first only (e.g. --mode mid --set ensemble=true to cloak mid against all)",
+        help="extractors the cloak optimises against, the primary (dlib_resnet) first (default: the mode's own; "
+        "e.g. --mode mid --cloak dlib_resnet,sface,omz_reid cloaks mid against three)",
     )
     ap.add_argument("--held-out", default="", help="extractors of ours only measured")
     ap.add_argument("--photos", type=int, default=16)
@@ -90,13 +93,16 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from cloakd.core.cloak.presets import PRESETS
     from cloakd.core.extractors import load_extractor
     from cloakd.core.faces import FaceAnalyzer, main_face
     from cloakd.core.protect import ProtectRequest, protect
     from cloakd.core.targets import TargetBank, choose_target
 
+    if args.cloak:
+        args.set.append("extractors=" + args.cloak.replace(",", "+"))
     args.mode = preset_variant(":".join([args.mode, *args.set]))
-    cloak_names = [n for n in args.cloak.split(",") if n]
+    cloak_names = list(PRESETS[args.mode].extractors)
     held = [n for n in args.held_out.split(",") if n]
     primary = load_extractor("dlib_resnet")
 

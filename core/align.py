@@ -106,6 +106,15 @@ class ChipTransform:
         half = (size * scale - 1) / 2  # centered_drect: width-- then +-width/2
         return cls((centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half), angle, size)
 
+    @classmethod
+    def around_box(cls, box: np.ndarray, size: int, margin: float) -> "ChipTransform":
+        """An upright square chip about the centre of ``box`` (x1, y1, x2, y2), in which the box's mean side
+        spans ``size - margin`` chip pixels (facenet-pytorch's margin, given in chip pixels)."""
+        x1, y1, x2, y2 = (float(v) for v in box)
+        scale = (x2 - x1 + y2 - y1) / 2 / (size - margin)  # image pixels per chip pixel
+        cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, (size * scale - 1) / 2  # fit's width-1 convention
+        return cls((cx - half, cy - half, cx + half, cy + half), 0.0, size)
+
     @property
     def centre(self) -> np.ndarray:
         l, t, r, b = self.rect

@@ -86,14 +86,14 @@ class FaceAnalyzer:
         dets: Detections = self.detector.detect(image)
         geo = self.extractor.geometry
         return [
-            Face(box, float(score), lm, geo.transform(lm))
+            Face(box, float(score), lm, geo.transform(lm, box))
             for box, score, lm in zip(dets.boxes, dets.scores, dets.landmarks)
         ]
 
     def transform(self, face: Face, extractor: Extractor) -> ChipTransform:
-        """``face``'s chip for ``extractor``: its own alignment of the face's landmarks (the primary's came
-        with the face)."""
-        return face.transform if extractor is self.extractor else extractor.geometry.transform(face.landmarks)
+        """``face``'s chip for ``extractor``: its own alignment of the face's landmarks or box (the primary's
+        came with the face)."""
+        return face.transform if extractor is self.extractor else extractor.geometry.transform(face.landmarks, face.box)
 
     def alternate_alignments(self, image: np.ndarray, face: Face, extractor: Extractor) -> tuple[ChipTransform, ...]:
         """``face``'s chip for ``extractor`` as other landmark models would align it: for an extractor of

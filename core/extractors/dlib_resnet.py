@@ -104,8 +104,7 @@ class DlibResNet(Extractor):
     name = "dlib_resnet"
     geometry = ChipGeometry(size=150, padding=0.25)
     dim = 128
-    match_threshold = 0.6
-    same_person, other_person = 0.4333, 0.8168  # scripts/calibrate_extractors.py
+    match_threshold = 0.6  # dlib's own (its identity scale: core/data/calibration.json)
 
     def __init__(self, network: dat.DatNetwork, source: str) -> None:
         super().__init__()

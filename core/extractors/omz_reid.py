@@ -109,13 +109,7 @@ class OMZFaceReid(Extractor):
     name = "omz_reid"
     geometry = ChipGeometry(size=CHIP_SIZE, template=tuple((x * CHIP_SIZE, y * CHIP_SIZE) for x, y in REFERENCE_POINTS))
     dim = 256
-    # The distance maximising verification accuracy on ../shared/data/train (LFW identities not used in
-    # evaluation; scripts/convert_omz_reid.py --threshold): 3,474 photos of the 1,279 identities with >= 2,
-    # all through MTCNN + this alignment; 5,182 same-person pairs and 5,182 random different-person pairs.
-    # At 1.15 (cosine 0.34) accuracy 0.9964 (10-fold held-out 0.9962 +- 0.0012), 0.50% of same pairs
-    # rejected and 0.21% of different pairs accepted; same-pair median 0.77, different 1.41.
-    match_threshold = 1.15
-    same_person, other_person = 0.7664, 1.4117  # scripts/calibrate_extractors.py
+    # identity scale and match threshold: core/data/calibration.json (scripts/calibrate_extractors.py)
 
     def __init__(self) -> None:
         """The architecture with untrained weights; :func:`omz_reid` loads Intel's."""

@@ -76,13 +76,7 @@ class SFace(Extractor):
         template=((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041)),
     )
     dim = 128
-    # Chosen by scripts/convert_sface.py --threshold on ../shared/data/train (LFW identities not used in
-    # evaluation; cloakd's MTCNN, the face nearest the centre, this geometry): 3474 faces of the 1279
-    # identities with >= 2 photos, all 5182 same-person pairs and 5182 random cross pairs (seed 0). 1.1528
-    # (cosine 0.336) maximises accuracy: 0.9970 (same pairs below 99.63%, cross pairs below 0.23%); 0.9958
-    # at 1.10, 0.9964 at OpenCV's 1.128 (cosine 0.363), 0.9891 at 1.20.
-    match_threshold = 1.1528
-    same_person, other_person = 0.7812, 1.3430  # scripts/calibrate_extractors.py
+    # identity scale and match threshold: core/data/calibration.json (scripts/calibrate_extractors.py)
 
     def __init__(self, state: dict[str, torch.Tensor]) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ import numpy as np
 
 from cloakd.core.errors import CloakdError
 from cloakd.core.photo.discover import photo_files
-from cloakd.core.targets import DEFAULT_CANDIDATES, TargetBank
+from cloakd.core.targets import DEFAULT_CANDIDATES, TargetBank, build_bank
 
 from .exits import Exit, skip
 from .models import load_analyzer
@@ -92,37 +92,12 @@ def describe_photos(analyzer, paths: list[Path], *, warn=True) -> np.ndarray:
 def build(args) -> int:
     """Describe each identity's photos (their main face) with every extractor the cloak uses: target
     classes are chosen in the primary extractor's space and pursued in every extractor's."""
-    from cloakd.core.faces import main_face
-
-    if not args.dir.is_dir():
-        raise CloakdError(f"{args.dir}: not a folder of identity sub-folders")
-    analyzer = load_analyzer()
-    primary = analyzer.extractor.name
-    names, spaces = [], {e.name: [] for e in analyzer.cloak_extractors}
-    for person in sorted(p for p in args.dir.iterdir() if p.is_dir()):
-        rows = []
-        for path in photo_files(person):
-            try:
-                rgb, faces = analyzer.read(path.read_bytes(), str(path))
-            except (CloakdError, OSError):
-                continue
-            if (face := main_face(faces)) is not None:
-                rows.append(analyzer.describe_face(rgb, face))
-        if rows:
-            names.append(person.name)
-            for k in spaces:
-                spaces[k].append(np.stack([r[k] for r in rows]).astype(np.float32))
-        else:
-            print(f"cloakd: skipping identity {person.name}: no usable face", file=sys.stderr)
-    if not names:
-        raise CloakdError(f"{args.dir}: no identity with a usable face photo")
-    primary_descriptors = spaces.pop(primary)
-    bank = TargetBank(names, primary_descriptors, primary, spaces)
+    bank = build_bank(load_analyzer(), args.dir, on_skip=lambda why: print(f"cloakd: {why}", file=sys.stderr))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(bank.to_bytes())
     print(
-        f"{args.out}: {len(names)} identities, {sum(len(d) for d in primary_descriptors)} photos, extractor "
-        f"{primary}" + (f" (also described by {', '.join(spaces)})" if spaces else "")
+        f"{args.out}: {len(bank.names)} identities, {sum(len(d) for d in bank.descriptors)} photos, extractor "
+        f"{bank.extractor}" + (f" (also described by {', '.join(bank.spaces)})" if bank.spaces else "")
     )
     return Exit.OK
 
