@@ -165,7 +165,8 @@ def test_the_services_check_trusts_nothing_of_the_worker(analyzer, protected):
 def test_a_model_on_a_device_gives_the_same_descriptors_and_gradients(resnet):
     assert resolve("cpu").type == "cpu" and resolve("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     wrapped = OnDevice(resnet, resolve("cpu"))
-    assert (wrapped.name, wrapped.dim, wrapped.identity_gap) == (resnet.name, resnet.dim, resnet.identity_gap)
+    same = ("name", "dim", "geometry", "identity_gap", "same_person", "match_threshold")
+    assert [getattr(wrapped, k) for k in same] == [getattr(resnet, k) for k in same]
     chips = torch.rand(2, 3, 150, 150, generator=torch.Generator().manual_seed(0)) * 255
     grads = []
     for model in (resnet, wrapped):

@@ -14,6 +14,7 @@ import torch
 
 from cloakd.core.errors import CloakdError
 from cloakd.core.extractors import CLOAK_EXTRACTORS, DEFAULT_EXTRACTOR, Extractor, load_extractor
+from cloakd.core.extractors.calibration import Calibration
 from cloakd.core.faces import FaceAnalyzer
 
 from ..config import DEVICES
@@ -34,14 +35,22 @@ def resolve(device: str) -> torch.device:
 
 
 class OnDevice(Extractor):
-    """``inner`` on ``device``; takes and returns tensors wherever the caller keeps them."""
+    """``inner`` on ``device``; takes and returns tensors wherever the caller keeps them. Its name, chip
+    geometry, size, identity scale and match threshold are ``inner``'s."""
 
     def __init__(self, inner: Extractor, device: torch.device):
         super().__init__()
         self.inner = inner.to(device)
         self.device = device
-        for key in ("name", "geometry", "dim", "match_threshold", "same_person", "other_person"):
-            setattr(self, key, getattr(inner, key))
+        self.name, self.geometry, self.dim = inner.name, inner.geometry, inner.dim
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.inner.calibration
+
+    @property
+    def match_threshold(self) -> float:  # a model may have its own (dlib's ResNet)
+        return self.inner.match_threshold
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
         return self.inner(chips.to(self.device)).to(chips.device)
