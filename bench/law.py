@@ -84,8 +84,9 @@ def _photos(analyzer, count: int, seed: int) -> list[Photo]:
     return out[:count]
 
 
-def _cloak_one(photo: Photo, subset: tuple[str, ...], analyzer, by_name, preset, seed: int) -> dict:
-    """Cloak ``photo`` against ``subset``, upload it, and measure every network."""
+def _cloak_one(photo: Photo, subset: tuple[str, ...], analyzer, by_name, preset, seed: int, pipeline=None) -> dict:
+    """Cloak ``photo`` against ``subset``, upload it, and measure every network (and dlib's real pipeline:
+    another detector and landmark model in front of dlib's ResNet)."""
     from cloakd.core.cloak.optimise import FaceTask, Goal, cloak
 
     nets = [by_name[n] for n in subset]
@@ -115,6 +116,12 @@ def _cloak_one(photo: Photo, subset: tuple[str, ...], analyzer, by_name, preset,
         row["lost"] = True
         return row
     near = min(found, key=lambda g: np.linalg.norm(g.box - photo.face.box))
+    if pipeline is not None and photo.pipeline is not None and (seen := pipeline.descriptor(uploaded)) is not None:
+        t, before, unit = photo.target[analyzer.extractor.name], photo.pipeline, analyzer.extractor.identity_gap
+        row["dlib_pipeline"] = {
+            "moved": round(float(np.linalg.norm(seen - before) / unit), 4),
+            "gained": round(float((np.linalg.norm(before - t) - np.linalg.norm(seen - t)) / unit), 4),
+        }
     for e in analyzer.cloak_extractors:
         after = analyzer.describe(uploaded, [near], e)[0]
         t, before, unit = photo.target[e.name], photo.own[e.name], e.identity_gap
@@ -145,12 +152,18 @@ def run(args) -> None:
         steps=args.steps,
         lr=1.5,
         views_per_step=2,
-        ensemble=True,
         away_weight=1.0,
         away_margin=1.5,
         exact_alternate=False,
     )
     photos = _photos(analyzer, args.photos, args.seed)
+    pipeline = None
+    if args.pipeline:
+        from trackers import DlibPipeline
+
+        pipeline = DlibPipeline()
+    for photo in photos:
+        photo.pipeline = None if pipeline is None else pipeline.descriptor(photo.rgb)
     done = set()
     if args.out.exists():
         done = {(r["photo"], tuple(r["subset"])) for r in map(json.loads, args.out.read_text().splitlines())}
@@ -160,7 +173,7 @@ def run(args) -> None:
         key = (str(photo.path.relative_to(DATA)), subset)
         if key in done:
             continue
-        row = _cloak_one(photo, subset, analyzer, by_name, preset, args.seed)
+        row = _cloak_one(photo, subset, analyzer, by_name, preset, args.seed, pipeline)
         row.update(rho=args.rho, steps=args.steps)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -178,16 +191,20 @@ def table(rows: list[dict], networks: list[str]) -> str:
         "| --- | " + " | ".join("---:" for _ in sizes) + " | ---: | ---: |",
     ]
     slopes = []
-    for h in networks:
+    measured = networks + (["dlib_pipeline"] if any("dlib_pipeline" in r for r in rows) else [])
+    for h in measured:
+        inside = "dlib_resnet" if h == "dlib_pipeline" else h  # the pipeline's ResNet is dlib_resnet
         by_size = []
         for n in sizes:
-            subsets = {tuple(r["subset"]) for r in rows if len(r["subset"]) == n and h not in r["subset"] and h in r}
+            subsets = {
+                tuple(r["subset"]) for r in rows if len(r["subset"]) == n and inside not in r["subset"] and h in r
+            }
             medians = [statistics.median(r[h]["gained"] for r in rows if tuple(r["subset"]) == s) for s in subsets]
             by_size.append(statistics.mean(medians) if medians else float("nan"))
         known = [(n, g) for n, g in zip(sizes, by_size) if g == g]
         slope = float(np.polyfit(*zip(*known), 1)[0]) if len(known) >= 2 else float("nan")
         slopes.append(slope)
-        white = [r[h]["gained"] for r in rows if h in r["subset"] and h in r]
+        white = [r[h]["gained"] for r in rows if inside in r["subset"] and h in r]
         lines.append(
             f"| {h} | "
             + " | ".join("-" if g != g else f"{g:.2f}" for g in by_size)
@@ -197,7 +214,7 @@ def table(rows: list[dict], networks: list[str]) -> str:
         " / ".join(f"{statistics.median(r['butteraugli'] for r in rows if len(r['subset']) == n):.2f}" for n in sizes)
     ]
     lines.append(
-        f"\nMean increase per added network: {np.nanmean(slopes):+.3f} gaps. "
+        f"\nMean increase per added network (over cloakd's networks): {np.nanmean(slopes[: len(networks)]):+.3f} gaps. "
         f"Butteraugli median by size ({', '.join(map(str, sizes))}): {visible[0]}; "
         f"{len({r['photo'] for r in rows})} photos, {len({tuple(r['subset']) for r in rows})} ensembles."
     )
@@ -213,6 +230,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pipeline", action="store_true", help="also measure dlib's real pipeline (dlib-bin)")
     ap.add_argument("--shard", default="1/1", help="I/N: run every N-th ensemble, starting at the I-th")
     ap.add_argument("--out", type=Path, default=Path("law.jsonl"))
     ap.add_argument("--table", type=Path, metavar="JSONL", help="print the table of finished runs and exit")
