@@ -221,6 +221,25 @@ def table(rows: list[dict], networks: list[str]) -> str:
     return "\n".join(lines)
 
 
+def matrix(rows: list[dict], networks: list[str]) -> str:
+    """Transfer between single networks: the gain of each network (column) when the cloak saw only one
+    (row); the diagonal is white-box. Similar networks transfer to each other more."""
+    rows = [r for r in rows if not r.get("lost") and len(r["subset"]) == 1]
+    measured = networks + (["dlib_pipeline"] if any("dlib_pipeline" in r for r in rows) else [])
+    lines = [
+        "| cloak against \\ measured by | " + " | ".join(measured) + " |",
+        "| --- | " + " | ".join("---:" for _ in measured) + " |",
+    ]
+    for s in networks:
+        mine = [r for r in rows if r["subset"] == [s]]
+        cells = [
+            f"{statistics.median(r[h]['gained'] for r in mine):.2f}" if mine and all(h in r for r in mine) else "-"
+            for h in measured
+        ]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--networks", default=",".join(NETWORKS), help="the networks, dlib_resnet among them")
@@ -239,6 +258,8 @@ def main() -> None:
         rows = [json.loads(line) for line in args.table.read_text().splitlines()]
         print(f"Machine: {machine()}; {time.strftime('%Y-%m-%d')}; rho {rows[0]['rho']}, {rows[0]['steps']} steps\n")
         print(table(rows, args.networks.split(",")))
+        print("\nOne network at a time (median gain after JPEG 75, in the measuring network's gaps):\n")
+        print(matrix(rows, args.networks.split(",")))
         return
     run(args)
 

@@ -250,6 +250,7 @@ def main() -> None:
                     scores = [s for s in scores if s is not None]
                     table[f"{tracker}|{v}|{c}"] = {
                         "psr": float(np.mean([s[0] for s in scores])),
+                        "per_user": [float(s[0]) for s in scores],
                         "worst": float(min(s[0] for s in scores)),
                         "normal": float(np.mean([s[1] for s in scores])),
                         "users": len(scores),
@@ -394,7 +395,10 @@ def _print_mode(mode: str, r: dict, names: list[str]) -> None:
 def _print_summary(results: dict, names: list[str]) -> None:
     print(f"\n{results['machine']}; {results['date']}; `{results['command']}`; {results['seconds']} s")
     print(f"users: {', '.join(results['users'])}")
-    print("\nPSR after JPEG 75 + 1080 px (mean of logistic regression and centroid) against butteraugli:")
+    print(
+        "\nPSR after JPEG 75 + 1080 px (mean of logistic regression and centroid; in brackets the worst user's) "
+        "against butteraugli; * white-box (the mode optimises against that extractor):"
+    )
     print("| mode | " + " | ".join(names) + " | butteraugli median | p90 | s per photo |")
     print("| --- | " + " | ".join("---" for _ in names) + " | --- | --- | --- |")
     f = results["floor"]
@@ -403,11 +407,19 @@ def _print_summary(results: dict, names: list[str]) -> None:
         + " | ".join("-" for _ in names)
         + f" | {f['median']:.2f} | {f['p90']:.2f} | - |"
     )
+    from cloakd.core.cloak.presets import PRESETS
+
     for mode, r in results["modes"].items():
-        psr = [np.mean([r["psr"][f"{t}|uploaded|{c}"]["psr"] for c in ("linear", "centroid")]) for t in names]
+        used = PRESETS[mode].extractors if mode in PRESETS else ()
+        cells = []
+        for t in names:
+            pair = [r["psr"][f"{t}|uploaded|{c}"] for c in ("linear", "centroid")]
+            worst = min(np.mean(u) for u in zip(*(p["per_user"] for p in pair)))
+            star = "*" if t.startswith("cloakd:") and t.split(":", 1)[1] in used else ""
+            cells.append(f"{np.mean([p['psr'] for p in pair]):.2f}{star} ({worst:.2f})")
         print(
             f"| {mode} | "
-            + " | ".join(f"{p:.2f}" for p in psr)
+            + " | ".join(cells)
             + f" | {r['butteraugli']['median']:.2f} | {r['butteraugli']['p90']:.2f} | {r['seconds_median']:.1f} |"
         )
 
