@@ -12,6 +12,7 @@ between users, a ready folder not inside an outbound folder...) run in :func:`lo
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import pwd
 import re
@@ -28,6 +29,7 @@ from cloakd.core.errors import CloakdError, MetadataPolicyError, os_error_text
 from cloakd.core.identity import Others
 from cloakd.core.photo.keep import resolve
 
+from .engine.address import EXAMPLE as ADDRESS_EXAMPLE, clear_text_refusal, parse_address
 from .state import DEFAULT_STATE_DIR, USER_NAME_RULE, valid_user_name
 
 DEFAULT_CONFIG = Path("/etc/cloakd/cloakd.yaml")
@@ -38,6 +40,10 @@ HEIC_AS = ("jpeg", "heif")
 POLICIES = ("archive", "keep", "delete")
 RATE_UNITS = {"hour": 24.0, "day": 1.0, "week": 1 / 7}
 DEFAULT_SYBIL_RATE = "1/day"
+ENGINE_KINDS = ("local", "dask")
+FALLBACKS = ("wait", "local")
+DEVICES = ("auto", "cpu", "cuda")
+INSTALL_DASK = "pip install 'cloakd[dask]' (from a checkout: bash scripts/install.sh --dask)"
 
 
 class ConfigError(CloakdError):
@@ -102,6 +108,24 @@ class Sybil:
 
 
 @dataclass(frozen=True)
+class Engine:
+    """Who runs each photo's protect() (daemon/engine/): ``local``, the service's own worker threads, or
+    ``dask``, the workers of a Dask cluster at ``scheduler`` (TLS files for a ``tls://`` address; plain TCP
+    to another machine only with ``insecure``). ``fallback``: while the scheduler or every worker is
+    unreachable, photos ``wait`` or are processed ``local``ly. ``device``: where the service's own work
+    runs (``auto``: CUDA if torch sees a GPU)."""
+
+    kind: str = "local"
+    scheduler: str = ""
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure: bool = False
+    fallback: str = "wait"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
 class UserConfig:
     name: str
     account: str
@@ -140,6 +164,7 @@ class Config:
     retry_delay_seconds: float = 60.0
     stop_timeout_seconds: float = 30.0
     ledger_retention_days: int = 365
+    engine: Engine = Engine()
     #: line of each validated path value, for problems found after parsing (folder overlaps)
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -273,6 +298,7 @@ _GLOBAL_KEYS = (
     "retry",
     "stop_timeout_seconds",
     "ledger_retention_days",
+    "engine",
     "users",
 )
 _USER_KEYS = (
@@ -317,6 +343,7 @@ def parse_config(text: str, source: Path) -> tuple[Config | None, list[str]]:
         retry_delay_seconds=float(r.number(retry, "first_delay_seconds", "retry", Config.retry_delay_seconds, 0.1)),
         stop_timeout_seconds=float(r.number(top, "stop_timeout_seconds", "", Config.stop_timeout_seconds, 1)),
         ledger_retention_days=r.number(top, "ledger_retention_days", "", Config.ledger_retention_days, 1, whole=True),
+        engine=_engine(r, top),
         lines=r.lines,
     )
     return (None if r.problems else config), _by_line(r.problems)
@@ -501,6 +528,81 @@ def _sybil(r: _Reader, items: _Items, where: str) -> Sybil | None:
     return Sybil(candidates, output, float(m[1]) * RATE_UNITS[m[2]])
 
 
+def _engine(r: _Reader, top: _Items) -> Engine:
+    if "engine" not in top:
+        return Engine()
+    node = top["engine"][1]
+    items = r.mapping(node, "engine", ("kind", "scheduler", "tls", "insecure", "fallback", "device"))
+    kind = r.choice(items, "kind", "engine", ENGINE_KINDS, Engine.kind)
+    if "kind" in items:
+        r.lines["engine.kind"] = items["kind"][1].start_mark.line + 1
+    insecure = bool(r.get(items, "insecure", "engine", (bool,), False))
+    settings = {
+        "kind": kind,
+        "insecure": insecure,
+        "device": r.choice(items, "device", "engine", DEVICES, Engine.device),
+        "fallback": r.choice(items, "fallback", "engine", FALLBACKS, Engine.fallback),
+    }
+    if kind == "local":
+        for key in ("scheduler", "tls", "fallback", "insecure"):
+            if key in items:
+                r.problem(items[key][0], f"engine.{key} is only used with kind: dask", "remove it or set kind: dask")
+        return Engine(**settings)
+    scheduler = r.get(items, "scheduler", "engine", (str,))
+    tls = _engine_tls(r, items)
+    if scheduler is None:
+        return Engine(**settings)
+    try:
+        address = parse_address(scheduler)
+    except ValueError as e:
+        r.problem(items["scheduler"][1], f"engine.scheduler: {e}", f"write e.g. scheduler: {ADDRESS_EXAMPLE}")
+        return Engine(**settings)
+    refusal = clear_text_refusal(address, insecure)
+    if refusal:
+        r.problem(
+            items["scheduler"][1],
+            f"engine.scheduler: {refusal}",
+            'use tls:// with engine.tls (README, "Several machines"), or set insecure: true if this network '
+            "is yours alone",
+        )
+    if address.protocol == "tls" and tls is None:
+        r.problem(
+            items["scheduler"][1],
+            "engine.scheduler is tls:// but engine.tls is missing",
+            "add tls: {ca: CA.pem, cert: SERVICE.pem, key: SERVICE.key}",
+        )
+    if address.protocol == "tcp" and tls is not None:
+        r.problem(items["tls"][0], "engine.tls is only used with a tls:// scheduler", "write the scheduler as tls://")
+    return Engine(**settings, scheduler=str(address), **(tls or {}))
+
+
+def _engine_tls(r: _Reader, items: _Items) -> dict | None:
+    if "tls" not in items:
+        return None
+    fields = r.mapping(items["tls"][1], "engine.tls", ("ca", "cert", "key"))
+    files = {f"tls_{key}": r.path(fields, key, "engine.tls") for key in ("ca", "cert", "key")}
+    return files if all(files.values()) else None
+
+
+def _engine_problems(config: Config) -> list[str]:
+    """What the engine needs on this machine (checked with the folders: both are looked at on start): Dask's
+    package for kind dask, and readable TLS files."""
+    problems = []
+    if config.engine.kind == "dask" and importlib.util.find_spec("distributed") is None:
+        problems.append(
+            f"{config.source}:{config.lines.get('engine.kind', 1)}: engine kind dask: Dask's `distributed` "
+            f"package is not installed; fix: {INSTALL_DASK}"
+        )
+    for key in ("ca", "cert", "key"):
+        path = getattr(config.engine, f"tls_{key}")
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            problems.append(
+                f"{config.source}:{config.lines.get(f'engine.tls.{key}', 1)}: engine.tls.{key}: {path} "
+                f'is not a readable file; fix: correct the path (README, "Several machines", makes them)'
+            )
+    return problems
+
+
 def _folders(user: UserConfig) -> list[tuple[str, str, Path, bool]]:
     """A user's folders: (role, line key, path, whether it must exist already)."""
     w = f"users.{user.name}"
@@ -542,7 +644,7 @@ def folder_problems(config: Config) -> list[str]:
                 )
             owned.append((user.name, role, key, path.resolve()))
     _overlaps(owned, say)
-    return problems
+    return problems + _engine_problems(config)
 
 
 def _overlaps(owned: list[tuple[str, str, str, Path]], say: Callable[[str, str, str], None]) -> None:

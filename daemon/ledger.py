@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS photos (
 CREATE INDEX IF NOT EXISTS photos_file ON photos (user, path);
 CREATE INDEX IF NOT EXISTS photos_content ON photos (user, sha256);
 CREATE INDEX IF NOT EXISTS photos_todo ON photos (state, next_try);
+CREATE INDEX IF NOT EXISTS photos_turn ON photos (user, started_at);
 """
 
 
@@ -164,16 +165,22 @@ class Ledger:
     # --- the worker's steps -------------------------------------------------------------------------------
 
     def claim(self, users: Collection[str], now: float | None = None) -> Row | None:
-        """Take the oldest due queued row of one of ``users``: working, attempts + 1 (committed first)."""
+        """Take the next due queued row of one of ``users``: working, attempts + 1 (committed first).
+
+        Fair across users: round-robin, the user whose last photo started longest ago (or never) first, then
+        that user's oldest due row; so one user's thousand photos never make another's wait behind them.
+        """
         if not users:
             return None
         now = time.time() if now is None else now
         marks = ",".join("?" * len(users))
         with self._tx() as db:
             row = db.execute(
-                f"SELECT * FROM photos WHERE state = ? AND next_try <= ? AND user IN ({marks}) "
-                f"ORDER BY next_try, id LIMIT 1",
-                (QUEUED, now, *users),
+                f"WITH turn AS (SELECT user, MAX(started_at) AS last FROM photos "
+                f"WHERE user IN ({marks}) GROUP BY user) "
+                f"SELECT photos.* FROM photos JOIN turn USING (user) WHERE state = ? AND next_try <= ? "
+                f"ORDER BY turn.last IS NOT NULL, turn.last, next_try, id LIMIT 1",
+                (*users, QUEUED, now),
             ).fetchone()
             if row is None:
                 return None
@@ -229,6 +236,15 @@ class Ledger:
         if forget_output:
             values.update(output=None, output_sha256=None)
         self._update(row_id, **values)
+
+    def put_back(self, row_id: int) -> None:
+        """The engine could not take the row (no scheduler, no worker): queued again at once, and the try
+        does not count as an attempt."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE photos SET state = ?, attempts = MAX(0, attempts - 1), next_try = 0 WHERE id = ?",
+                (QUEUED, row_id),
+            )
 
     def forgive(self, row_id: int) -> None:
         """The service stopped while this row was in hand: the interruption does not count as an attempt."""

@@ -1,8 +1,9 @@
 """One photo for one user: its bytes (read with the user's rights) in, what to deliver out.
 
-This is the only place where the service meets the engine: it builds the request from the user's settings
-and persistent target class (:func:`cloakd.core.request_for_target`, as ``cloakd protect --user`` does) and
-calls :func:`cloakd.core.protect`. Nothing is written here.
+This is the only place where the service meets the engine: :func:`request_for` builds the request from the
+user's settings and persistent target class (:func:`cloakd.core.request_for_target`, as ``cloakd protect
+--user`` does), which an engine (daemon/engine/) carries out, here or on another machine;
+:func:`protect_original` calls :func:`cloakd.core.protect` on this machine. Nothing is written here.
 
 Target class: chosen once per user (eq. 3) and persisted by the target store. From the user's references
 (enrolled descriptors plus the references folder, daemon/identity.py) when there are any, otherwise from
@@ -30,6 +31,7 @@ from .privileges import Account, Original
 
 if TYPE_CHECKING:  # torch-heavy: the rest of the service (and its tests) run without loading it
     from cloakd.core.faces import FaceAnalyzer
+    from cloakd.core.protect import ProtectRequest
 
     from .targets import StoredTarget, TargetStore
 
@@ -81,16 +83,14 @@ class ProcessContext:
             return choice
 
 
-def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, original: Original) -> ProcessResult:
-    """Cloak and clean ``original`` for ``user``. PhotoError for a photo that cannot be protected (e.g.
-    ProtectionError: a cloak that did not verify), another CloakdError for a problem of the user's state."""
-    from cloakd.core import protect, request_for_target
+def request_for(ctx: ProcessContext, user: UserConfig, account: Account, original: Original) -> "ProtectRequest":
+    """What to do with ``original`` for ``user``: the target class (chosen on first need), the user's
+    references and settings. An engine (daemon/engine/) carries it out, here or on another machine."""
+    from cloakd.core import request_for_target
 
-    t0 = time.perf_counter()
-    label = str(original.path)
     references = ctx.references.get(user, account)
-    choice = ctx.target(user, references, original.data, label)
-    request = request_for_target(
+    choice = ctx.target(user, references, original.data, str(original.path))
+    return request_for_target(
         None if choice is None else choice.name,
         None if choice is None else choice.centroid,
         bank=ctx.targets.bank,
@@ -101,7 +101,16 @@ def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, or
         options=OutputOptions(heic_as=user.heic_as),
         seed=int(original.sha256[:8], 16),  # same photo, same output
     )
-    result = protect(ctx.analyzer, original.data, request, label=label)
+
+
+def protect_original(ctx: ProcessContext, user: UserConfig, account: Account, original: Original) -> ProcessResult:
+    """Cloak and clean ``original`` for ``user``. PhotoError for a photo that cannot be protected (e.g.
+    ProtectionError: a cloak that did not verify), another CloakdError for a problem of the user's state."""
+    from cloakd.core import protect
+
+    t0 = time.perf_counter()
+    request = request_for(ctx, user, account, original)
+    result = protect(ctx.analyzer, original.data, request, label=str(original.path))
     if not result.ok:
         raise ProtectionError(f"not protected: {result.reason}")
     return ProcessResult(

@@ -24,13 +24,13 @@ import sys
 import threading
 import time
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 
 from cloakd.core.errors import CloakdError, os_error_text
 
 from .config import Config, load_config
 from .deliver import make_folder
+from .engine.status import EngineState, publish
 from .housekeeping import housekeeping
 from .ledger import Ledger
 from .privileges import Account, check_single_user
@@ -74,6 +74,7 @@ class Service:
         self.config_path = config_path
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._publishing = threading.Lock()  # the engine's watcher thread and start-up both publish
 
     def run(self) -> int:
         config = load_config(self.config_path)
@@ -88,12 +89,15 @@ class Service:
         self.pipeline = Pipeline(
             config, accounts, self.ledger, engine, notice=self.candidates.note, on_retry=self.jobs.wake_at
         )
+        self._engine_changed(engine.state())
         self.pipeline.reconcile()
         self.accounts = accounts
         self.watcher = Watcher(config, accounts, self.candidates)
         self.watcher.start()
         self.watcher.rescan()
-        self.workers = Workers(self.pipeline, config.workers, lambda: self.config.in_window(datetime.now()))
+        self.workers = Workers(
+            self.pipeline, engine.threads, lambda: self.config.in_window(datetime.now()), engine.capacity
+        )
         self.workers.start()
         self.jobs.start(config)
         due = self.ledger.next_due()
@@ -103,34 +107,53 @@ class Service:
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         log.info(
-            "started: %d users, %d outbound folders, %d workers",
+            "started: %d users, %d outbound folders, engine %s",
             len(config.users),
             sum(len(u.outbound) for u in config.users.values()),
-            config.workers,
+            engine.describe(),
         )
         notify("READY=1", f"STATUS={self._status()}")
         self._loop()
         return self._shutdown()
 
     def _engine(self, config: Config):
-        """Load the models once; import here so that the rest of the service (and its tests) need no torch."""
+        """Load the models once (the service needs them also with a Dask cluster: target classes, references,
+        Sybil images, re-verification, local fallback); import here so that the rest of the service (and its
+        tests) need no torch."""
         import torch
 
-        from cloakd.core.faces import FaceAnalyzer
-
+        from .engine.device import load_analyzer
+        from .engine.factory import open_engine
         from .identity import UserReferences
-        from .process import ProcessContext, protect_original
+        from .process import ProcessContext
         from .sybil import SybilJob
         from .targets import TargetStore
 
         torch.set_num_threads(config.torch_threads)
         t0 = time.perf_counter()
-        analyzer = FaceAnalyzer().load_cloak_models()
+        analyzer, device = load_analyzer(config.engine.device)
         references = UserReferences(analyzer, config.state_dir)
         context = ProcessContext(analyzer, TargetStore(config.state_dir), references)
         self.sybil = SybilJob(analyzer, references, config.state_dir, busy=self._photos_waiting)
-        log.info("face models loaded in %.1f s (torch threads: %d)", time.perf_counter() - t0, config.torch_threads)
-        return partial(protect_original, context)
+        log.info(
+            "face models loaded in %.1f s on %s (torch threads: %d)",
+            time.perf_counter() - t0,
+            device,
+            config.torch_threads,
+        )
+        self.engine = open_engine(config, context, str(device), self._engine_changed)
+        return self.engine
+
+    def _engine_changed(self, state: EngineState) -> None:
+        """The engine's state changed (a Dask cluster came or went): tell `cloakd status`, wake the workers."""
+        try:
+            with self._publishing:
+                publish(self.config.state_dir, state)
+        except OSError as e:
+            log.warning("cannot record the engine's state for `cloakd status`: %s", os_error_text(e))
+        workers = getattr(self, "workers", None)
+        if workers is not None:
+            workers.wake()
 
     def _loop(self) -> None:
         period = watchdog_period()
@@ -172,7 +195,7 @@ class Service:
         done = sum(c.done for c in counts.values())
         held = sum(c.held for c in counts.values())
         window = "" if self.config.in_window(datetime.now()) else ", outside the processing window"
-        return f"{queued} queued, {working} in progress, {done} done, {held} held{window}"
+        return f"{queued} queued, {working} in progress, {done} done, {held} held{window}; {self.engine.describe()}"
 
     def _wake(self) -> None:
         self.workers.wake()
@@ -202,7 +225,7 @@ class Service:
             log.error("reload refused, keeping the running configuration: %s", e)
             notify("READY=1")
             return
-        for key in ("state_dir", "workers", "torch_threads"):
+        for key in ("state_dir", "workers", "torch_threads", "engine"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("reload: %s changed; this takes effect after a restart", key)
         setup_logging(config.log_level)
@@ -230,6 +253,7 @@ class Service:
             log.warning("%s: %s abandoned at stop; it is redone on the next start", row.user, row.path)
         if self.sybil.in_hand():
             log.info("a Sybil image in progress was abandoned at stop; it is made again later")
+        self.engine.close()
         if abandoned or self.sybil.in_hand():
             # a thread is still inside the engine: leave without running interpreter clean-up under it
             logging.shutdown()

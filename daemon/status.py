@@ -1,15 +1,18 @@
-"""What the service is doing, per user: one typed snapshot, read from the ledger (opened read-only) and the
-state directory's records. Nothing is written and no photo is read; a record that cannot be read leaves its
-field None and says why in ``unreadable``. ``cloakd status`` renders it as a table or (``--json``) as JSON.
+"""What the service is doing: one typed snapshot of its engine (as the service last published it,
+daemon/engine/status.py) and of each user, read from the ledger (opened read-only) and the state
+directory's records. Nothing is written and no photo is read; a record that cannot be read leaves its
+field None and says why in ``unreadable``. ``cloakd status`` renders it as a table (the engine's line
+first) or (``--json``) as JSON.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from cloakd.core.errors import CloakdError
 
 from .config import Config, UserConfig
+from .engine.status import EngineState, read_published
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,32 @@ class UserStatus:
 
 
 @dataclass(frozen=True)
+class EngineStatus:
+    """Who runs each photo's protect() (README, "Several machines"): the configured engine, and the state the
+    service last published (``kind`` to ``fallback`` None if it has published none)."""
+
+    configured: str  # the configuration's engine: "local" or "dask ADDRESS"
+    service_running: bool | None  # whether the service that published the state still runs (None: none did)
+    published_at: str | None  # when it published the state (ISO 8601)
+    kind: str | None  # "local" or "dask"
+    state: str | None  # "working locally", "connected", "waiting for the scheduler", "waiting for a cloakd
+    # worker" or "working locally (fallback: local)"
+    detail: str | None  # e.g. "2 worker threads on cpu", "2 cloakd worker threads", "scheduler unreachable (...)"
+    since: str | None  # when this state began (ISO 8601)
+    scheduler: str | None  # kind dask: the scheduler's address
+    fallback: str | None  # kind dask: "wait" or "local"
+
+    def published(self) -> EngineState | None:
+        """The published state, None if there is none."""
+        if self.kind is None:
+            return None
+        return EngineState(**{f.name: getattr(self, f.name) for f in fields(EngineState)})
+
+
+@dataclass(frozen=True)
 class Status:
     state_dir: str
+    engine: EngineStatus
     users: list[UserStatus]
 
     def as_dict(self) -> dict:
@@ -70,7 +97,16 @@ def snapshot(config: Config) -> Status:
                 unreadable=unreadable,
             )
         )
-    return Status(str(config.state_dir), users)
+    return Status(str(config.state_dir), _engine(config), users)
+
+
+def _engine(config: Config) -> EngineStatus:
+    settings = config.engine
+    configured = settings.kind + (f" {settings.scheduler}" if settings.kind == "dask" else "")
+    published = read_published(config.state_dir)
+    if published is None:
+        return EngineStatus(configured, None, None, **dict.fromkeys(f.name for f in fields(EngineState)))
+    return EngineStatus(configured, published.running, published.at, **asdict(published.state))
 
 
 def _target(store, name: str, unreadable: dict[str, str]) -> str | None:

@@ -52,6 +52,11 @@ class Transient(Exception):
     """A failure worth retrying later (disk full, I/O error...); carries the message for the ledger."""
 
 
+class Paused(Exception):
+    """The engine cannot take the photo now (no Dask scheduler or worker, daemon/engine/cluster.py): the row
+    goes back to the queue at once, and the try does not count as an attempt."""
+
+
 class Pipeline:
     """One photo at a time, in the order of durable steps above. Thread-safe: rows are claimed atomically."""
 
@@ -102,6 +107,9 @@ class Pipeline:
                 self._hold(row, user, account, f"gave up after {row.attempts - 1} attempts: {why}")
             else:
                 self._produce(row, user, account)
+        except Paused as e:
+            self.ledger.put_back(row.id)
+            log.info("%s: %s waits: %s", row.user, row.path, e)
         except (Transient, CloakdError) as e:  # not the photo's fault (PhotoError is handled where it arises)
             self._retry(row, config, str(e))
         except OSError as e:
@@ -311,8 +319,13 @@ class Workers:
 
     IDLE_CHECK_SECONDS = 30.0  # a safety net: wake-ups are normally explicit
 
-    def __init__(self, pipeline: Pipeline, count: int, may_work: Callable[[], bool]):
-        self.pipeline, self.count, self.may_work = pipeline, count, may_work
+    def __init__(
+        self, pipeline: Pipeline, count: int, may_work: Callable[[], bool], capacity: Callable[[], int] | None = None
+    ):
+        """``capacity``: how many of the ``count`` threads may hold a photo now (the engine's; None: all)."""
+        self.pipeline, self.count, self.may_work, self.capacity = pipeline, count, may_work, capacity
+        self._busy = 0
+        self._turns = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -333,14 +346,35 @@ class Workers:
     def in_hand(self) -> list[Row]:
         return list(self._in_hand.values())
 
+    def _take_turn(self) -> bool:
+        """Whether this thread may claim a photo now (within the processing window and the engine's capacity)."""
+        if not self.may_work():
+            return False
+        if self.capacity is None:
+            return True
+        with self._turns:
+            if self._busy >= self.capacity():
+                return False
+            self._busy += 1
+            return True
+
+    def _end_turn(self) -> None:
+        if self.capacity is not None:
+            with self._turns:
+                self._busy -= 1
+
     def _loop(self) -> None:
         me = threading.get_ident()
         while not self._stop.is_set():
-            try:
-                row = self.pipeline.claim() if self.may_work() else None
-            except Exception:  # noqa: BLE001 - the ledger is unavailable for now
-                log.exception("cannot read the ledger")
-                row = None
+            row = None
+            if self._take_turn():
+                try:
+                    row = self.pipeline.claim()
+                except Exception:  # noqa: BLE001 - the ledger is unavailable for now
+                    log.exception("cannot read the ledger")
+                finally:
+                    if row is None:
+                        self._end_turn()
             if row is None:
                 self._wake.wait(self.IDLE_CHECK_SECONDS)
                 self._wake.clear()
@@ -353,6 +387,7 @@ class Workers:
                 self._stop.wait(self.IDLE_CHECK_SECONDS)
             finally:
                 del self._in_hand[me]
+                self._end_turn()
 
     def stop(self, timeout: float) -> list[Row]:
         """Let each worker finish its photo within ``timeout``; return the rows still in hand after it."""

@@ -7,6 +7,8 @@
 #   sudo bash scripts/install.sh --system     the service: /opt/cloakd (its own Python environment),
 #                                             /usr/local/bin/cloakd, the systemd unit, /etc/cloakd/cloakd.yaml
 #                                             (from the example, only if there is none), /var/lib/cloakd
+#   ... --dask                                with --system or for ./.venv: also Dask's distributed, for
+#                                             `engine: kind: dask` and `cloakd worker` (README, "Several machines")
 #   sudo bash scripts/install.sh --uninstall [--purge]
 #                                             remove what --system installed; the configuration and the state
 #                                             directory (enrolled face descriptors) only with --purge
@@ -91,7 +93,7 @@ systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ] && command -v s
 
 system_install() {
     need_root --system
-    build_env "$ROOT$OPT" no ""
+    build_env "$ROOT$OPT" no "$DASK"
     if [ -n "$ROOT" ]; then  # staged: the scripts must name the final place of the environment
         grep -rlI --null -- "$ROOT$OPT" "$ROOT$OPT/bin" | xargs -0 -r sed -i "s|$ROOT$OPT|$OPT|g"
     fi
@@ -140,8 +142,15 @@ system_uninstall() {
     fi
 }
 
+DASK=""  # --dask anywhere: the extra cloakd[dask] (the test extra has it already)
+ARGS=()
+for arg in "$@"; do
+    if [ "$arg" = --dask ]; then DASK="[dask]"; else ARGS+=("$arg"); fi
+done
+set -- "${ARGS[@]+"${ARGS[@]}"}"
+
 case "${1:-}" in
-    "") build_env "$CHECKOUT/.venv" yes "" ;;
+    "") build_env "$CHECKOUT/.venv" yes "$DASK" ;;
     --test) build_env "$CHECKOUT/.venv" yes "[test]"; build_oracle "$CHECKOUT/.venv/facenet-oracle" ;;
     --system) system_install ;;
     --uninstall)

@@ -5,16 +5,22 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import subprocess
+import sys
+from datetime import datetime
 from pathlib import Path
 
 from cloakd.core.targets import TargetBank
 from cloakd.daemon.cli import main
+from cloakd.daemon.config import load_config
+from cloakd.daemon.engine.local import LocalEngine
+from cloakd.daemon.engine.status import publish
 from cloakd.daemon.ledger import DONE, HELD, Ledger
 from cloakd.daemon.targets import TargetStore
 from servicekit import write_config
 
 
-def _service_state(tmp_path: Path) -> Path:
+def _service_state(tmp_path: Path, **settings) -> Path:
     """A configuration for user bee with Sybil images (2 candidates), and a ledger with one photo queued, one
     done and one held; bee's target is chosen and its references record is damaged."""
     folders = {name: tmp_path / name for name in ("out", "ready", "held", "archive", "candidates", "sybil")}
@@ -28,6 +34,7 @@ def _service_state(tmp_path: Path) -> Path:
         folders,
         account,
         user_sybil={"candidates": str(folders["candidates"]), "output": str(folders["sybil"]), "rate": "1/day"},
+        **settings,
     )
     state = tmp_path / "state"
     ledger = Ledger(state)
@@ -62,7 +69,56 @@ def test_status_as_json_and_as_a_table_show_the_same_snapshot(tmp_path: Path, ca
     assert bee["enrolled"] is None and "unreadable reference record" in bee["unreadable"]["references"]
 
     assert main(["status", "--config", str(config)]) == 0
-    header, row = capsys.readouterr().out.splitlines()
+    engine, header, row = capsys.readouterr().out.splitlines()
+    assert engine == "engine: local (the service has not published its state)"
     assert header.split()[:5] == ["user", "queued", "in", "progress", "done"]
     assert row.split()[:5] == ["bee", "1", "0", "1", "1"]
     assert f"(unreadable)  {target}  0/2  " in row and row.endswith("no face could be cloaked")
+
+
+def _engine_status(config: Path, capsys) -> tuple[dict, str]:
+    """The engine in `cloakd status --json`, and the table's first line."""
+    assert main(["status", "--config", str(config), "--json"]) == 0
+    engine = json.loads(capsys.readouterr().out)["engine"]
+    assert main(["status", "--config", str(config)]) == 0
+    return engine, capsys.readouterr().out.splitlines()[0]
+
+
+def test_the_engine_in_json_and_as_the_first_line(tmp_path: Path, capsys):
+    """Nothing published yet; the state a running service published (this process, with the engine the
+    service opens for kind local); the last state of a service that has stopped."""
+    config = _service_state(tmp_path, workers=2)
+    engine, line = _engine_status(config, capsys)
+    assert engine == {
+        "configured": "local",
+        "service_running": None,
+        "published_at": None,
+        **dict.fromkeys(("kind", "state", "detail", "since", "scheduler", "fallback")),
+    }
+    assert line == "engine: local (the service has not published its state)"
+
+    state = LocalEngine(load_config(config, check_folders=False), None, "cpu").state()
+    publish(tmp_path / "state", state)
+    engine, line = _engine_status(config, capsys)
+    assert {k: engine[k] for k in ("configured", "service_running", "kind", "state", "detail")} == {
+        "configured": "local",
+        "service_running": True,
+        "kind": "local",
+        "state": "working locally",
+        "detail": "2 worker threads on cpu",
+    }
+    assert engine["since"] == state.since and engine["scheduler"] is None and engine["fallback"] is None
+    assert datetime.fromisoformat(engine["published_at"]) >= datetime.fromisoformat(state.since)
+    assert line == "engine: local: 2 worker threads on cpu"
+
+    stopped = (  # a service that published its state, then ended
+        "import sys; from pathlib import Path; from cloakd.daemon.config import load_config; "
+        "from cloakd.daemon.engine.local import LocalEngine; from cloakd.daemon.engine.status import publish; "
+        "config = load_config(Path(sys.argv[1]), check_folders=False); "
+        "publish(config.state_dir, LocalEngine(config, None, 'cpu').state())"
+    )
+    subprocess.run([sys.executable, "-c", stopped, str(config)], check=True, timeout=120)
+    engine, line = _engine_status(config, capsys)
+    assert engine["service_running"] is False and engine["state"] == "working locally"
+    at = datetime.fromisoformat(engine["published_at"]).strftime("%Y-%m-%d %H:%M:%S")
+    assert line == f"engine: local (the service is not running; last state, {at}: local: 2 worker threads on cpu)"

@@ -21,7 +21,7 @@ from cloakd.core.errors import CloakdError, os_error_text
 from .exits import Exit
 
 # Sub-command modules, in the order `cloakd --help` lists them.
-COMMAND_MODULES = ["faces", "photo", "targets", "enrol", "protect", "preview", "sybil", "evaluate", "service"]
+COMMAND_MODULES = ["faces", "photo", "targets", "enrol", "protect", "preview", "sybil", "evaluate", "service", "worker"]
 
 DESCRIPTION = """\
 cloakd protects the faces in your photos before they go online. It cloaks each face (the Fawkes method:

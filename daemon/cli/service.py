@@ -12,7 +12,7 @@ from .options import add_command, add_config_option
 from .words import count
 
 if TYPE_CHECKING:
-    from ..status import UserStatus
+    from ..status import EngineStatus, UserStatus
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,9 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "status",
             status,
             "show what the service is doing, per user",
-            "Show per user: photos queued, in progress, done and held, enrolled reference photos, the target "
-            "class, Sybil images made and candidates left, and the last error. With --json, one JSON object: "
-            "state_dir, and users, each with name, queued, in_progress, done, held, enrolled (reference photos), "
+            "Show the engine (local, or a Dask cluster and whether it is reachable), then per user: photos "
+            "queued, in progress, done and held, enrolled reference photos, the target class, Sybil images made "
+            "and candidates left, and the last error. With --json, one JSON object: state_dir; engine, with "
+            'configured ("local" or "dask ADDRESS"), service_running (null if no service published a state), '
+            "published_at, and the state it published (null if none): kind, state (working locally, connected, "
+            "waiting for the scheduler, waiting for a cloakd worker, or working locally (fallback: local)), "
+            "detail, since, scheduler and fallback; and users, each with name, queued, in_progress, done, held, "
+            "enrolled (reference photos), "
             "references_folder (true if a references folder adds photos), target (the target class, null if not "
             'chosen yet), sybil (null without Sybil images, else made and left), last_error ("" if none) and '
             "unreadable (what could not be read, with why; its fields are then null).",
@@ -84,6 +89,7 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(snap.as_dict(), indent=1))
         return Exit.OK
+    print(_engine(snap.engine))
     header = (
         "user",
         "queued",
@@ -110,6 +116,19 @@ def status(args: argparse.Namespace) -> int:
     for r in [header, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
     return Exit.OK
+
+
+def _engine(e: "EngineStatus") -> str:
+    """Which engine the service uses and its state (a Dask cluster reachable, or waiting, or local fallback)."""
+    from ..engine.status import local_time
+
+    state = e.published()
+    if state is None:
+        return f"engine: {e.configured} (the service has not published its state)"
+    if not e.service_running:
+        at = local_time(e.published_at, "%Y-%m-%d %H:%M:%S")
+        return f"engine: {e.configured} (the service is not running; last state, {at}: {state.text()})"
+    return f"engine: {state.text()}"
 
 
 def _references(u: "UserStatus") -> str:
