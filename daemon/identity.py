@@ -53,13 +53,15 @@ class UserReferences:
         return None if spaces is None else spaces[self.analyzer.extractor.name]
 
     def spaces(self, user: UserConfig, account: Account) -> dict[str, np.ndarray] | None:
-        """The user's reference faces by extractor name: the primary's descriptors, and each other
-        extractor's where every source has them (an enrolment from before they were stored has not)."""
+        """The user's reference faces by extractor name: the primary's descriptors from every source, and each
+        other extractor's from the sources that have them. An enrolment made before an extractor existed
+        lacks its space; the references folder's photos, described anew, complete it. A space no source has
+        is absent: Sybil images then only push away from the candidate's own features in that extractor."""
         parts = [p for p in (self.enrolled(user.name), self.folder(user, account)) if p is not None]
         if not parts:
             return None
-        names = set.intersection(*(set(p) for p in parts))
-        return {k: np.concatenate([p[k] for p in parts]).astype(np.float32) for k in sorted(names)}
+        names = set().union(*parts)
+        return {k: np.concatenate([p[k] for p in parts if k in p]).astype(np.float32) for k in sorted(names)}
 
     def enrolled(self, name: str) -> dict[str, np.ndarray] | None:
         """The descriptors ``cloakd enrol`` stored, re-read when the file is replaced. An unreadable record

@@ -29,6 +29,9 @@ class UserStatus:
     done: int
     held: int
     enrolled: int | None  # enrolled reference photos (None: the record is unreadable)
+    #: cloak extractors the enrolment has no descriptors by (enrolled before they existed): Sybil images pull
+    #: towards the user only in the other spaces (a references folder completes them in the service)
+    enrolled_lacks: list[str]
     references_folder: bool  # whether a references: folder adds photos (only the service describes them)
     target: str | None  # the target class (None: not chosen yet, or unreadable)
     sybil: SybilStatus | None  # None: the user has no sybil: section
@@ -89,7 +92,7 @@ def snapshot(config: Config) -> Status:
             UserStatus(
                 name,
                 *(getattr(c, k, 0) for k in ("queued", "working", "done", "held")),
-                enrolled=_enrolled(config, user, store.bank.extractor, unreadable),
+                **_enrolled(config, user, store.bank.extractor, unreadable),
                 references_folder=user.references is not None,
                 target=_target(store, name, unreadable),
                 sybil=_sybil(config, user, unreadable),
@@ -118,16 +121,21 @@ def _target(store, name: str, unreadable: dict[str, str]) -> str | None:
     return None if target is None else target.name
 
 
-def _enrolled(config: Config, user: UserConfig, extractor: str, unreadable: dict[str, str]) -> int | None:
-    """Enrolled descriptors (the folder's photos are counted only by the service: describing them is not cheap)."""
+def _enrolled(config: Config, user: UserConfig, extractor: str, unreadable: dict[str, str]) -> dict:
+    """Enrolled descriptors and the cloak extractors the record lacks (the folder's photos are counted only
+    by the service: describing them is not cheap)."""
+    from cloakd.core.extractor_names import CLOAK
+
     from .references import ReferenceStore
 
     try:
-        enrolled = ReferenceStore(config.state_dir, extractor).get(user.name)
+        spaces = ReferenceStore(config.state_dir, extractor).spaces(user.name)
     except CloakdError as e:
         unreadable["references"] = str(e)
-        return None
-    return 0 if enrolled is None else len(enrolled)
+        return {"enrolled": None, "enrolled_lacks": []}
+    if spaces is None:
+        return {"enrolled": 0, "enrolled_lacks": []}
+    return {"enrolled": len(spaces[extractor]), "enrolled_lacks": [n for n in CLOAK if n not in spaces]}
 
 
 def _sybil(config: Config, user: UserConfig, unreadable: dict[str, str]) -> SybilStatus | None:

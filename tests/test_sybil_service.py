@@ -308,3 +308,40 @@ def test_service_makes_a_sybil_image_after_a_reload_and_an_enrolment(analyzer, o
         line = next(row for row in status.stdout.splitlines() if row.startswith("bee "))
         assert "4 enrolled" in line and " 1/0 " in line, status.stdout
         assert json.loads((state / "users" / "bee" / "sybil.json").read_text())["candidates"] == record
+
+
+def test_an_enrolment_from_before_the_new_extractors_is_completed_by_the_folder_and_status_says_so(
+    local, analyzer, one_thread, capsys
+):
+    """A record made when the cloak had three extractors still reads; the references folder's photos give
+    the newer extractors' spaces; without them the newer extractors only push away, and status says so."""
+    import io
+
+    from cloakd.daemon.cli import main
+
+    base, folders = local
+    config = local_config(base, folders)
+    user, account = config.users["bee"], Account.current()
+    enrol(analyzer, config.state_dir, USER_PHOTOS[:2])
+    record = config.state_dir / "users" / "bee" / "references.npz"
+    new = ("facenet", "arcface_mbf")
+    with np.load(io.BytesIO(record.read_bytes())) as z:
+        old = {k: z[k] for k in z.files if k.removeprefix("space.") not in new}
+    buf = io.BytesIO()
+    np.savez(buf, **old)  # as cloakd wrote it before facenet and arcface_mbf existed
+    record.write_bytes(buf.getvalue())
+    Ledger(config.state_dir).close()  # status reads the service's ledger
+
+    spaces = UserReferences(analyzer, config.state_dir).spaces(user, account)
+    assert spaces["dlib_resnet"].shape[0] == 2 and not set(new) & set(spaces)
+    assert main(["status", "--config", str(base / "cloakd.yaml"), "--json"]) == 0
+    [bee] = json.loads(capsys.readouterr().out)["users"]
+    assert bee["enrolled"] == 2 and bee["enrolled_lacks"] == list(new)
+    assert main(["status", "--config", str(base / "cloakd.yaml")]) == 0
+    assert "2 enrolled (lacks facenet, arcface_mbf: Sybil images push away there" in capsys.readouterr().out
+
+    (folders["refs"] / "me.jpg").write_bytes(USER_PHOTOS[2].read_bytes())
+    config = local_config(base, folders, user_references=str(folders["refs"]))
+    spaces = UserReferences(analyzer, config.state_dir).spaces(config.users["bee"], account)
+    assert spaces["dlib_resnet"].shape[0] == 3  # enrolled and folder
+    assert {spaces[n].shape[0] for n in new} == {1}  # completed from the folder's photo

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "published_at, and the state it published (null if none): kind, state (working locally, connected, "
             "waiting for the scheduler, waiting for a cloakd worker, or working locally (fallback: local)), "
             "detail, since, scheduler and fallback; and users, each with name, queued, in_progress, done, held, "
-            "enrolled (reference photos), "
+            "enrolled (reference photos), enrolled_lacks (the cloak's extractors the enrolment has no "
+            "descriptors by: it was made before they existed; enrol again to add them), "
             "references_folder (true if a references folder adds photos), target (the target class, null if not "
             'chosen yet), sybil (null without Sybil images, else made and left), last_error ("" if none) and '
             "unreadable (what could not be read, with why; its fields are then null).",
@@ -134,7 +135,10 @@ def _engine(e: "EngineStatus") -> str:
 def _references(u: "UserStatus") -> str:
     if u.enrolled is None:
         return "(unreadable)"
-    return f"{u.enrolled} enrolled" + (" + folder" if u.references_folder else "")
+    lacks = ""
+    if u.enrolled_lacks:
+        lacks = f" (lacks {', '.join(u.enrolled_lacks)}: Sybil images push away there; enrol again to add)"
+    return f"{u.enrolled} enrolled" + (" + folder" if u.references_folder else "") + lacks
 
 
 def _target(u: "UserStatus") -> str:
