@@ -4,8 +4,11 @@ one example per command."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import tomllib
 
 from cloakd.daemon.cli import build_parser
+from conftest import CLOAKD, REPO
 
 
 def commands(parser: argparse.ArgumentParser, prefix: str = "cloakd") -> dict[str, argparse.ArgumentParser]:
@@ -38,3 +41,9 @@ def test_every_command_has_plain_help_an_example_and_explains_every_option():
             if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help
         ]
         assert unexplained == [], f"{name}: {unexplained} have no help"
+
+
+def test_version_is_the_installed_package_version():
+    run = subprocess.run([str(CLOAKD), "--version"], capture_output=True, text=True, timeout=60)
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert (run.returncode, run.stdout, run.stderr) == (0, f"cloakd {version}\n", "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
 
@@ -38,11 +39,20 @@ examples:
   cloakd enrol --user me photos-of-me/            tell cloakd which face is yours"""
 
 
+def version() -> str:
+    """``cloakd X.Y.Z``: the installed package's version."""
+    try:
+        return f"cloakd {importlib.metadata.version('cloakd')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "cloakd (version unknown: not installed as a package; bash scripts/install.sh installs it)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloakd", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
+    parser.add_argument("--version", action="version", version=version(), help="print cloakd's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
