@@ -34,6 +34,7 @@ from .engine.status import EngineState, publish
 from .housekeeping import housekeeping
 from .ledger import Ledger
 from .privileges import Account, check_single_user
+from .running import record_start, record_stop
 from .scheduler import Jobs
 from .sdnotify import notify, watchdog_period
 from .sybil import photos_waiting
@@ -81,6 +82,7 @@ class Service:
         setup_logging(config.log_level)
         accounts = accounts_for(config)
         self.config = config
+        self._record(record_start, "start")
         notify("STATUS=loading the face models")
         engine = self._engine(config)
         self.ledger = Ledger(config.state_dir)
@@ -154,6 +156,13 @@ class Service:
         workers = getattr(self, "workers", None)
         if workers is not None:
             workers.wake()
+
+    def _record(self, record, what: str) -> None:
+        """Record the service's start or stop in its state directory, for `cloakd status`."""
+        try:
+            record(self.config.state_dir)
+        except OSError as e:
+            log.warning("cannot record the service's %s for `cloakd status`: %s", what, os_error_text(e))
 
     def _loop(self) -> None:
         period = watchdog_period()
@@ -254,6 +263,7 @@ class Service:
         if self.sybil.in_hand():
             log.info("a Sybil image in progress was abandoned at stop; it is made again later")
         self.engine.close()
+        self._record(record_stop, "stop")
         if abandoned or self.sybil.in_hand():
             # a thread is still inside the engine: leave without running interpreter clean-up under it
             logging.shutdown()

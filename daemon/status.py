@@ -1,8 +1,9 @@
-"""What the service is doing: one typed snapshot of its engine (as the service last published it,
-daemon/engine/status.py) and of each user, read from the ledger (opened read-only) and the state
+"""What the service is doing: one typed snapshot of whether it runs (from the record it keeps of its start
+and stop, daemon/running.py), of its engine (as the service last published it, daemon/engine/status.py)
+and of each user, read from the ledger (opened read-only) and the state
 directory's records. Nothing is written and no photo is read; a record that cannot be read leaves its
-field None and says why in ``unreadable``. ``cloakd status`` renders it as a table (the engine's line
-first) or (``--json``) as JSON.
+field None and says why in ``unreadable``. ``cloakd status`` renders it as a table (the service's and the
+engine's lines first) or (``--json``) as JSON.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from cloakd.core.errors import CloakdError
 
 from .config import Config, UserConfig
 from .engine.status import EngineState, read_published
+from .running import read_record
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,18 @@ class UserStatus:
 
 
 @dataclass(frozen=True)
+class ServiceStatus:
+    """Whether the service runs with this state directory: from the record it writes when it starts and when it
+    stops (``STATE/service.json``), checked against the process table (the pid must be alive and be the
+    process that started then, not another one that got the pid later)."""
+
+    running: bool
+    pid: int | None  # the running service's pid, or the last one's (None: no service has recorded a start)
+    started_at: str | None  # when it started (ISO 8601)
+    stopped_at: str | None  # when it stopped cleanly (ISO 8601; None while it runs, or if it ended otherwise)
+
+
+@dataclass(frozen=True)
 class EngineStatus:
     """Who runs each photo's protect() (README, "Several machines"): the configured engine, and the state the
     service last published (``kind`` to ``fallback`` None if it has published none)."""
@@ -66,6 +80,7 @@ class EngineStatus:
 @dataclass(frozen=True)
 class Status:
     state_dir: str
+    service: ServiceStatus
     engine: EngineStatus
     users: list[UserStatus]
 
@@ -100,7 +115,14 @@ def snapshot(config: Config) -> Status:
                 unreadable=unreadable,
             )
         )
-    return Status(str(config.state_dir), _engine(config), users)
+    return Status(str(config.state_dir), _service(config), _engine(config), users)
+
+
+def _service(config: Config) -> ServiceStatus:
+    record = read_record(config.state_dir)
+    if record is None:
+        return ServiceStatus(False, None, None, None)
+    return ServiceStatus(record.running(), record.pid, record.started_at, record.stopped_at)
 
 
 def _engine(config: Config) -> EngineStatus:

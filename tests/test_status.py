@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
 import subprocess
 import sys
 from datetime import datetime
@@ -16,6 +17,7 @@ from cloakd.daemon.config import load_config
 from cloakd.daemon.engine.local import LocalEngine
 from cloakd.daemon.engine.status import publish
 from cloakd.daemon.ledger import DONE, HELD, Ledger
+from cloakd.daemon.running import FILE_NAME as SERVICE_RECORD, start_ticks
 from cloakd.daemon.targets import TargetStore
 from servicekit import write_config
 
@@ -68,8 +70,11 @@ def test_status_as_json_and_as_a_table_show_the_same_snapshot(tmp_path: Path, ca
     assert bee["last_error"].endswith("no face could be cloaked") and not bee["references_folder"]
     assert bee["enrolled"] is None and "unreadable reference record" in bee["unreadable"]["references"]
 
+    assert snap["service"] == {"running": False, "pid": None, "started_at": None, "stopped_at": None}
+
     assert main(["status", "--config", str(config)]) == 0
-    engine, header, row = capsys.readouterr().out.splitlines()
+    service, engine, header, row = capsys.readouterr().out.splitlines()
+    assert service == "service: not running (no service has started with this state directory)"
     assert engine == "engine: local (the service has not published its state)"
     assert header.split()[:5] == ["user", "queued", "in", "progress", "done"]
     assert row.split()[:5] == ["bee", "1", "0", "1", "1"]
@@ -77,11 +82,11 @@ def test_status_as_json_and_as_a_table_show_the_same_snapshot(tmp_path: Path, ca
 
 
 def _engine_status(config: Path, capsys) -> tuple[dict, str]:
-    """The engine in `cloakd status --json`, and the table's first line."""
+    """The engine in `cloakd status --json`, and its line above the table (after the service's)."""
     assert main(["status", "--config", str(config), "--json"]) == 0
     engine = json.loads(capsys.readouterr().out)["engine"]
     assert main(["status", "--config", str(config)]) == 0
-    return engine, capsys.readouterr().out.splitlines()[0]
+    return engine, capsys.readouterr().out.splitlines()[1]
 
 
 def test_the_engine_in_json_and_as_the_first_line(tmp_path: Path, capsys):
@@ -122,3 +127,58 @@ def test_the_engine_in_json_and_as_the_first_line(tmp_path: Path, capsys):
     assert engine["service_running"] is False and engine["state"] == "working locally"
     at = datetime.fromisoformat(engine["published_at"]).strftime("%Y-%m-%d %H:%M:%S")
     assert line == f"engine: local (the service is not running; last state, {at}: local: 2 worker threads on cpu)"
+
+
+def _service_status(config: Path, capsys) -> tuple[dict, str]:
+    """The service in `cloakd status --json`, and the first line of the table."""
+    assert main(["status", "--config", str(config), "--json"]) == 0
+    service = json.loads(capsys.readouterr().out)["service"]
+    assert main(["status", "--config", str(config)]) == 0
+    return service, capsys.readouterr().out.splitlines()[0]
+
+
+def _record(state: Path, pid: int, ticks: int | None, stopped_at: str | None = None) -> None:
+    started = "2026-12-04T10:00:00+00:00"
+    record = {"pid": pid, "start_ticks": ticks, "started_at": started, "stopped_at": stopped_at}
+    (state / SERVICE_RECORD).write_text(json.dumps(record))
+
+
+def test_a_record_whose_process_has_ended_is_not_a_running_service(tmp_path: Path, capsys):
+    """A service killed without stopping cleanly leaves its record: its pid is dead, so it is not running."""
+    config = _service_state(tmp_path)
+    gone = subprocess.Popen(["sleep", "60"])
+    ticks = start_ticks(gone.pid)
+    gone.send_signal(signal.SIGKILL)
+    gone.wait()
+    _record(tmp_path / "state", gone.pid, ticks)
+    service, line = _service_status(config, capsys)
+    assert service == {"running": False, "pid": gone.pid, "started_at": "2026-12-04T10:00:00+00:00", "stopped_at": None}
+    assert line.startswith("service: not running (the one started ") and f"as pid {gone.pid} ended" in line
+
+
+def test_a_pid_given_to_another_process_since_is_not_the_service(tmp_path: Path, capsys):
+    """The record's pid is alive but belongs to a process that started at another time (the kernel reuses
+    pids): not running. The same pid with its own start time would be (the check is the start time)."""
+    config = _service_state(tmp_path)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        ticks = start_ticks(other.pid)
+        _record(tmp_path / "state", other.pid, ticks - 1)
+        service, line = _service_status(config, capsys)
+        assert service["running"] is False and line.startswith("service: not running")
+        _record(tmp_path / "state", other.pid, ticks)
+        service, line = _service_status(config, capsys)
+        assert service["running"] is True and service["pid"] == other.pid
+        local = datetime.fromisoformat("2026-12-04T10:00:00+00:00").astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        assert line == f"service: running (pid {other.pid}, since {local})"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_service_that_stopped_cleanly_says_when(tmp_path: Path, capsys):
+    config = _service_state(tmp_path)
+    _record(tmp_path / "state", os.getpid(), start_ticks(os.getpid()), stopped_at="2026-12-04T11:00:00+00:00")
+    service, line = _service_status(config, capsys)
+    assert service["running"] is False and service["stopped_at"] == "2026-12-04T11:00:00+00:00"
+    assert line.startswith("service: not running (stopped ") and f"it ran as pid {os.getpid()} from " in line

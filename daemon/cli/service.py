@@ -12,7 +12,7 @@ from .options import add_command, add_config_option
 from .words import count
 
 if TYPE_CHECKING:
-    from ..status import EngineStatus, UserStatus
+    from ..status import EngineStatus, ServiceStatus, UserStatus
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,9 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "status",
             status,
             "show what the service is doing, per user",
-            "Show the engine (local, or a Dask cluster and whether it is reachable), then per user: photos "
+            "Show whether the service is running (its pid and since when, from the record it keeps in its state "
+            "directory), the engine (local, or a Dask cluster and whether it is reachable), then per user: photos "
             "queued, in progress, done and held, enrolled reference photos, the target class, Sybil images made "
-            "and candidates left, and the last error. With --json, one JSON object: state_dir; engine, with "
+            "and candidates left, and the last error. With --json, one JSON object: state_dir; service, with "
+            "running (true or false), pid (the running service's, else the last one's; null if no service has "
+            "started with this state directory), started_at and stopped_at (null while it runs or if it did not "
+            "stop cleanly); engine, with "
             'configured ("local" or "dask ADDRESS"), service_running (null if no service published a state), '
             "published_at, and the state it published (null if none): kind, state (working locally, connected, "
             "waiting for the scheduler, waiting for a cloakd worker, or working locally (fallback: local)), "
@@ -90,6 +94,7 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(snap.as_dict(), indent=1))
         return Exit.OK
+    print(_service(snap.service))
     print(_engine(snap.engine))
     header = (
         "user",
@@ -117,6 +122,25 @@ def status(args: argparse.Namespace) -> int:
     for r in [header, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
     return Exit.OK
+
+
+def _service(s: "ServiceStatus") -> str:
+    """Whether the service runs: pid and since when, or when it stopped."""
+    from ..engine.status import local_time
+
+    def when(stamp: str) -> str:
+        return local_time(stamp, "%Y-%m-%d %H:%M:%S")
+
+    if s.running:
+        return f"service: running (pid {s.pid}, since {when(s.started_at)})"
+    if s.started_at is None:
+        return "service: not running (no service has started with this state directory)"
+    if s.stopped_at is not None:
+        return f"service: not running (stopped {when(s.stopped_at)}; it ran as pid {s.pid} from {when(s.started_at)})"
+    return (
+        f"service: not running (the one started {when(s.started_at)} as pid {s.pid} ended without stopping "
+        f"cleanly: see its log)"
+    )
 
 
 def _engine(e: "EngineStatus") -> str:

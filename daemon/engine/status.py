@@ -6,13 +6,13 @@ as its first line (:meth:`EngineState.text`, as in the service's log and systemd
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 
 from ..files import replace_file
+from ..running import iso, process_running, this_process
 
 FILE_NAME = "engine.json"
 
@@ -44,17 +44,12 @@ class EngineState:
         return f"dask {self.scheduler}: {self.detail} since {local_time(self.since, '%H:%M:%S')}; {then}"
 
 
-def iso(t: float) -> str:
-    """The moment ``t`` (seconds since the epoch) in ISO 8601, local time with its UTC offset."""
-    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
-
-
 def local_time(stamp: str, form: str) -> str:
     return datetime.fromisoformat(stamp).astimezone().strftime(form)
 
 
 def publish(state_dir: Path, state: EngineState) -> None:
-    record = {**asdict(state), "pid": os.getpid(), "at": iso(time.time())}
+    record = {**asdict(state), **this_process(), "at": iso(time.time())}
     replace_file(state_dir / FILE_NAME, json.dumps(record).encode())
 
 
@@ -72,19 +67,9 @@ def read_published(state_dir: Path) -> Published | None:
     try:
         record = json.loads((state_dir / FILE_NAME).read_text())
         state = EngineState(**{f.name: record.get(f.name) for f in fields(EngineState)})
-        pid, at = int(record["pid"]), str(record["at"])
+        pid, at, ticks = int(record["pid"]), str(record["at"]), record.get("start_ticks")
         for stamp in (state.since, at):
             datetime.fromisoformat(stamp)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return Published(state, at, _running(pid))
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return Published(state, at, process_running(pid, None if ticks is None else int(ticks)))
