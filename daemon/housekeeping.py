@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from . import deliver
+from .cli.words import count
 from .config import Config
 from .ledger import Ledger
 from .privileges import Account
@@ -29,7 +30,12 @@ def housekeeping(config: Config, accounts: dict[str, Account], ledger: Ledger, n
                 deleted += deliver.remove(account, Path(row.original), row.size, row.mtime_ns)
                 ledger.forget_original(row.id)
             if deleted:
-                log.info("%s: deleted %d originals older than %d days", user.name, deleted, days)
+                log.info("%s: deleted %s older than %s", user.name, count(deleted, "original"), count(days, "day"))
         pruned = ledger.prune(user.name, now - config.ledger_retention_days * DAY, [str(f.path) for f in user.outbound])
         if pruned:
-            log.info("%s: forgot %d ledger rows older than %d days", user.name, pruned, config.ledger_retention_days)
+            log.info(
+                "%s: forgot %s older than %s",
+                user.name,
+                count(pruned, "ledger row"),
+                count(config.ledger_retention_days, "day"),
+            )

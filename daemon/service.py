@@ -28,6 +28,7 @@ from pathlib import Path
 
 from cloakd.core.errors import CloakdError, os_error_text
 
+from .cli.words import count
 from .config import Config, load_config
 from .deliver import make_folder
 from .engine.status import EngineState, publish
@@ -109,9 +110,9 @@ class Service:
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         log.info(
-            "started: %d users, %d outbound folders, engine %s",
-            len(config.users),
-            sum(len(u.outbound) for u in config.users.values()),
+            "started: %s, %s, engine %s",
+            count(len(config.users), "user"),
+            count(sum(len(u.outbound) for u in config.users.values()), "outbound folder"),
             engine.describe(),
         )
         notify("READY=1", f"STATUS={self._status()}")
@@ -247,7 +248,7 @@ class Service:
         self.jobs.configure(config)
         self.jobs.soon(self._rescan)  # whatever arrived while no watcher was running
         self._wake()
-        log.info("configuration reloaded: %d users", len(config.users))
+        log.info("configuration reloaded: %s", count(len(config.users), "user"))
         notify("READY=1", f"STATUS={self._status()}")
 
     def _shutdown(self) -> int:

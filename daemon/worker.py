@@ -34,6 +34,7 @@ from pathlib import Path
 from cloakd.core.errors import CloakdError, PhotoError, os_error_text
 
 from . import deliver
+from .cli.words import count
 from .config import Config, UserConfig
 from .ledger import DONE, GONE, HELD, Ledger, Row
 from .privileges import Account, Original, RefusedFile, read_photo
@@ -160,7 +161,9 @@ class Pipeline:
         output = self._deliver(
             row, account, user.ready / _relative(user, path).with_suffix(result.extension), result.data
         )
-        log.info("%s: delivered %s -> %s (%d faces, %.1f s)", row.user, path, output, result.faces, result.seconds)
+        log.info(
+            "%s: delivered %s -> %s (%s, %.1f s)", row.user, path, output, count(result.faces, "face"), result.seconds
+        )
         self._settle_original(self.ledger.get(row.id), user, account)
 
     def _deliver(self, row: Row, account: Account, wanted: Path, data: bytes) -> Path:
@@ -293,7 +296,7 @@ class Pipeline:
                 continue
             self.ledger.requeue(row.id, forget_output=False)
         if rows:
-            log.info("resuming %d photos that were in progress when the service stopped", len(rows))
+            log.info("resuming %s that were in progress when the service stopped", count(len(rows), "photo"))
         return len(rows)
 
 

@@ -1,22 +1,26 @@
 """The real service (``cloakd run``, as the account running the tests, without switching users) records its
 start and stop: `cloakd status` says it runs, with its pid and since when, while it does, and that it does
-not once it has stopped."""
+not once it has stopped. Its log counts faces in words ("1 face", "0 faces")."""
 
 from __future__ import annotations
 
 import json
 import os
 import pwd
+import shutil
 import subprocess
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from conftest import CLOAKD
-from servicekit import Service, write_config
+from conftest import CLOAKD, DATA
+from servicekit import Service, files, wait_for, write_config
 
 pytestmark = pytest.mark.slow
+
+ONE_FACE = DATA / "faces" / "Bill_Gates" / "Bill_Gates_0003.jpg"  # cloakd finds 1 face in it
+NO_FACE = DATA / "metadata" / "BlueSquare.jpg"
 
 
 def status(config: Path) -> tuple[dict, list[str]]:
@@ -49,6 +53,15 @@ def test_status_says_the_service_runs_with_its_pid(service):
     since = datetime.fromisoformat(record["started_at"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     assert lines[0] == f"service: running (pid {service.proc.pid}, since {since})"
     assert lines[1].startswith("engine: local: ")
+
+
+def test_the_log_counts_faces_in_words(service):
+    shutil.copyfile(ONE_FACE, service.folders["out"] / "one.jpg")
+    shutil.copyfile(NO_FACE, service.folders["out"] / "none.jpg")
+    wait_for(lambda: len(files(service.folders["ready"])) == 2, 300, "two photos delivered", service)
+    log = service.log()
+    assert "/one.jpg (1 face, " in log and "/none.jpg (0 faces, " in log, log
+    assert "started: 1 user, 1 outbound folder, engine " in log, log
 
 
 def test_status_says_a_stopped_service_is_not_running(service):
