@@ -136,9 +136,10 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, service: 
 
 
 class Service:
-    """``cloakd run --config FILE`` as a subprocess; ``messages`` are what it sent to NOTIFY_SOCKET."""
+    """``cloakd run --config FILE`` as a subprocess; ``messages`` are what it sent to NOTIFY_SOCKET. ``command``:
+    another cloakd than the tests' (an installed one)."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None):
+    def __init__(self, config: Path, env: dict[str, str] | None = None, command: Path = CLOAKD):
         self.config = config
         self.log_path = config.with_suffix(".log")
         self.socket_path = str(config.with_suffix(".notify"))
@@ -155,7 +156,7 @@ class Service:
         environment.pop("JOURNAL_STREAM", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(CLOAKD), "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=environment
+                [str(command), "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=environment
             )
 
     def _listen(self) -> None:

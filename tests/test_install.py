@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,27 @@ def test_the_installed_package_is_complete_and_not_the_checkout(root, first_run)
     assert Path(where).is_relative_to(root / "opt" / "cloakd") and int(identities) > 100
 
 
+def test_a_staged_environment_runs_at_its_final_path_with_the_interpreter_it_names(root, first_run):
+    """DESTDIR: the environment links to the interpreter it was built with (the install says which); mounted at
+    /opt/cloakd (a private mount namespace: the real /opt is not touched), with that interpreter at its
+    path, the installed command runs."""
+    interpreter = os.readlink(root / "opt" / "cloakd" / "bin" / "python3")
+    assert Path(interpreter).resolve() == (Path(sys.base_prefix) / "bin" / "python3").resolve()
+    assert f"staged: the environment runs {interpreter} (Python 3." in first_run.stdout
+    assert "it must exist at that path on the target" in first_run.stdout
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("mounting the staged /opt/cloakd at its final path needs unshare and root")
+    mount = (
+        f"mount -t tmpfs cloakd-test /opt && mkdir /opt/cloakd && mount --bind {root}/opt/cloakd /opt/cloakd "
+        f"&& {root}/usr/local/bin/cloakd --version"
+    )
+    run = subprocess.run([unshare, "--mount", "sh", "-c", mount], capture_output=True, text=True, timeout=120)
+    if run.returncode != 0 and "unshare failed" in run.stderr:
+        pytest.skip(f"no mount namespace here: {run.stderr.strip()[:200]}")
+    assert (run.returncode, run.stdout) == (0, f"cloakd {version('cloakd')}\n"), run.stderr
+
+
 def test_the_installed_unit_passes_systemd_analyze_verify(root, first_run, tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -105,3 +127,9 @@ def test_again_keeps_the_administrators_files_then_uninstall_and_purge(root, fir
     purged = install(root, "--uninstall", "--purge")
     quiet(purged)
     assert not config.exists() and not ledger.parent.exists()
+    nothing = install(root, "--uninstall")
+    quiet(nothing)
+    assert nothing.stdout == (
+        "install.sh: nothing to remove: cloakd is not installed (/opt/cloakd, /usr/local/bin/cloakd, "
+        "/etc/systemd/system/cloakd.service and /usr/share/doc/cloakd do not exist)\n"
+    )
