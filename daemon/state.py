@@ -3,6 +3,7 @@
 Layout (STATE is the configuration's ``state_dir``, /var/lib/cloakd by default)::
 
     STATE/ledger.sqlite3              every photo the service has seen (ledger.py)
+    STATE/service.json                the service's pid and start, and its clean stop (running.py)
     STATE/users/NAME/target.json      the user's target class (targets.py)
     STATE/users/NAME/references.npz   the user's enrolled face descriptors (references.py)
     STATE/users/NAME/sybil.json       what became of each Sybil candidate (sybil.py)
