@@ -141,3 +141,13 @@ def test_protect_takes_a_folder_mirrors_it_and_ends_with_one_summary_line(dog_an
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert written == ["kodak-dc240.jpg", "more/Canon_40D.jpg", "sony-cybershot.jpg"]
     assert re.fullmatch(r"3 photos: 1 protected, 2 metadata only, 0 failed, \d+\.\d s", stdout.splitlines()[-1])
+
+
+def test_no_target_class_from_a_face_below_the_stricter_bar(data_dir, tmp_path, capsys):
+    """Britney_Spears_0001's face counts as a face (it is cloaked) but scores 0.956: no target class from it."""
+    photo = data_dir / "faces" / "Britney_Spears" / "Britney_Spears_0001.jpg"
+    assert main(["protect", str(photo), "--mode", "low", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "no face in these photos is clear enough to choose one from" in captured.err
+    assert "chosen from" not in captured.err
+    assert "  face 1 (score 0.956, low): DSSIM" in captured.out and "to target" not in captured.out
