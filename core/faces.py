@@ -16,6 +16,7 @@ from .detect import Detections, FaceDetector
 from .detect.shape_predictor import ShapePredictor, dlib_pipeline_chip, load_shape_predictor
 from .extractors import CLOAK_EXTRACTORS, DEFAULT_EXTRACTOR, Extractor, load_extractor
 from .photo.decode import DEFAULT_MAX_PIXELS, decode
+from .plausible import CHECK_EXTRACTOR, PlausibilityCheck, Rejected, fit_for_target
 
 
 @dataclass
@@ -27,6 +28,13 @@ class Face:
     landmarks: np.ndarray  # 5 x 2: image-left eye, image-right eye, nose, mouth left, mouth right
     transform: ChipTransform
     descriptor: np.ndarray | None = field(default=None, repr=False)
+    #: the plausibility check's recogniser embedding norm (core/plausible.py); None if not checked
+    norm: float | None = None
+
+    @property
+    def fit_for_target(self) -> bool:
+        """Whether a target class may be chosen from this face (the stricter bar of core/plausible.py)."""
+        return fit_for_target(self.score, self.norm)
 
     def as_dict(self, with_descriptor: bool = False) -> dict:
         d = {
@@ -34,6 +42,8 @@ class Face:
             "score": round(float(self.score), 4),
             "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
         }
+        if self.norm is not None:
+            d["feature_norm"] = round(float(self.norm), 3)
         if with_descriptor and self.descriptor is not None:
             d["descriptor"] = [round(float(v), 6) for v in self.descriptor]
         return d
@@ -42,6 +52,9 @@ class Face:
 class FaceAnalyzer:
     """Detector + extractors (+ a second landmark model). ``analyse(image)`` returns every face with its
     descriptor.
+
+    Only detections that pass the plausibility check (core/plausible.py) count as faces: ``analyse`` returns
+    those, ``examine`` also the ones it rejected and why; ``find`` is the bare detector.
 
     ``extractor`` is the primary extractor: faces' descriptors, identities (whose face), target classes
     and reports are in its space. ``cloak_extractors`` are the extractors an ensemble cloak is optimised
@@ -55,6 +68,7 @@ class FaceAnalyzer:
         extractor: Extractor | None = None,
         cloak_extractors: list[Extractor] | None = None,
         landmarks: ShapePredictor | None = None,
+        check: PlausibilityCheck | None = None,
     ):
         self.detector = detector if detector is not None else FaceDetector()
         self.extractor = extractor if extractor is not None else load_extractor(DEFAULT_EXTRACTOR)
@@ -66,6 +80,10 @@ class FaceAnalyzer:
             raise ValueError("the cloak extractors must start with the primary extractor")
         self.cloak_extractors = cloak_extractors
         self._landmarks = landmarks
+        if check is None:
+            shared = [e for e in cloak_extractors if e.name == CHECK_EXTRACTOR]
+            check = PlausibilityCheck(shared[0] if shared else None)
+        self.check = check
 
     @property
     def landmarks(self) -> ShapePredictor:
@@ -82,7 +100,7 @@ class FaceAnalyzer:
         return self
 
     def find(self, image: np.ndarray) -> list[Face]:
-        """Detect and align (no descriptors yet)."""
+        """Detect and align (no descriptors yet): every detection, before the plausibility check."""
         dets: Detections = self.detector.detect(image)
         geo = self.extractor.geometry
         return [
@@ -117,11 +135,25 @@ class FaceAnalyzer:
         transforms = [self.transform(f, extractor) for f in faces]
         return _describe(extractor, extract_chips(image, transforms, extractor.geometry.size))
 
-    def analyse(self, image: np.ndarray) -> list[Face]:
-        faces = self.find(image)
+    def examine(self, image: np.ndarray) -> tuple[list[Face], list[Rejected]]:
+        """The faces (detections that pass the plausibility check, described, best score first) and the
+        detections that do not count as faces, each with its reason."""
+        found = self.find(image)
+        reasons, norms = self.check.doubts(image, [f.box for f in found], [f.landmarks for f in found])
+        faces, rejected = [], []
+        for face, reason, norm in zip(found, reasons, norms):
+            face.norm = norm
+            if reason:
+                rejected.append(Rejected(face.box, face.score, reason))
+            else:
+                faces.append(face)
         for face, desc in zip(faces, self.describe_chips(self.chips(image, faces))):
             face.descriptor = desc
-        return faces
+        return faces, rejected
+
+    def analyse(self, image: np.ndarray) -> list[Face]:
+        """The faces in ``image`` (detections that pass the plausibility check), described."""
+        return self.examine(image)[0]
 
     def read(
         self, data: bytes, label: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS

@@ -1,12 +1,13 @@
 """Protect one photo: bytes in, verified clean bytes out (or a clear reason why not). Fail closed.
 
-decode -> find and describe faces -> cloak each face (towards the user's target class, or away from its
-own features for other people) against the primary extractor, or, for an ensemble preset, every
-extractor of the analyser's ``cloak_extractors`` -> strip metadata and encode -> decode the written bytes
-again, re-detect and re-describe every cloaked face with every one of those extractors, and check it moved
-towards its target and away from its original by the margins below in each. A face that fails is retried
-with the next stronger preset; a photo whose faces still fail is not protected, and no bytes are returned
-for it.
+decode -> find and describe faces (only detections that pass the plausibility check of core/plausible.py
+count as faces: the others are reported, never cloaked) -> cloak each face (towards the user's target
+class, or away from its own features for other people) against the primary extractor, or, for an ensemble
+preset, every extractor of the analyser's ``cloak_extractors`` -> strip metadata and encode -> decode the
+written bytes again, re-detect and re-describe every cloaked face with every one of those extractors, and
+check it moved towards its target and away from its original by the margins below in each. A face that
+fails is retried with the next stronger preset; a photo whose faces still fail is not protected, and no
+bytes are returned for it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .identity import Others, single_out
 from .photo.container import OutputOptions
 from .photo.decode import DEFAULT_MAX_PIXELS, Photo, decode
 from .photo.strip import CleanPhoto, strip_and_verify
+from .plausible import Rejected
 from .targets import TargetBank
 
 #: Verification margins, in units of each extractor's identity gap (median different-person minus median
@@ -93,6 +95,7 @@ def request_for_target(
 class FaceReport:
     box: list[float]
     role: str  # "user", "other", "left" (not cloaked by policy)
+    score: float = 0.0  # the detector's (MTCNN ONet's) face probability
     mode: str = ""
     dssim: float = 0.0
     to_target_before: float | None = None
@@ -122,6 +125,8 @@ class ProtectResult:
     faces: list[FaceReport] = field(default_factory=list)
     reason: str = ""
     seconds: float = 0.0
+    #: detections that did not count as faces (core/plausible.py): reported, never cloaked
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 def _match(face: Face, candidates: list[Face]) -> Face | None:
@@ -267,6 +272,7 @@ class _Job:
     targets: dict[str, np.ndarray]
     todo: list[int]
     own: dict[int, list[np.ndarray]]
+    rejected: list[Rejected] = field(default_factory=list)
 
     @property
     def cloaked(self) -> list[Face]:
@@ -287,11 +293,11 @@ class _Job:
 def _prepare(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label: str) -> _Job:
     """Decode the photo, find and describe its faces, and give each its role and report."""
     photo = decode(data, max_pixels=request.max_pixels, label=label)
-    faces = analyzer.analyse(photo.rgb)
+    faces, rejected = analyzer.examine(photo.rgb)
     primary = analyzer.extractor.name
     targets = request.targets(primary)
     roles = _roles(faces, request, analyzer.extractor.match_threshold)
-    reports = [FaceReport([round(float(v), 1) for v in f.box], r) for f, r in zip(faces, roles)]
+    reports = [FaceReport([round(float(v), 1) for v in f.box], r, float(f.score)) for f, r in zip(faces, roles)]
     for rep, f in zip(reports, faces):
         if rep.role == "user":
             rep.to_target_before = float(np.linalg.norm(f.descriptor - targets[primary]))
@@ -307,6 +313,7 @@ def _prepare(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label
         targets,
         todo,
         own={0: [faces[i].descriptor for i in todo]},
+        rejected=rejected,
     )
 
 
@@ -373,6 +380,7 @@ def protect(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label:
         faces=job.reports,
         reason=reason,
         seconds=time.perf_counter() - t0,
+        rejected=job.rejected,
     )
 
 

@@ -7,9 +7,11 @@ user's settings and persistent target class (:func:`cloakd.core.request_for_targ
 
 Target class: chosen once per user (eq. 3) and persisted by the target store. From the user's references
 (enrolled descriptors plus the references folder, daemon/identity.py) when there are any, otherwise from
-the faces of the first photo that has any. The references also tell the engine which face is the user's
-(at most one per photo; the others follow the user's ``others`` policy); without them, every face in a
-photo is cloaked towards the target class.
+the faces of the first photo that has faces fit to choose a target from (the stricter bar of
+core/plausible.py: a clear detection the recogniser sees as a face; a wrong target would stay for good);
+until then, faces are cloaked away from their own features only. The references also tell the engine
+which face is the user's (at most one per photo; the others follow the user's ``others`` policy); without
+them, every face in a photo is cloaked towards the target class.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class ProcessContext:
         self, user: UserConfig, references: np.ndarray | None, photo: bytes, label: str
     ) -> "StoredTarget | None":
         """The user's target class, choosing (and persisting) it on first need; None while there is no face
-        to choose it from."""
+        to choose it from (without references: no face of ``photo`` clears the stricter bar)."""
         with self._lock:
             choice = self.targets.get(user.name)
             if choice is not None:
@@ -70,16 +72,15 @@ class ProcessContext:
             basis = references
             if basis is None:
                 _, faces = self.analyzer.read(photo, label)
-                basis = np.stack([f.descriptor for f in faces]) if faces else None
+                fit = [f.descriptor for f in faces if f.fit_for_target]
+                basis = np.stack(fit) if fit else None
+                if faces and not fit:
+                    log.info("%s: no face in %s is clear enough to choose a target class from", user.name, label)
             if basis is None:
                 return None
             choice = self.targets.choose(user.name, basis)
-            log.info(
-                "%s: target class chosen: %s (from %s)",
-                user.name,
-                choice.name,
-                f"the user's {len(references)} references" if references is not None else f"the faces in {label}",
-            )
+            source = f"the user's {len(references)} references" if references is not None else f"the faces in {label}"
+            log.info("%s: target class chosen: %s (from %s)", user.name, choice.name, source)
             return choice
 
 

@@ -32,11 +32,12 @@ def test_protect_a_batch_with_a_missing_photo_and_a_folder(data_dir, tmp_path, c
     code, stdout, err = run(["protect", "--out", out, good, missing, folder], capsys)
     assert code == Exit.FAILED
     assert errors(err) == [
+        f"cloakd: error: {folder}: no photo in this folder (--recursive also looks in its sub-folders)",
         f"cloakd: error: {missing}: No such file or directory",
-        f"cloakd: error: {folder}: Is a directory",
     ]
     assert sorted(p.name for p in out.iterdir()) == ["DSCN0010.jpg"]
     assert f"{good} -> {out / 'DSCN0010.jpg'}" in stdout
+    assert stdout.splitlines()[-1].startswith("2 photos: 0 protected, 1 metadata only, 1 failed, ")
 
 
 def test_strip_into_a_file_or_an_impossible_folder(data_dir, tmp_path, capsys):
@@ -68,7 +69,7 @@ def _config(tmp_path: Path) -> Path:
 MISTAKES = {
     "faces, a folder": (["faces", "{tmp}"], "Is a directory"),
     "inspect, a missing file": (["inspect", "{tmp}/none.jpg"], "No such file or directory"),
-    "strip, a folder": (["strip", "{tmp}", "--out", "{tmp}/out"], "Is a directory"),
+    "strip, a folder without photos": (["strip", "{tmp}", "--out", "{tmp}/out"], "no photo in this folder"),
     "targets build, a missing folder": (
         ["targets", "build", "{tmp}/none", "--out", "{tmp}/bank.npz"],
         "not a folder of identity sub-folders",

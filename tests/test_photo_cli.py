@@ -44,3 +44,53 @@ def test_a_bad_keep_tag_stops_before_any_file_is_touched(data_dir, tmp_path, cap
     assert len(err) == 1 and "GPSLatitude" in err[0]
     assert not out.exists()
     assert hashlib.sha256(source.read_bytes()).hexdigest() == digest
+
+
+def _album(data_dir, tmp_path):
+    """A folder as people have them: a photo with an odd name, a text file named like a photo, a sub-folder,
+    a link to a photo outside the folder, a link to a folder outside it, and a clean/ folder inside it that
+    an earlier run wrote (which must not be read again)."""
+    meta = data_dir / "metadata"
+    album = tmp_path / "album"
+    (album / "day2").mkdir(parents=True)
+    (album / "clean").mkdir()
+    (album / "IMG_1.dat").write_bytes((meta / "Canon_40D.jpg").read_bytes())  # a JPEG by its content
+    (album / "notes.jpg").write_text("not a photo")
+    (album / "day2" / "beach.png").write_bytes((meta / "exif.png").read_bytes())
+    (album / "clean" / "IMG_1.jpg").write_bytes((meta / "Nikon_D70.jpg").read_bytes())
+    (album / "outside.jpg").symlink_to(meta / "Kodak_CX7530.jpg")
+    (album / "elsewhere").symlink_to(meta, target_is_directory=True)
+    return album
+
+
+def test_strip_takes_a_folder_by_content_and_ends_with_a_summary(data_dir, tmp_path, capsys):
+    album = _album(data_dir, tmp_path)
+    out = album / "clean"
+    assert main(["strip", str(album), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["IMG_1-1.jpg", "IMG_1.jpg"]  # the earlier run's is kept
+    assert inspect((out / "IMG_1-1.jpg").read_bytes()).clean
+    assert captured.out.splitlines()[-1].startswith("1 photo: 1 stripped, 0 failed, ")
+    assert f"skipping {album / 'outside.jpg'}: a link to {data_dir / 'metadata' / 'Kodak_CX7530.jpg'}" in captured.err
+
+
+def test_strip_recursive_mirrors_sub_folders_and_never_leaves_the_folder(data_dir, tmp_path, capsys):
+    album = _album(data_dir, tmp_path)
+    out = album / "clean"
+    assert main(["strip", str(album), "--recursive", "--out", str(out)]) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    # the earlier run's clean/IMG_1.jpg is not read again (no clean/clean/), nothing came through the links
+    assert written == ["IMG_1-1.jpg", "IMG_1.jpg", "day2/beach.png"]
+    assert capsys.readouterr().out.splitlines()[-1].startswith("2 photos: 2 stripped, 0 failed, ")
+
+
+def test_strip_says_what_is_wrong_with_a_folder(data_dir, tmp_path, capsys):
+    album = _album(data_dir, tmp_path)
+    assert main(["strip", str(album), "--out", str(album)]) == 2
+    assert f"--out {album} is the folder of photos to read" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    assert main(["strip", str(empty), str(data_dir / "metadata" / "Canon_40D.jpg"), "--out", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert f"{empty}: no photo in this folder (--recursive also looks in its sub-folders)" in captured.err
+    assert captured.out.splitlines()[-1].startswith("1 photo: 1 stripped, 0 failed, ")  # a folder is no photo

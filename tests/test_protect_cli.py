@@ -99,3 +99,55 @@ def test_protect_preview_and_the_preview_command_make_the_same_picture(analyzer,
     assert made.width >= 3 * 3 * (face.box[2] - face.box[0])  # three panels, at 3x
     assert main(["preview", str(photo), str(out / photo.name), "--out", str(again)]) == 2  # never replaced
     assert "exists already" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def dog_and_woman(data_dir, tmp_path_factory):
+    """`cloakd protect` without --user on a folder: the rug beside a dog (a false detection) and a snapshot
+    of a woman, with a sub-folder that holds a photo without any detection. (stdout, stderr, exit, out)."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("dog_and_woman")
+    (folder / "more").mkdir()
+    for name, where in [("kodak-dc240.jpg", "."), ("sony-cybershot.jpg", "."), ("Canon_40D.jpg", "more")]:
+        (folder / where / name).write_bytes((data_dir / "metadata" / name).read_bytes())
+    out = folder / "out"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["protect", str(folder), "--recursive", "--mode", "low", "--out", str(out)])
+    return stdout.getvalue(), stderr.getvalue(), code, out, folder
+
+
+def test_a_doubtful_detection_is_listed_never_cloaked_and_the_target_comes_from_a_clear_face(dog_and_woman):
+    stdout, stderr, code, _, folder = dog_and_woman
+    assert code == 0, stderr
+    dog = next(line for line in stdout.splitlines() if line.startswith(str(folder / "kodak-dc240.jpg")))
+    assert "no face found (1 detection not counted as a face): metadata stripped only" in dog
+    assert "  not counted as a face, not cloaked (score 0.729 at 224,367-250,397): the recogniser" in stdout
+    target = next(line for line in stderr.splitlines() if line.startswith("target class"))
+    assert f"chosen from the faces in {folder / 'sony-cybershot.jpg'} for this run only" in target
+
+
+def test_without_user_faces_are_numbered_and_the_target_class_is_explained(dog_and_woman):
+    stdout, stderr, _, _, _ = dog_and_woman
+    assert "  face 1 (score 1.000, low): DSSIM" in stdout
+    assert "user" not in stdout
+    assert "target class (the public identity your faces are made to look like to a recogniser): " in stderr
+
+
+def test_protect_takes_a_folder_mirrors_it_and_ends_with_one_summary_line(dog_and_woman):
+    stdout, _, _, out, _ = dog_and_woman
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["kodak-dc240.jpg", "more/Canon_40D.jpg", "sony-cybershot.jpg"]
+    assert re.fullmatch(r"3 photos: 1 protected, 2 metadata only, 0 failed, \d+\.\d s", stdout.splitlines()[-1])
+
+
+def test_no_target_class_from_a_face_below_the_stricter_bar(data_dir, tmp_path, capsys):
+    """Britney_Spears_0001's face counts as a face (it is cloaked) but scores 0.956: no target class from it."""
+    photo = data_dir / "faces" / "Britney_Spears" / "Britney_Spears_0001.jpg"
+    assert main(["protect", str(photo), "--mode", "low", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "no face in these photos is clear enough to choose one from" in captured.err
+    assert "chosen from" not in captured.err
+    assert "  face 1 (score 0.956, low): DSSIM" in captured.out and "to target" not in captured.out

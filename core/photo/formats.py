@@ -59,6 +59,12 @@ _UNSUPPORTED: tuple[Unsupported, ...] = (
 )
 
 
+def looks_like_image(head: bytes) -> bool:
+    """Whether a file's first bytes (64 are enough) are the signature of an image format cloakd knows: one it
+    processes or one it refuses by name (so that a refused photo in a folder gets its one-line reason)."""
+    return any(f.sniff(head) for f in FORMATS) or any(u.matches(head) for u in _UNSUPPORTED)
+
+
 def by_name(name: str) -> ImageFormat:
     return _BY_NAME[name]
 

@@ -2,7 +2,8 @@
 
 Both take several files and keep going when one fails: each failure is one line on stderr, and the exit
 status is Exit.FAILED if any file failed. Inputs are only ever read; ``strip`` never overwrites anything:
-an output name that exists gets a numbered suffix (daemon/files.py).
+an output name that exists gets a numbered suffix (daemon/files.py). ``strip`` also takes folders (photos
+found by content, ``--recursive`` for sub-folders; daemon/cli/batch.py) and ends with one summary line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cloakd.core.photo.inspect import inspect
 from cloakd.core.photo.strip import strip_bytes
 from cloakd.daemon.files import write_new_file
 
+from .batch import Summary, add_inputs, folder_for, items
 from .exits import Exit, fail
 from .options import add_command, add_output_options, number, output_folder, output_settings
 from .progress import Progress
@@ -52,9 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "thumbnails), checked after writing. Nothing existing is ever replaced: a name "
         "that is taken gets -1, -2, ... Faces are not cloaked: use 'cloakd protect' "
         "for that.",
-        example="cloakd strip IMG_0001.jpg IMG_0002.heic --out clean",
+        example="cloakd strip IMG_0001.jpg IMG_0002.heic camera/ --out clean",
     )
-    s.add_argument("files", nargs="+", type=Path, metavar="FILE", help="photos to copy")
+    add_inputs(s, "files", "photos to copy")
     add_output_options(s, "the clean copies")
     s.add_argument(
         "--max-megapixels",
@@ -92,19 +94,23 @@ def run_strip(args: argparse.Namespace) -> int:
     keep, options = output_settings(args)
     max_pixels = int(args.max_megapixels * 1e6)
     out = output_folder(args.out)
-    failed = 0
-    with Progress("strip", len(args.files)) as progress:
-        for path in args.files:
+    batch, bad_inputs = items(args.files, out, args.recursive)
+    summary = Summary(("stripped", "failed"))
+    with Progress("strip", len(batch)) as progress:
+        for item in batch:
+            path = item.path
             try:
                 clean = strip_bytes(
                     path.read_bytes(), keep=keep, options=options, max_pixels=max_pixels, label=str(path)
                 )
-                target = write_new_file(out, path.stem, clean.extension, clean.data)
+                target = write_new_file(folder_for(item), path.stem, clean.extension, clean.data)
             except (CloakdError, OSError) as e:
-                failed += 1
+                summary.add("failed")
                 fail(path, e)
             else:
+                summary.add("stripped")
                 kept = f", kept {', '.join(clean.kept)}" if clean.kept else ""
                 print(f"{path} -> {target} ({clean.format}{kept})")
             progress.advance()
-    return Exit.FAILED if failed else Exit.OK
+    print(summary.line())
+    return Exit.FAILED if bad_inputs or summary.counts.get("failed") else Exit.OK
