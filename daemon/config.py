@@ -33,6 +33,8 @@ from .engine.address import EXAMPLE as ADDRESS_EXAMPLE, clear_text_refusal, pars
 from .state import DEFAULT_STATE_DIR, USER_NAME_RULE, valid_user_name
 
 DEFAULT_CONFIG = Path("/etc/cloakd/cloakd.yaml")
+#: what ``install.sh --user`` writes, under $XDG_CONFIG_HOME (default ~/.config)
+USER_CONFIG = "cloakd/cloakd.yaml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MODES = tuple(PRESETS)
 OTHERS = tuple(Others)
@@ -677,6 +679,22 @@ def _conflict(role1: str, role2: str) -> bool:
     return not (
         pair <= {"references folder", "sybil candidates folder"} or pair <= {"ready folder", "sybil output folder"}
     )
+
+
+def user_config() -> Path:
+    """The per-user service's configuration (``install.sh --user``): $XDG_CONFIG_HOME/cloakd/cloakd.yaml."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / USER_CONFIG
+
+
+def default_config() -> Path:
+    """The configuration a command reads without ``--config``: for a user other than root who has a per-user
+    service (``install.sh --user``), that one; otherwise the system's, /etc/cloakd/cloakd.yaml."""
+    if os.geteuid() != 0:
+        mine = user_config()
+        if mine.is_file():
+            return mine
+    return DEFAULT_CONFIG
 
 
 def read_config_text(path: Path) -> str:

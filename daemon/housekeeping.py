@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from . import deliver
-from .cli.words import count
 from .config import Config
 from .ledger import Ledger
 from .privileges import Account
+from .words import count
 
 log = logging.getLogger("cloakd.housekeeping")
 DAY = 86400.0

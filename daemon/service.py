@@ -28,7 +28,6 @@ from pathlib import Path
 
 from cloakd.core.errors import CloakdError, os_error_text
 
-from .cli.words import count
 from .config import Config, load_config
 from .deliver import make_folder
 from .engine.status import EngineState, publish
@@ -40,6 +39,7 @@ from .scheduler import Jobs
 from .sdnotify import notify, watchdog_period
 from .sybil import photos_waiting
 from .watch import Candidates, Watcher
+from .words import count
 from .worker import Pipeline, Workers
 
 log = logging.getLogger("cloakd")

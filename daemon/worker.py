@@ -34,11 +34,11 @@ from pathlib import Path
 from cloakd.core.errors import CloakdError, PhotoError, os_error_text
 
 from . import deliver
-from .cli.words import count
 from .config import Config, UserConfig
 from .ledger import DONE, GONE, HELD, Ledger, Row
 from .privileges import Account, Original, RefusedFile, read_photo
 from .process import ProcessResult
+from .words import count
 
 log = logging.getLogger("cloakd.worker")
 

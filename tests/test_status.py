@@ -182,3 +182,19 @@ def test_a_service_that_stopped_cleanly_says_when(tmp_path: Path, capsys):
     service, line = _service_status(config, capsys)
     assert service["running"] is False and service["stopped_at"] == "2026-12-04T11:00:00+00:00"
     assert line.startswith("service: not running (stopped ") and f"it ran as pid {os.getpid()} from " in line
+
+
+def test_without_config_a_user_with_a_per_user_service_gets_their_own_configuration(tmp_path, monkeypatch):
+    """A laptop user (install.sh --user) runs `cloakd status` with no --config: their file, not /etc's; root
+    keeps the system's."""
+    from cloakd.daemon.config import DEFAULT_CONFIG, default_config
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the caller is not root
+    assert default_config() == DEFAULT_CONFIG  # no per-user file yet
+    mine = tmp_path / "cloakd" / "cloakd.yaml"
+    mine.parent.mkdir()
+    mine.write_text("users: {}\n")
+    assert default_config() == mine
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_config() == DEFAULT_CONFIG

@@ -12,7 +12,7 @@ from cloakd.core.errors import CloakdError, os_error_text
 from cloakd.core.photo.container import OutputOptions
 from cloakd.core.photo.keep import resolve
 
-from ..config import DEFAULT_CONFIG, HEIC_AS, UserConfig, load_config
+from ..config import DEFAULT_CONFIG, HEIC_AS, UserConfig, default_config, load_config
 from ..state import DEFAULT_STATE_DIR
 
 HELP_WIDTH = 100
@@ -30,13 +30,18 @@ def add_command(sub, name: str, *, summary: str, description: str, example: str)
     )
 
 
-def add_config_option(p: argparse.ArgumentParser, *, default: Path | None = DEFAULT_CONFIG, help: str = "") -> None:
+#: where a command looks without --config, in words
+DEFAULT_CONFIG_WORDS = f"{DEFAULT_CONFIG}, or ~/.config/cloakd/cloakd.yaml for a per-user service (install.sh --user)"
+
+
+def add_config_option(p: argparse.ArgumentParser, *, default: Path | None | bool = True, help: str = "") -> None:
+    """``--config FILE``; ``default=True``: :func:`default_config` (the per-user service's file for its user)."""
     p.add_argument(
         "--config",
         type=Path,
-        default=default,
+        default=default_config() if default is True else default,
         metavar="FILE",
-        help=help or f"the service's configuration file (default: {DEFAULT_CONFIG})",
+        help=help or f"the service's configuration file (default: {DEFAULT_CONFIG_WORDS})",
     )
 
 
@@ -46,7 +51,7 @@ def add_state_options(p: argparse.ArgumentParser) -> None:
     add_config_option(
         where,
         default=None,
-        help=f"use the state directory (state_dir) of this configuration; default: {DEFAULT_CONFIG} "
+        help=f"use the state directory (state_dir) of this configuration; default: {DEFAULT_CONFIG_WORDS} "
         f"if it exists, else {DEFAULT_STATE_DIR}",
     )
     where.add_argument(
@@ -62,9 +67,10 @@ def state_dir(args: argparse.Namespace) -> Path:
     """The state directory the options name (see :func:`add_state_options`)."""
     if args.state_dir is not None:
         return args.state_dir
-    if args.config is None and not DEFAULT_CONFIG.exists():
+    config = args.config or default_config()
+    if args.config is None and not config.exists():
         return DEFAULT_STATE_DIR
-    return load_config(args.config or DEFAULT_CONFIG, check_folders=False).state_dir
+    return load_config(config, check_folders=False).state_dir
 
 
 def number(kind: type, minimum: float, *, inclusive: bool = True):

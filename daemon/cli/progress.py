@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TextIO
 
-from .words import duration
+from ..words import duration
 
 _CLEAR = "\r\033[K"
 

@@ -25,6 +25,7 @@ from cloakd.core.cloak.presets import DEFAULT_PRESET
 from cloakd.core.errors import CloakdError
 
 from ..config import MODES, OTHERS, UserConfig
+from ..words import count
 from .batch import Item, Summary, add_inputs, folder_for, items
 from .exits import Exit, fail
 from .models import load_analyzer
@@ -38,7 +39,6 @@ from .options import (
     state_dir,
 )
 from .progress import Progress
-from .words import count
 
 #: what a target class is, in a few words (protect's output)
 TARGET_CLASS = "target class (the public identity your faces are made to look like to a recogniser)"

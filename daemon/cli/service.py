@@ -7,9 +7,9 @@ import json
 from typing import TYPE_CHECKING
 
 from ..config import folder_problems, load_config, parse_config, read_config_text
+from ..words import count
 from .exits import Exit
 from .options import add_command, add_config_option
-from .words import count
 
 if TYPE_CHECKING:
     from ..status import EngineStatus, ServiceStatus, UserStatus
