@@ -99,6 +99,14 @@ def test_protect_preview_and_the_preview_command_make_the_same_picture(analyzer,
     assert made.width >= 3 * 3 * (face.box[2] - face.box[0])  # three panels, at 3x
     assert main(["preview", str(photo), str(out / photo.name), "--out", str(again)]) == 2  # never replaced
     assert "exists already" in capsys.readouterr().err
+    assert "in the region shown" in face.label  # and protect names its own region
+    other = data_dir / "faces" / "Bill_Gates" / "Bill_Gates_0004.jpg"  # same size, another picture
+    third = tmp_path / "third.png"
+    assert main(["preview", str(other), str(out / photo.name), "--out", str(third)]) == 2
+    err = capsys.readouterr().err
+    assert "not the same picture before and after cloaking" in err and "--force" in err and not third.exists()
+    assert main(["preview", str(other), str(out / photo.name), "--out", str(third), "--force"]) == 0
+    assert third.exists()
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,12 @@ from .models import load_analyzer
 from .options import add_command, output_folder
 
 CLOAKED_SHIFT = 0.1
+#: whole-photo DSSIM above which two photos are not one picture before and after cloaking: a cloak changes
+#: only the faces (max mode: <= 0.05 in a face's region, less over the photo; JPEG 75 alone 0.001), while two
+#: photos of the same person and size differ by 0.33-0.35 (LFW) and noise of sigma 8 gives 0.17
+SAME_PICTURE_DSSIM = 0.1
+#: how the preview names the region its DSSIM is measured over (protect names its own: the cloak's region)
+REGION_SHOWN = "in the region shown"
 
 
 def register(sub) -> None:
@@ -40,6 +46,12 @@ def register(sub) -> None:
     p.add_argument("original", type=Path, metavar="ORIGINAL", help="the photo before cloaking")
     p.add_argument("cloaked", type=Path, metavar="CLOAKED", help="the same photo after cloaking")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="the PNG to write (never replaced)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help=f"make the picture even when the two photos differ too much to be one picture before and after "
+        f"cloaking (DSSIM over the whole photo above {SAME_PICTURE_DSSIM})",
+    )
     p.set_defaults(func=run)
 
 
@@ -52,6 +64,13 @@ def run(args) -> int:
         raise CloakdError(
             f"{args.original} is {original.shape[1]}x{original.shape[0]} but {args.cloaked} is "
             f"{cloaked.shape[1]}x{cloaked.shape[0]}: not the same photo before and after cloaking"
+        )
+    whole = _dssim(original, cloaked)
+    if whole > SAME_PICTURE_DSSIM and not args.force:
+        raise CloakdError(
+            f"{args.original} and {args.cloaked} differ by DSSIM {whole:.3f} over the whole photo (a cloak changes "
+            f"only the faces: below {SAME_PICTURE_DSSIM}): not the same picture before and after cloaking; "
+            "fix: check the two paths, or pass --force to picture them anyway"
         )
     png = render(load_analyzer(), original, cloaked, f"{args.original.name} -> {args.cloaked}")
     output_folder(args.out.parent)
@@ -90,11 +109,8 @@ def faces_shown(
         left, top, right, bottom = crop_box(original.shape, face.box)
         dssim = _dssim(original[top:bottom, left:right], cloaked[top:bottom, left:right])
         mode = next((f", mode {m}" for box, m in modes if _contains(box, face.box)), "")
-        shown.append(
-            ShownFace(
-                tuple(float(v) for v in face.box), f"face {number}{mode}: DSSIM {dssim:.4f}, feature shift {shift:.3f}"
-            )
-        )
+        label = f"face {number}{mode}: DSSIM {dssim:.4f} {REGION_SHOWN}, feature shift {shift:.3f}"
+        shown.append(ShownFace(tuple(float(v) for v in face.box), label))
     return shown
 
 

@@ -277,6 +277,10 @@ def _report(args, path: Path, out: Path | None, preview: Path | None, result, ta
         print(f"  reason: {result.reason}", file=sys.stderr)
 
 
+#: the region protect's DSSIM is measured over (the preview measures the region it shows, and says so)
+CLOAK_REGION = "in the cloaked region (the face and its margin: the mode's budget)"
+
+
 def _verdict(f) -> str:
     """What the cloak did to one face."""
     if f.role == "left":
@@ -286,7 +290,7 @@ def _verdict(f) -> str:
         f", to target {f.to_target_before:.3f} -> {f.to_target_after:.3f}" if f.to_target_after is not None else ""
     )
     ok = "verified" if f.verified else f"FAILED: {f.reason}"
-    return f"DSSIM {f.dssim:.4f}, {shift}{towards}: {ok}"
+    return f"DSSIM {f.dssim:.4f} {CLOAK_REGION}, {shift}{towards}: {ok}"
 
 
 def _report_json(path: Path, out: Path | None, preview: Path | None, result, target: str | None) -> None:
