@@ -47,3 +47,14 @@ def test_version_is_the_installed_package_version():
     run = subprocess.run([str(CLOAKD), "--version"], capture_output=True, text=True, timeout=60)
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert (run.returncode, run.stdout, run.stderr) == (0, f"cloakd {version}\n", "")
+
+
+def test_protect_help_says_in_one_line_per_mode_what_it_buys_and_where_the_tables_are():
+    from cloakd.core.cloak.presets import PRESETS
+
+    text = commands(build_parser())["cloakd protect"].format_help()
+    modes = text.split("modes (README, 'What the cloak protects against'", 1)[1].split("example:")[0]
+    lines = [line.split() for line in modes.strip().splitlines()[1:]]
+    assert [words[0] for words in lines] == list(PRESETS)  # one line per mode, every mode
+    for words in lines:
+        assert words[0] == "paper" or "butteraugli" in words, words  # how visible, beside what it buys

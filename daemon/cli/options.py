@@ -18,14 +18,16 @@ from ..state import DEFAULT_STATE_DIR
 HELP_WIDTH = 100
 
 
-def add_command(sub, name: str, *, summary: str, description: str, example: str) -> argparse.ArgumentParser:
-    """A sub-command: ``summary`` in `cloakd --help`; ``description`` (one paragraph of plain words) and one
-    ``example`` in its own help."""
+def add_command(
+    sub, name: str, *, summary: str, description: str, example: str, notes: str = ""
+) -> argparse.ArgumentParser:
+    """A sub-command: ``summary`` in `cloakd --help`; ``description`` (one paragraph of plain words), ``notes``
+    (lines kept as written, e.g. a table) and one ``example`` in its own help."""
     return sub.add_parser(
         name,
         help=summary,
         description=textwrap.fill(description, HELP_WIDTH),
-        epilog=f"example:\n  {example}",
+        epilog=(notes + "\n\n" if notes else "") + f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 

@@ -48,6 +48,21 @@ OUTCOMES = ("protected", "metadata only", "failed")
 if TYPE_CHECKING:
     from cloakd.core.targets import TargetBank
 
+#: what each mode buys, one line each, from the README's tables (bench/transfer.py: share of a user's clean
+#: photos a tracker trained on the cloaked ones fails to recognise, after JPEG 75 + 1080 px; butteraugli:
+#: how visible, < 1 invisible)
+MODE_WORDS = {
+    "low": "butteraugli 2.0; dlib's recogniser fooled on 34% of your photos, the others hardly at all",
+    "mid": "default; butteraugli 2.9; dlib's recogniser 90%, three other recognisers 7-19% (no cloak: 4-7%)",
+    "high": "butteraugli 3.3; dlib's recogniser 100%, the others 7-22%",
+    "strong": "butteraugli 4.4, visible; against five recognisers: dlib's 79%, three others 13-35%",
+    "max": "butteraugli 5.3, glaring; against five recognisers: dlib's 92%, three others 17-43%",
+    "paper": "low with the Fawkes paper's 1000 steps: slow, for comparison",
+}
+MODES_HELP = "modes (README, 'What the cloak protects against', has the tables):\n" + "\n".join(
+    f"  {m:<7} {MODE_WORDS[m]}" for m in MODE_WORDS
+)
+
 
 def register(sub) -> None:
     p = add_command(
@@ -61,11 +76,17 @@ def register(sub) -> None:
         "cloaked towards it; without --user, a target class is chosen for this run "
         "from the faces in the photos.",
         example="cloakd protect holiday.jpg party.heic trip/ --out ready --user alice",
+        notes=MODES_HELP,
     )
     add_inputs(p, "photos", "photos to protect")
     add_output_options(p, "the protected copies")
     p.add_argument("--user", help="protect as this user: their lasting target class and enrolled face (cloakd enrol)")
-    p.add_argument("--mode", default=DEFAULT_PRESET, choices=MODES, help="cloak strength (default %(default)s)")
+    p.add_argument(
+        "--mode",
+        default=DEFAULT_PRESET,
+        choices=MODES,
+        help="cloak strength (default %(default)s; what each buys: below)",
+    )
     p.add_argument(
         "--others",
         default=UserConfig.others,
