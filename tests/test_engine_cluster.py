@@ -162,7 +162,8 @@ def test_fallback_local_works_alone_while_there_is_no_scheduler(owner):
             wait_for(lambda: accounted(folders, len(names)), 120, "the photos, protected locally", service)
             assert files(folders["ready"]) == outputs_named(names)
             wait_for(lambda: "scheduler unreachable" in status_of(config), 60, "the connection refused", service)
-            assert "working locally (fallback: local)" in status_of(config).splitlines()[0]
+            [engine] = [line for line in status_of(config).splitlines() if line.startswith("engine: ")]
+            assert "working locally (fallback: local)" in engine
             engine_now = engine_of(config)
             assert (engine_now["state"], engine_now["fallback"]) == ("working locally (fallback: local)", "local")
             assert engine_now["detail"].startswith("scheduler unreachable") and engine_now["since"]
