@@ -24,7 +24,9 @@ def test_plain_progress_lines_when_not_on_a_terminal(data_dir, tmp_path):
     lines = run.stderr.splitlines()
     assert [re.sub(r", .*", "", line) for line in lines] == [f"cloakd: strip: {n} of 5" for n in range(1, 6)]
     assert re.fullmatch(r"cloakd: strip: 1 of 5, \d+:\d\d elapsed, about \d+:\d\d left", lines[0])
-    assert "\r" not in run.stderr and len(run.stdout.splitlines()) == 5
+    *results, summary = run.stdout.splitlines()
+    assert "\r" not in run.stderr and len(results) == 5
+    assert re.fullmatch(r"5 photos: 5 stripped, 0 failed, \d+\.\d s", summary)  # the batch's one summary line
 
 
 def test_a_live_line_on_a_terminal(data_dir, tmp_path):
@@ -47,5 +49,6 @@ def test_a_live_line_on_a_terminal(data_dir, tmp_path):
     text = shown.decode()
     assert "\r\x1b[Kstrip: 0 of 5, 0:00 elapsed, time left not known yet" in text
     assert "\r\x1b[Kstrip: 5 of 5" in text and text.endswith("\r\x1b[K")  # erased at the end
-    results = run.stdout.decode().splitlines()
+    *results, summary = run.stdout.decode().splitlines()
     assert len(results) == 5 and all(" -> " in line and "\x1b" not in line for line in results)
+    assert summary.startswith("5 photos: 5 stripped, 0 failed") and "\x1b" not in summary
