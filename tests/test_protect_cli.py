@@ -99,7 +99,7 @@ def test_protect_preview_and_the_preview_command_make_the_same_picture(analyzer,
     assert made.width >= 3 * 3 * (face.box[2] - face.box[0])  # three panels, at 3x
     assert main(["preview", str(photo), str(out / photo.name), "--out", str(again)]) == 2  # never replaced
     assert "exists already" in capsys.readouterr().err
-    assert "in the region shown" in face.label  # and protect names its own region
+    assert "over the region shown" in face.label  # and protect names its own region
     other = data_dir / "faces" / "Bill_Gates" / "Bill_Gates_0004.jpg"  # same size, another picture
     third = tmp_path / "third.png"
     assert main(["preview", str(other), str(out / photo.name), "--out", str(third)]) == 2
@@ -139,7 +139,7 @@ def test_a_doubtful_detection_is_listed_never_cloaked_and_the_target_comes_from_
 
 def test_without_user_faces_are_numbered_and_the_target_class_is_explained(dog_and_woman):
     stdout, stderr, _, _, _ = dog_and_woman
-    assert "  face 1 (score 1.000, low): DSSIM" in stdout
+    assert re.search(r"  face 1 \(score 1.000, low\): DSSIM 0\.\d{4} over the cloaked region, moved", stdout)
     assert "user" not in stdout
     assert "target class (the public identity your faces are made to look like to a recogniser): " in stderr
 

@@ -29,7 +29,7 @@ CLOAKED_SHIFT = 0.1
 #: photos of the same person and size differ by 0.33-0.35 (LFW) and noise of sigma 8 gives 0.17
 SAME_PICTURE_DSSIM = 0.1
 #: how the preview names the region its DSSIM is measured over (protect names its own: the cloak's region)
-REGION_SHOWN = "in the region shown"
+REGION_SHOWN = "over the region shown"
 
 
 def register(sub) -> None:

@@ -299,7 +299,7 @@ def _report(args, path: Path, out: Path | None, preview: Path | None, result, ta
 
 
 #: the region protect's DSSIM is measured over (the preview measures the region it shows, and says so)
-CLOAK_REGION = "in the cloaked region (the face and its margin: the mode's budget)"
+CLOAK_REGION = "over the cloaked region"
 
 
 def _verdict(f) -> str:
