@@ -151,3 +151,22 @@ def test_cli_inspect_reports_bad_files_in_one_line(bad_inputs, tmp_path, capsys)
     assert main(["inspect", str(path)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not an image" in err[0]
+
+
+def webp_bomb(width: int, height: int) -> bytes:
+    """A WebP whose VP8X header declares width x height (no image data)."""
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x00\x00\x00\x00" + (width - 1).to_bytes(3, "little")
+    vp8x += (height - 1).to_bytes(3, "little")
+    return b"RIFF" + struct.pack("<I", 4 + len(vp8x)) + b"WEBP" + vp8x
+
+
+def test_a_webp_header_beyond_pillows_limit_is_too_large_not_a_crash():
+    """Found by bench/fuzz.py: Pillow's WebP plugin applies its own pixel limit while reading the header,
+    before cloakd sees the size; inspect raised DecompressionBombError instead of reporting it."""
+    from cloakd.core.photo.inspect import inspect
+
+    bomb = webp_bomb(2**24, 2**24)
+    report = inspect(bomb, label="bomb.webp")
+    assert report.problem.startswith("bomb.webp is too large to decode safely") and report.size is None
+    with pytest.raises(ImageTooLargeError, match="bomb.webp is too large"):
+        decode(bomb, label="bomb.webp")

@@ -91,7 +91,7 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "i
     if damage:  # some decoders (libheif) fill missing data silently; the container walk does not
         raise TruncatedImageError(f"{label} is a truncated or damaged {fmt.name} file ({damage[0]})")
     with _pillow_errors(fmt, label):
-        image = open_image(data, fmt)
+        image = open_image(data, fmt, label)
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(too_large(label, width, height, max_pixels))
@@ -120,12 +120,13 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "i
     )
 
 
-def open_image(data: bytes, fmt: ImageFormat) -> Image.Image:
+def open_image(data: bytes, fmt: ImageFormat, label: str = "input") -> Image.Image:
     """Pillow's image of ``data`` through ``fmt``'s plugin: the header is read, no pixel is decoded yet.
 
     What ``Image.open`` does, without its decompression-bomb check (see the module docstring): the
     caller checks cloakd's own limit on ``size`` before decoding. UnidentifiedImageError for a header
-    the plugin cannot read, as from ``Image.open``.
+    the plugin cannot read, as from ``Image.open``; ImageTooLargeError when a plugin applies Pillow's
+    limit while reading the header (WebP does), before the size reaches the caller.
     """
     Image.preinit()
     if fmt.pillow_id not in Image.OPEN:
@@ -135,6 +136,11 @@ def open_image(data: bytes, fmt: ImageFormat) -> Image.Image:
         return factory(io.BytesIO(data), "")
     except (SyntaxError, IndexError, TypeError, struct.error) as e:
         raise UnidentifiedImageError(f"cannot read the {fmt.name} header: {e}") from e
+    except Image.DecompressionBombError as e:  # some plugins (WebP) apply Pillow's own limit to the header
+        detail = str(e).split(",")[0]  # "Image size (N pixels) exceeds limit of M pixels"
+        raise ImageTooLargeError(
+            f"{label} is too large to decode safely ({detail}): reduce its resolution first"
+        ) from e
 
 
 def too_large(label: str, width: int, height: int, limit: int) -> str:

@@ -9,6 +9,7 @@ bomb) is reported as the problem that stops cloakd from processing the file.
 
 from __future__ import annotations
 
+from ..errors import ImageTooLargeError
 from .colour import profile_name
 from .container import Block, ImageFormat, Kind
 from .decode import DEFAULT_MAX_PIXELS, open_image, too_large
@@ -40,8 +41,11 @@ def inspect(data: bytes, *, label: str = "input", max_pixels: int = DEFAULT_MAX_
         for finding in found:
             if not any(f.what == finding.what and f.value == finding.value for f in findings):
                 findings.append(finding)
-    size = _displayed_size(data, fmt, blocks)
-    problem = too_large(label, *size, max_pixels) if size and size[0] * size[1] > max_pixels else ""
+    try:
+        size = _displayed_size(data, fmt, blocks, label)
+        problem = too_large(label, *size, max_pixels) if size and size[0] * size[1] > max_pixels else ""
+    except ImageTooLargeError as e:  # the header claims more pixels than Pillow reads (WebP)
+        size, problem = None, str(e)
     return Report(format=fmt.name, size=size, findings=tuple(findings), problem=problem)
 
 
@@ -70,10 +74,10 @@ def _findings(fmt: ImageFormat, block: Block) -> list[Finding]:
     return []
 
 
-def _displayed_size(data: bytes, fmt: ImageFormat, blocks: list[Block]) -> tuple[int, int] | None:
+def _displayed_size(data: bytes, fmt: ImageFormat, blocks: list[Block], label: str) -> tuple[int, int] | None:
     """Width and height as a viewer shows them (EXIF orientations 5-8 swap them), from the header only."""
     try:
-        with open_image(data, fmt) as image:
+        with open_image(data, fmt, label) as image:
             width, height = image.size
     except (OSError, ValueError):
         return None
