@@ -56,7 +56,7 @@ MODE_WORDS = {
     "mid": "default; butteraugli 2.9; dlib's recogniser 90%, three other recognisers 7-19% (no cloak: 4-7%)",
     "high": "butteraugli 3.3; dlib's recogniser 100%, the others 7-22%",
     "strong": "butteraugli 4.4, visible; against five recognisers: dlib's 79%, three others 13-35%",
-    "max": "butteraugli 5.3, glaring; against five recognisers: dlib's 92%, three others 17-43%",
+    "max": "butteraugli 5.0, glaring; against five recognisers: dlib's 89%, three others 17-38%",
     "paper": "low with the Fawkes paper's 1000 steps: slow, for comparison",
 }
 MODES_HELP = "modes (README, 'What the cloak protects against', has the tables):\n" + "\n".join(
