@@ -126,6 +126,6 @@ def _dssim(a: np.ndarray, b: np.ndarray) -> float:
     from cloakd.core.cloak.ssim import dssim_large
 
     def tensor(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None].float()
+        return torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].float()  # a copy: decoded pixels are read-only
 
     return dssim_large(tensor(a), tensor(b))
