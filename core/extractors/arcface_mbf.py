@@ -1,8 +1,8 @@
 """MobileFaceNet (Chen et al., "MobileFaceNets: Efficient CNNs for Accurate Real-Time Face Verification on
 Mobile Devices", 2018) trained with ArcFace on CASIA-WebFace: bubbliiiing/arcface-pytorch's
 ``arcface_mobilefacenet.pth`` (MIT), a surrogate extractor the cloak can optimise against. Its cloakd name,
-``arcface_mbf``, keeps it apart from the unrelated ``mobilefacenet`` of the measuring trackers
-(../shared/trackers/human), which the cloak never sees.
+``arcface_mbf``, names the loss and the architecture together, so that it is not taken for any other
+network called MobileFaceNet.
 
 The network is the paper's Table 1 (112 x 112 input, sizes after each row)::
 
