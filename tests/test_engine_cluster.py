@@ -14,7 +14,7 @@ import pytest
 
 from cloakd.daemon.ledger import DONE, Ledger
 from clusterkit import Cluster, free_port, make_certificates
-from conftest import CLOAKD, DATA
+from conftest import CLOAKD
 from servicekit import (
     Service,
     copy_as,
@@ -26,11 +26,9 @@ from servicekit import (
     wait_for,
     write_config,
 )
-from test_service_e2e import accounted, outputs_named
+from test_service_e2e import FACES, accounted, outputs_named
 
 pytestmark = pytest.mark.slow
-
-FACES = [DATA / "faces" / "Bill_Gates" / "Bill_Gates_0001.jpg", DATA / "faces" / "Halle_Berry" / "Halle_Berry_0002.jpg"]
 
 
 @pytest.fixture(scope="module")

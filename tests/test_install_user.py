@@ -23,6 +23,7 @@ import pytest
 from cloakd.daemon.config import load_config
 from conftest import DATA, REPO
 from servicekit import Service, files, wait_for
+from test_install import quiet
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +52,6 @@ def environment(home: Path, **extra: str) -> dict[str, str]:
 def install(home: Path, *options: str, **extra: str) -> subprocess.CompletedProcess[str]:
     run = ["bash", str(SCRIPT), "--user", *options]
     return subprocess.run(run, capture_output=True, text=True, env=environment(home, **extra), timeout=900)
-
-
-def quiet(run: subprocess.CompletedProcess[str]) -> None:
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output
-    assert "ERROR" not in output and "error:" not in output.lower(), output
 
 
 @pytest.fixture(scope="module")
