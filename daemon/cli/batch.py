@@ -22,6 +22,7 @@ from pathlib import Path
 from cloakd.core.errors import CloakdError
 from cloakd.core.photo.discover import find_photos
 
+from ..words import count
 from .exits import fail
 from .options import output_folder
 
@@ -100,4 +101,4 @@ class Summary:
     def line(self) -> str:
         total = sum(self.counts.values())
         parts = ", ".join(f"{self.counts.get(o, 0)} {o}" for o in self.outcomes)
-        return f"{total} photo{'' if total == 1 else 's'}: {parts}, {time.monotonic() - self.start:.1f} s"
+        return f"{count(total, 'photo')}: {parts}, {time.monotonic() - self.start:.1f} s"
