@@ -132,6 +132,7 @@ class Tiff(ImageFormat):
     pillow_id = "TIFF"
     extensions = (".tif", ".tiff")
     exif_structure_tags = STRUCTURE_TAGS  # the whole file is the EXIF structure: its pixel tags are allowed
+    warnings_are_damage = True
 
     def check_supported(self, data: bytes, label: str) -> None:
         if is_camera_raw(data):
