@@ -178,6 +178,17 @@ def mutate_around(data: bytes, other: bytes, rng: random.Random, ranges: list[tu
     return data[:a] + mutate(data[a:b], other, rng) + data[b:]
 
 
+def make_mutant(data: bytes, fmt: str, ranges: list[tuple[int, int]], others: list[bytes], rng: random.Random) -> bytes:
+    """One mutant of the seed ``data`` (format ``fmt``, picture stream at ``ranges``): see the module docstring."""
+    if rng.random() < 0.5:  # half of the mutants: edits around the picture's stream, not in it
+        mutant = mutate_around(data, rng.choice(others), rng, ranges)
+    else:
+        mutant = mutate(data, rng.choice(others), rng)
+    if fmt == "png" and rng.random() < 0.5:
+        mutant = fix_png_crcs(mutant)
+    return mutant
+
+
 def fix_png_crcs(data: bytes) -> bytes:
     """``data`` with every whole PNG chunk's CRC made right (as far as the chunk lengths make sense)."""
     b, i = bytearray(data), 8
@@ -306,12 +317,7 @@ def main() -> None:
         others = [b for n, b in blobs.items() if n != name] or [data]
         ranges = pixel_data(data, fmt)
         for _ in range(-(-args.per_format // formats[fmt])):
-            if rng.random() < 0.5:  # half of the mutants: edits around the picture's stream, not in it
-                mutant = mutate_around(data, rng.choice(others), rng, ranges)
-            else:
-                mutant = mutate(data, rng.choice(others), rng)
-            if fmt == "png" and rng.random() < 0.5:
-                mutant = fix_png_crcs(mutant)
+            mutant = make_mutant(data, fmt, ranges, others, rng)
             began = time.monotonic()
             outcome, detail = run_one(mutant, args.timeout)
             if time.monotonic() - began > args.timeout:  # a C call the alarm could not interrupt
