@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import struct
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,36 @@ def test_an_exif_item_of_overlapping_extents_is_no_bigger_than_the_file():
     data = _heif(struct.pack(">HHHH", 1, 0, 0, 32), 1, infe)
     exif = [b for b in walk(data) if b.kind is Kind.EXIF]
     assert len(exif) == 1 and 0 < len(exif[0].payload) <= len(data)
+
+
+def test_a_tiff_whose_next_directory_has_no_size_is_damaged_not_a_crash():
+    """Five TIFF mutants escaped as Pillow's TypeError("Missing dimensions"): the next-directory pointer of IFD0
+    led to a directory without ImageWidth, which Pillow reads when it counts the pages; and a warning of
+    Pillow's about a further directory, read while counting, reached stderr."""
+    import io
+
+    from PIL import Image
+
+    from cloakd.core.errors import TruncatedImageError
+    from cloakd.core.photo.inspect import inspect
+    from cloakd.core.photo.strip import strip_bytes
+
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(out, format="TIFF")
+    tiff = out.getvalue()  # little-endian; IFD0's next-directory pointer is 0
+    ifd0 = struct.unpack("<I", tiff[4:8])[0]
+    next_at = ifd0 + 2 + 12 * struct.unpack("<H", tiff[ifd0 : ifd0 + 2])[0]
+    sizeless = struct.pack("<HHHIHHI", 1, 262, 3, 1, 2, 0, 0)  # one entry (Photometric = RGB), no next directory
+    data = tiff[:next_at] + struct.pack("<I", len(tiff)) + tiff[next_at + 4 :] + sizeless
+    # and a next directory, IFD0's entries again plus an ImageDescription claiming 16 MB: Pillow warned while
+    # counting the pages
+    count = struct.unpack("<H", tiff[ifd0 : ifd0 + 2])[0]
+    sized = struct.pack("<H", count + 1) + tiff[ifd0 + 2 : next_at] + struct.pack("<HHII", 270, 2, 0x00FFFFF0, 8)
+    sized += struct.pack("<I", 0)
+    warned = tiff[:next_at] + struct.pack("<I", len(tiff)) + tiff[next_at + 4 :] + sized
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw warning may reach the caller
+        for damaged, said in ((data, "further image directory"), (warned, "Tag data larger than file")):
+            assert inspect(damaged).format == "TIFF"
+            with pytest.raises(TruncatedImageError, match=f"damaged TIFF file.*{said}"):
+                strip_bytes(damaged, label="pages.tif")

@@ -98,7 +98,8 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "i
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(too_large(label, width, height, max_pixels))
-        frames = fmt.frame_count(image, blocks)
+        frames, said = pillow_quietly(lambda: fmt.frame_count(image, blocks))  # Pillow may read further frames
+        _heed(said, image, fmt, label)
         if frames > 1:
             raise AnimatedImageError(
                 f"{label} has {frames} frames or pages (animated or multi-page "

@@ -144,6 +144,12 @@ class Tiff(ImageFormat):
     def blocks(self, data: bytes) -> list[Block]:
         return walk(data)
 
+    def frame_count(self, image: Image.Image, blocks: list[Block]) -> int:
+        try:
+            return int(image.n_frames)  # Pillow reads every further directory to count the pages
+        except TypeError as e:  # "Missing dimensions": a further directory without a size
+            raise ValueError(f"a further image directory is damaged: {e}") from e
+
     def save_options(self, *, lossless: bool, options: OutputOptions) -> dict[str, Any]:
         return {"compression": "tiff_lzw"}
 
