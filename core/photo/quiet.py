@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entrant: a call may itself go through pillow_quietly
 _PILLOW = Path(__import__("PIL").__file__).parent
 
 
