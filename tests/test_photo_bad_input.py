@@ -170,3 +170,75 @@ def test_a_webp_header_beyond_pillows_limit_is_too_large_not_a_crash():
     assert report.problem.startswith("bomb.webp is too large to decode safely") and report.size is None
     with pytest.raises(ImageTooLargeError, match="bomb.webp is too large"):
         decode(bomb, label="bomb.webp")
+
+
+def _tiff_with_a_huge_tag(tiff_bytes: bytes, tag: int, count: int) -> bytes:
+    """``tiff_bytes`` (little-endian, as Pillow writes) with the ASCII ``tag`` of ``count`` bytes claiming
+    16 MB: Pillow skips the tag with a warning and reads the rest of the directory."""
+    entry = struct.pack("<HHI", tag, 2, count)
+    at = tiff_bytes.index(entry)
+    return tiff_bytes[:at] + struct.pack("<HHI", tag, 2, 0x00FFFFF0) + tiff_bytes[at + len(entry) :]
+
+
+def _broken_exif() -> bytes:
+    """An EXIF block whose ImageDescription (40 ASCII bytes) points past the end: Pillow warns on reading it."""
+    directory = struct.pack("<H", 1) + struct.pack("<HHII", 270, 2, 40, 0x00FFFFF0) + struct.pack("<I", 0)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + directory
+
+
+def test_pillows_warnings_on_a_jpegs_exif_stay_quiet_and_the_photo_is_stripped(frames, caplog):
+    """Found by bench/fuzz.py: Pillow reads a JPEG's EXIF for itself (for the DPI) and warns about damage there
+    ("Possibly corrupt EXIF data", "Tag data larger than file", "Truncated File Read") on stderr, where the
+    service's journal would fill with it. That EXIF is metadata cloakd reads on its own and never writes, so
+    the photo is processed; Pillow's words are one debug log line naming the file."""
+    import logging
+    import warnings
+
+    from cloakd.core.photo.inspect import inspect
+    from cloakd.core.photo.strip import strip_bytes
+
+    data = _save(frames[:1], "JPEG", exif=_broken_exif())
+    caplog.set_level(logging.DEBUG, logger="cloakd.core.photo.decode")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning reaching the caller fails the test
+        report = inspect(data, label="odd.jpg")
+        clean = strip_bytes(data, label="odd.jpg")
+    assert report.size == (64, 48) and any(f.source.startswith("APP1 Exif") for f in report.findings)
+    assert clean.format == "JPEG" and b"Exif" not in clean.data
+    said = [r.getMessage() for r in caplog.records if r.name == "cloakd.core.photo.decode"]
+    assert said and all(m.startswith("odd.jpg: damaged metadata, dropped as all metadata is (Pillow: ") for m in said)
+
+
+def test_a_tiff_or_png_header_pillow_warns_about_is_refused_as_damaged(frames):
+    """Found by bench/fuzz.py: where Pillow's warning is about what describes the picture (a TIFF directory, a
+    PNG's animation control), the file was decoded as Pillow guessed; it is now a damaged file with a specific
+    error, inspect still reports on it, and no warning reaches the caller."""
+    import warnings
+
+    from cloakd.core.photo.inspect import inspect
+
+    tiff = _tiff_with_a_huge_tag(_save(frames[:1], "TIFF", tiffinfo={270: "x" * 39}), 270, 40)
+    png = _save(frames[:1], "PNG")
+    iend = png.index(b"IEND") - 4
+    apng = png[:iend] + _png_chunk(b"acTL", struct.pack(">II", 0, 0)) + png[iend:]  # zero frames: invalid APNG
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name, data, said in (("dir.tif", tiff, "Tag data larger than file"), ("zero.png", apng, "Invalid APNG")):
+            with pytest.raises(TruncatedImageError) as caught:
+                decode(data, label=name)
+            message = str(caught.value)
+            assert message.startswith(f"{name} is a damaged ") and said in message and "\n" not in message
+            assert inspect(data, label=name).format in ("TIFF", "PNG")  # a report, not an error
+
+
+def test_other_code_s_warnings_pass_through_the_pillow_quieting():
+    import warnings
+
+    from cloakd.core.photo.quiet import pillow_quietly
+
+    def call() -> int:
+        warnings.warn("not Pillow's", RuntimeWarning, stacklevel=1)
+        return 7
+
+    with pytest.warns(RuntimeWarning, match="not Pillow's"):
+        assert pillow_quietly(call) == (7, [])

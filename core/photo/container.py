@@ -88,6 +88,10 @@ class ImageFormat(abc.ABC):
     has_grey: ClassVar[bool] = True
     #: EXIF tags that are image structure in this format, allowed in a written file's EXIF block
     exif_structure_tags: ClassVar[frozenset[int]] = frozenset()
+    #: whether a warning of Pillow's while it reads the file means the picture is damaged (TIFF: the directory
+    #: it warns about describes the pixels; PNG: the animation control) rather than metadata Pillow reads for
+    #: itself (a JPEG's EXIF, for the DPI, and its MPO index), which cloakd reads on its own and never writes
+    warnings_are_damage: ClassVar[bool] = False
 
     @property
     def extension(self) -> str:

@@ -19,6 +19,7 @@ Policies (also the user-facing documentation):
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import zlib
 from collections.abc import Iterator
@@ -34,7 +35,9 @@ from .colour import reduce_depth, to_srgb
 from .container import ImageFormat, Kind, first_payload
 from .formats import detect
 from .orient import apply_orientation, orientation_of
+from .quiet import pillow_quietly
 
+log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 100_000_000
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -95,14 +98,14 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "i
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLargeError(too_large(label, width, height, max_pixels))
-        frames = fmt.frame_count(image, blocks)
+        frames, said = pillow_quietly(lambda: fmt.frame_count(image, blocks))  # Pillow may read further frames
+        _heed(said, image, fmt, label)
         if frames > 1:
             raise AnimatedImageError(
                 f"{label} has {frames} frames or pages (animated or multi-page "
                 f"{fmt.name}): cloakd processes still photos only"
             )
-        high = fmt.high_depth_samples(image, data)
-        image.load()
+        high = _load(image, fmt, data, label)
     exif = first_payload(blocks, Kind.EXIF)
     icc = first_payload(blocks, Kind.ICC) or image.info.get("icc_profile") or None
     orientation = orientation_of(exif) if fmt.applies_exif_orientation() else 1
@@ -127,13 +130,17 @@ def open_image(data: bytes, fmt: ImageFormat, label: str = "input") -> Image.Ima
     caller checks cloakd's own limit on ``size`` before decoding. UnidentifiedImageError for a header
     the plugin cannot read, as from ``Image.open``; ImageTooLargeError when a plugin applies Pillow's
     limit while reading the header (WebP does), before the size reaches the caller.
+
+    Pillow's warnings are never printed (quiet.py): where they mean the picture is damaged
+    (``fmt.warnings_are_damage``) they are a TruncatedImageError naming the file; otherwise they are
+    about metadata Pillow read for itself, which cloakd reads on its own and never writes: a debug log line.
     """
     Image.preinit()
     if fmt.pillow_id not in Image.OPEN:
         Image.init()
     factory, _ = Image.OPEN[fmt.pillow_id]
     try:
-        return factory(io.BytesIO(data), "")
+        image, said = pillow_quietly(lambda: factory(io.BytesIO(data), ""))
     except (SyntaxError, IndexError, TypeError, struct.error) as e:
         raise UnidentifiedImageError(f"cannot read the {fmt.name} header: {e}") from e
     except Image.DecompressionBombError as e:  # some plugins (WebP) apply Pillow's own limit to the header
@@ -141,6 +148,32 @@ def open_image(data: bytes, fmt: ImageFormat, label: str = "input") -> Image.Ima
         raise ImageTooLargeError(
             f"{label} is too large to decode safely ({detail}): reduce its resolution first"
         ) from e
+    _heed(said, image, fmt, label)
+    return image
+
+
+def _load(image: Image.Image, fmt: ImageFormat, data: bytes, label: str) -> np.ndarray | None:
+    """Decode the pixels, and the full-depth samples a format reads apart (``fmt.high_depth_samples``)."""
+
+    def load() -> np.ndarray | None:
+        high = fmt.high_depth_samples(image, data)
+        image.load()
+        return high
+
+    high, said = pillow_quietly(load)
+    _heed(said, image, fmt, label)
+    return high
+
+
+def _heed(said: list[str], image: Image.Image, fmt: ImageFormat, label: str) -> None:
+    """What Pillow warned about ``image`` (quiet.py): a damaged file, or damaged metadata (a debug line)."""
+    if said and fmt.warnings_are_damage:
+        image.close()
+        raise TruncatedImageError(
+            f"{label} is a damaged {fmt.name} file, and cloakd does not guess its picture (the decoder: {said[0]})"
+        )
+    if said:
+        log.debug("%s: damaged metadata, dropped as all metadata is (Pillow: %s)", label, "; ".join(said))
 
 
 def too_large(label: str, width: int, height: int, limit: int) -> str:

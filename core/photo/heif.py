@@ -33,6 +33,8 @@ pillow_heif.register_heif_opener()
 _HEIF_BRANDS = {b"mif1", b"msf1", b"mif2", b"miaf"}
 _IMAGE_TYPES = {b"hvc1", b"grid", b"iden", b"iovl", b"av01", b"jpeg", b"unci", b"tmap", b"vvc1", b"j2k1"}
 _HEVC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+#: extents per item, as libheif's security limit: more is damage (and would cost memory: see _Meta._iloc)
+_MAX_EXTENTS = 32
 _ALPHA_AUX = (b"urn:mpeg:hevc:2015:auxid:1", b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha")
 # Item properties that describe how to decode and show pixels (codec configuration, size, bit depth,
 # colour, crop, rotation, mirror, aux type, layer selection, light levels, scaling, tiling).
@@ -181,6 +183,8 @@ class _Meta:
 
         def read(n: int) -> int:
             nonlocal pos
+            if pos + n > e:
+                raise IndexError  # the box ends: "meta box is damaged"
             value = int.from_bytes(d[pos : pos + n], "big") if n else 0
             pos += n
             return value
@@ -190,12 +194,15 @@ class _Meta:
             method = read(2) & 15 if version in (1, 2) else 0
             read(2)  # data reference index
             base = read(base_size)
-            for _ in range(read(2)):
+            extents = self.item(item_id).extents
+            count = read(2)
+            if len(extents) + count > _MAX_EXTENTS:  # with 0-byte fields, extents take no room in the box
+                self.errors.append(f"iloc box: item {item_id} has over {_MAX_EXTENTS} extents")
+                return
+            for _ in range(count):
                 read(index_size)
                 offset, length = read(off_size), read(len_size)
-                self.item(item_id).extents.append((method, base + offset, length))
-            if pos > e:
-                raise IndexError
+                extents.append((method, base + offset, length))
 
     def _iref(self, s: int, e: int, version: int) -> None:
         d = self.data
@@ -245,10 +252,13 @@ class _Meta:
                     item.icc = d[ps + 4 : pe]
 
     def payload(self, item: _Item) -> bytes:
-        parts = []
+        """The item's bytes, at most as many as the file has (extents may overlap: each can be the whole file)."""
+        parts, room = [], len(self.data)
         for method, offset, length in item.extents:
             source = self.data if method == 0 else self.idat if method == 1 else b""
-            parts.append(source[offset : offset + length] if length else source[offset:])
+            part = source[offset : offset + min(length or room, room)]
+            parts.append(part)
+            room -= len(part)
         return b"".join(parts)
 
     def blocks(self) -> list[Block]:

@@ -9,7 +9,7 @@ bomb) is reported as the problem that stops cloakd from processing the file.
 
 from __future__ import annotations
 
-from ..errors import ImageTooLargeError
+from ..errors import ImageTooLargeError, TruncatedImageError
 from .colour import profile_name
 from .container import Block, ImageFormat, Kind
 from .decode import DEFAULT_MAX_PIXELS, open_image, too_large
@@ -79,7 +79,7 @@ def _displayed_size(data: bytes, fmt: ImageFormat, blocks: list[Block], label: s
     try:
         with open_image(data, fmt, label) as image:
             width, height = image.size
-    except (OSError, ValueError):
+    except (OSError, ValueError, TruncatedImageError):  # the last: a header Pillow warns is damaged (open_image)
         return None
     exif = next((b.payload for b in blocks if b.kind is Kind.EXIF), None)
     if fmt.applies_exif_orientation() and orientation_of(exif) >= 5:

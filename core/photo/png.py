@@ -151,6 +151,7 @@ class Png(ImageFormat):
     name = "PNG"
     pillow_id = "PNG"
     extensions = (".png",)
+    warnings_are_damage = True
 
     def sniff(self, head: bytes) -> bool:
         return head[:8] == SIGNATURE

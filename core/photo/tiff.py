@@ -132,6 +132,7 @@ class Tiff(ImageFormat):
     pillow_id = "TIFF"
     extensions = (".tif", ".tiff")
     exif_structure_tags = STRUCTURE_TAGS  # the whole file is the EXIF structure: its pixel tags are allowed
+    warnings_are_damage = True
 
     def check_supported(self, data: bytes, label: str) -> None:
         if is_camera_raw(data):
@@ -142,6 +143,12 @@ class Tiff(ImageFormat):
 
     def blocks(self, data: bytes) -> list[Block]:
         return walk(data)
+
+    def frame_count(self, image: Image.Image, blocks: list[Block]) -> int:
+        try:
+            return int(image.n_frames)  # Pillow reads every further directory to count the pages
+        except TypeError as e:  # "Missing dimensions": a further directory without a size
+            raise ValueError(f"a further image directory is damaged: {e}") from e
 
     def save_options(self, *, lossless: bool, options: OutputOptions) -> dict[str, Any]:
         return {"compression": "tiff_lzw"}
