@@ -30,6 +30,8 @@ _RENAME_NOREPLACE = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 #: errors of link(2) on file systems that have no hard links
 _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
+#: the longest file name, in bytes (ext4, XFS, Btrfs, tmpfs; a name of exactly this length is fine)
+NAME_MAX = 255
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -61,12 +63,26 @@ def fsync_dir(folder: Path) -> None:
 
 
 def free_name(path: Path) -> Path:
-    """``path``, or ``name-1.ext``, ``name-2.ext``... whichever does not exist yet."""
+    """``path``, or ``name-1.ext``, ``name-2.ext``... whichever does not exist yet (the stem shortened when
+    the number would make the name longer than a file name may be)."""
     candidate, n = path, 0
     while os.path.lexists(candidate):
         n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        candidate = path.with_name(fit_name(f"{path.stem}-{n}", path.suffix, keep_end=len(f"-{n}")))
     return candidate
+
+
+def fit_name(stem: str, suffix: str, *, keep_end: int = 0) -> str:
+    """``stem + suffix``, with ``stem`` cut (whole characters, keeping its last ``keep_end`` characters) so
+    that the name fits in NAME_MAX bytes (255 on every Linux file system)."""
+    room = NAME_MAX - len(os.fsencode(suffix))
+    if len(os.fsencode(stem)) <= room:
+        return stem + suffix
+    end = stem[len(stem) - keep_end :] if keep_end else ""
+    head = stem[: len(stem) - keep_end]
+    while head and len(os.fsencode(head + end)) > room:
+        head = head[:-1]
+    return head + end + suffix
 
 
 def write_new(path: Path, data: bytes, *, mode: int | None = None, tmp: Path | None = None) -> None:

@@ -14,8 +14,9 @@ File servers (Samba, NFS-Ganesha) use the same per-thread credentials. While a t
 On top of the kernel's checks, :func:`read_photo` applies the product's own policy, which also holds in
 single-user mode (where the kernel would allow the read): the photo's real path must lie inside one of the
 user's outbound folders (a symbolic link pointing elsewhere is refused, not followed), it must be a regular
-file, and a hard link to a file owned by someone else is refused. The last component is opened with
-O_NOFOLLOW, so a link swapped in after the check fails instead of being followed.
+file (looked at before it is opened: a FIFO, socket or device is never opened; a symbolic link that loops or
+leads nowhere is refused with that reason), and a hard link to a file owned by someone else is refused. The
+last component is opened with O_NOFOLLOW, so a link swapped in after the check fails instead of being followed.
 
 Alternative considered: one privilege-dropped worker process per user. It isolates more, but every such
 process would load the face models (hundreds of MB each) or ship pixels over a pipe; per-thread credentials
@@ -25,6 +26,7 @@ give the same file-access guarantee in one process.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
 import platform
@@ -172,11 +174,12 @@ def read_photo(account: Account, path: Path, roots: Sequence[Path], folders: str
                 f"{path} leads to {real} (a symbolic link), outside {account.name}'s {folders}: "
                 f"cloakd does not follow it"
             )
+        _check_kind(path, real, link)
         fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise RefusedFile(f"{path} is not a regular file")
+            if not stat.S_ISREG(st.st_mode):  # swapped in since _check_kind looked
+                raise RefusedFile(f"{path} is {kind_of(st.st_mode)}, not a photo: cloakd does not read it")
             if st.st_nlink > 1 and st.st_uid != account.uid:
                 owner = _owner(st.st_uid)
                 raise RefusedFile(
@@ -192,6 +195,37 @@ def read_photo(account: Account, path: Path, roots: Sequence[Path], folders: str
         finally:
             os.close(fd)
     return Original(path, data, hashlib.sha256(data).hexdigest(), st.st_size, st.st_mtime_ns, st.st_ino, via_link=link)
+
+
+#: what a file that is not a regular file is, in words
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def kind_of(mode: int) -> str:
+    """``mode``'s file type in words ("a named pipe (FIFO)", "a socket"...)."""
+    return next((words for test, words in _KINDS if test(mode)), "not a regular file")
+
+
+def _check_kind(path: Path, real: Path, link: bool) -> None:
+    """RefusedFile unless ``real`` is a regular file; looked at without opening it (opening a FIFO or a
+    device can block or act: a tape rewinds, a modem dials), through ``path``'s links."""
+    try:
+        st = os.stat(real)
+    except OSError as e:
+        if link and e.errno == errno.ELOOP:
+            raise RefusedFile(f"{path} is a loop of symbolic links that leads to no file") from None
+        if link and e.errno == errno.ENOENT:
+            raise RefusedFile(f"{path} is a symbolic link to {real}, which does not exist") from None
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        what = kind_of(st.st_mode) + (f" ({real}, through a symbolic link)" if link else "")
+        raise RefusedFile(f"{path} is {what}, not a photo: cloakd does not read it")
 
 
 def _owner(uid: int) -> str:

@@ -47,10 +47,21 @@ TICK_SECONDS = 0.5
 STATUS_SECONDS = 10.0
 
 
+class OneLine(logging.Formatter):
+    """A message is one line, whatever it quotes: a newline or carriage return in a file name (which a user
+    may choose) is written as ``\\n``/``\\r``, so no name can start a line that looks like another event.
+    Tracebacks of internal errors keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).replace("\n", "\\n").replace("\r", "\\r")
+
+
 def setup_logging(level: str) -> None:
     """One line per event on stderr; journald adds the time itself, a terminal gets it from us."""
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    logging.basicConfig(stream=sys.stderr, format=f"{stamp}%(levelname)s %(name)s: %(message)s", force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine(f"{stamp}%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(handlers=[handler], force=True)
     logging.getLogger().setLevel(level.upper())
     logging.getLogger("watchdog").setLevel(max(logging.INFO, logging.getLogger().level))  # one line per inotify event
 

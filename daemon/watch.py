@@ -7,7 +7,8 @@ file becomes a candidate when it is closed after writing or moved in (a file sti
 a polling observer only sees that something changed, so there any change makes a candidate.
 
 A candidate is taken when its size, mtime and inode have stayed the same for ``stable_seconds``, so that
-a writer that closes and reopens, or a slow network copy, is not cut short. Temporary names of browsers,
+a writer that closes and reopens, or a slow network copy, is not cut short, and when no process has it open
+for writing (/proc: a download that stalls for minutes is still not complete). Temporary names of browsers,
 editors and sync tools are never candidates: the finished file arrives by a rename, which is a move-in.
 """
 
@@ -100,35 +101,91 @@ class Candidates:
     ) -> list[tuple[str, str, os.stat_result]]:
         """Candidates unchanged for ``stable_seconds``: (user, path, lstat), each taken once.
 
-        Files are looked at with their user's rights; a file that is gone or not a file (or symbolic
-        link: the worker refuses those that lead elsewhere, with a reason) is dropped.
+        Files are looked at with their user's rights; one that is gone, or a folder, is dropped. Symbolic
+        links, FIFOs, sockets and devices are taken like files: the worker refuses them with a reason
+        (privileges.read_photo) and holds them. A regular file that a process still has open for writing
+        (:func:`open_for_writing`) waits, however long its writer pauses.
         """
         now = time.monotonic() if now is None else now
         with self._lock:
             pending = list(self._pending.items())
-        stable, dropped = [], []
+        ripe, dropped = [], []
         for (user, path), seen in sorted(pending, key=lambda item: item[0][0]):
-            if user not in accounts:
-                dropped.append((user, path))
-                continue
-            with acting_as(accounts[user]):
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    dropped.append((user, path))
-                    continue
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            st = _lstat(accounts[user], path) if user in accounts else None
+            if st is None or stat.S_ISDIR(st.st_mode):
                 dropped.append((user, path))
             elif seen is None or (seen.size, seen.mtime_ns, seen.inode) != (st.st_size, st.st_mtime_ns, st.st_ino):
-                with self._lock:
-                    self._pending[(user, path)] = _Seen(st.st_size, st.st_mtime_ns, st.st_ino, now)
+                self._see(user, path, st, now)
             elif now - seen.since >= self.stable_seconds:
+                ripe.append((user, path, st))
+        writing = open_for_writing({(st.st_dev, st.st_ino) for _, _, st in ripe if stat.S_ISREG(st.st_mode)})
+        stable = []
+        for user, path, st in ripe:
+            if (st.st_dev, st.st_ino) in writing:
+                log.debug("%s: %s is still open for writing: it waits", user, path)
+                self._see(user, path, st, now)
+            else:
                 stable.append((user, path, st))
                 dropped.append((user, path))
         with self._lock:
             for key in dropped:
                 self._pending.pop(key, None)
         return stable
+
+    def _see(self, user: str, path: str, st: os.stat_result, now: float) -> None:
+        with self._lock:
+            self._pending[(user, path)] = _Seen(st.st_size, st.st_mtime_ns, st.st_ino, now)
+
+
+def _lstat(account: Account, path: str) -> os.stat_result | None:
+    with acting_as(account):
+        try:
+            return os.lstat(path)
+        except OSError:
+            return None
+
+
+def open_for_writing(files: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """Those of ``files`` (device, inode) that some process has open for writing, as /proc shows it.
+
+    A copy that pauses longer than ``stable_seconds`` without closing the file (a stalled download, an
+    editor saving in steps) looks stable, but is not complete: it waits until its writer closes it. As
+    root every process is seen; in single-user mode, the user's own (those that write to their folders).
+    A writer on another machine (a network share) is not seen: there, ``stable_seconds`` alone decides.
+    """
+    found: set[tuple[int, int]] = set()
+    if not files:
+        return found
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # gone, or another user's process (single-user mode)
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in files and key not in found and _writes(pid, fd):
+                found.add(key)
+    return found
+
+
+def _writes(pid: str, fd: str) -> bool:
+    """Whether file descriptor ``fd`` of process ``pid`` was opened for writing (its fdinfo flags)."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+            for line in info:
+                if line.startswith("flags:"):
+                    return int(line.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def walk(account: Account, folder: Folder) -> list[str]:
@@ -159,17 +216,18 @@ class _Handler(FileSystemEventHandler):
                 self.scan(self.user, Folder(Path(path), True, self.folder.polling))
         elif isinstance(event, (FileClosedEvent, FileMovedEvent)):
             self.candidates.note(self.user, path)
-        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)) and (self.folder.polling or _linked(path)):
+        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)) and (self.folder.polling or _whole(path)):
             self.candidates.note(self.user, path)  # polling sees no close; a new link has nothing to write
 
 
-def _linked(path: str) -> bool:
-    """A symbolic or hard link: complete the moment it is created (no close-after-write will follow)."""
+def _whole(path: str) -> bool:
+    """Complete the moment it is created (no close-after-write will follow): a symbolic or hard link, or
+    no regular file at all (a FIFO, socket or device, which the worker then holds with its reason)."""
     try:
         st = os.lstat(path)
     except OSError:
         return False
-    return stat.S_ISLNK(st.st_mode) or st.st_nlink > 1
+    return not stat.S_ISREG(st.st_mode) or st.st_nlink > 1
 
 
 class _OverflowHook(logging.Handler):

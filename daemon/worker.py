@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from cloakd.core.errors import CloakdError, PhotoError, os_error_text
 
 from . import deliver
 from .config import Config, UserConfig
+from .files import fit_name
 from .ledger import DONE, GONE, HELD, Ledger, Row
 from .privileges import Account, Original, RefusedFile, read_photo
 from .process import ProcessResult
@@ -176,6 +178,11 @@ class Pipeline:
                 break
             except FileExistsError:
                 continue  # the name was taken since free_name looked: take the next one
+            except PermissionError as e:  # a read-only ready folder: the photo waits in its outbound folder
+                raise Transient(
+                    f"{account.name} may not write into {_folder_of(e, output)} (permission denied): the photo "
+                    f"stays where it is and is tried again"
+                ) from None
         self.ledger.delivered(row.id)
         return output
 
@@ -240,9 +247,7 @@ class Pipeline:
             self.notice(row.user, row.path)
             return
         where = held if held is not None else path
-        note = (
-            wanted.with_name(wanted.name + REASON_SUFFIX) if held is None else held.with_name(held.name + REASON_SUFFIX)
-        )
+        note = reason_path(wanted if held is None else held)
         if not deliver.exists(account, note):
             text = _reason_text(row, where, user)
             try:
@@ -300,9 +305,21 @@ class Pipeline:
         return len(rows)
 
 
+def reason_path(held: Path) -> Path:
+    """``NAME.reason.txt`` beside the held ``NAME``; NAME is shortened when the whole would be too long a
+    file name (a held name of 250 bytes still gets its reason)."""
+    return held.with_name(fit_name(held.name, REASON_SUFFIX))
+
+
 def _relative(user: UserConfig, path: Path) -> Path:
     folder = user.outbound_of(path)
     return path.relative_to(folder.path) if folder is not None else Path(path.name)
+
+
+def _folder_of(error: OSError, output: Path) -> Path:
+    """The folder a write was refused in: that of the file or sub-folder the error names (a temporary file,
+    a sub-folder to create), not that name itself."""
+    return Path(os.fsdecode(error.filename)).parent if error.filename else output.parent
 
 
 def _reason_text(row: Row, where: Path, user: UserConfig) -> str:

@@ -99,7 +99,7 @@ def test_links_out_of_the_outbound_folder_are_refused(setup):
         ("readable-elsewhere.jpg", "outside"),
         ("sub/etc/passwd", "leads to /etc/passwd"),
         ("hardlink.jpg", "hard link to a file owned by root"),
-        ("pipe.jpg", "not a regular file"),
+        ("pipe.jpg", r"a named pipe \(FIFO\), not a photo"),
     ):
         with pytest.raises(RefusedFile, match=message):
             read_photo(user, out / name, [out])

@@ -36,6 +36,7 @@ class Kind(enum.Enum):
     TRAILER = "data after the end of the image"
     UNKNOWN = "unrecognised block"
     DAMAGED = "damaged or truncated structure"
+    BOMB = "compressed block that expands beyond the safe limit (a decompression bomb)"
 
 
 @dataclass(frozen=True)

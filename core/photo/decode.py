@@ -7,6 +7,8 @@ Policies (also the user-facing documentation):
   is decoded. It is the only limit: the header is read through the format's Pillow plugin directly
   (:func:`open_image`), so Pillow's own guard (a warning above 89.5 MP and an error above 179 MP, in its
   own words) never speaks; ``Image.MAX_IMAGE_PIXELS`` is not changed.
+- Compressed metadata is expanded only up to a limit (png.py's MAX_INFLATED): a PNG whose iCCP or text
+  chunk would expand beyond it is a decompression bomb too (ImageTooLargeError), however small its pixels.
 - Truncated or damaged files are errors (Pillow's LOAD_TRUNCATED_IMAGES stays False): no grey half-photos.
 - Animated images (GIF, WebP, APNG, HEIF sequences) and multi-page TIFFs: AnimatedImageError. A JPEG's
   MPF secondary images and a HEIF collection's non-primary images are not frames: only the primary
@@ -90,6 +92,9 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, label: str = "i
     """Decode ``data`` (see the module docstring for the policies). ``label`` names the input in errors."""
     fmt = detect(data, label=label)
     blocks = fmt.blocks(data)
+    bombs = [b.name for b in blocks if b.kind is Kind.BOMB]
+    if bombs:
+        raise ImageTooLargeError(bomb(label, bombs[0]))
     damage = [b.name for b in blocks if b.kind is Kind.DAMAGED]
     if damage:  # some decoders (libheif) fill missing data silently; the container walk does not
         raise TruncatedImageError(f"{label} is a truncated or damaged {fmt.name} file ({damage[0]})")
@@ -182,6 +187,11 @@ def too_large(label: str, width: int, height: int, limit: int) -> str:
         f"{label} is too large: {width}x{height} = {width * height / 1e6:.0f} MP, above the "
         f"{limit / 1e6:.0f} MP limit (decompression-bomb guard); reduce its resolution first"
     )
+
+
+def bomb(label: str, block: str) -> str:
+    """The message for a compressed block that expands beyond the limit (Kind.BOMB)."""
+    return f"{label} is a decompression bomb: its {block}; cloakd does not expand it"
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..errors import ImageTooLargeError, TruncatedImageError
 from .colour import profile_name
 from .container import Block, ImageFormat, Kind
-from .decode import DEFAULT_MAX_PIXELS, open_image, too_large
+from .decode import DEFAULT_MAX_PIXELS, bomb, open_image, too_large
 from .exif_facts import exif_findings
 from .formats import detect
 from .iptc import iptc_findings
@@ -46,6 +46,9 @@ def inspect(data: bytes, *, label: str = "input", max_pixels: int = DEFAULT_MAX_
         problem = too_large(label, *size, max_pixels) if size and size[0] * size[1] > max_pixels else ""
     except ImageTooLargeError as e:  # the header claims more pixels than Pillow reads (WebP)
         size, problem = None, str(e)
+    expands = next((b.name for b in blocks if b.kind is Kind.BOMB), None)
+    if expands and not problem:
+        problem = bomb(label, expands)
     return Report(format=fmt.name, size=size, findings=tuple(findings), problem=problem)
 
 
@@ -71,6 +74,8 @@ def _findings(fmt: ImageFormat, block: Block) -> list[Finding]:
         return [Finding(OTHER, "unrecognised block", f"{len(payload)} bytes", name)]
     if kind is Kind.DAMAGED:
         return [Finding(OTHER, "damaged or truncated file", name, "container")]
+    if kind is Kind.BOMB:
+        return [Finding(OTHER, "decompression bomb", name, "container")]
     return []
 
 

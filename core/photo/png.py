@@ -67,8 +67,25 @@ _KEYWORDS = {
     "software": SOFTWARE,
     "source": CAMERA,
 }
+#: the most a compressed chunk (iCCP, zTXt, iTXt) may expand to: ICC profiles and XMP packets are well below
+#: 1 MB; 16 MB of one chunk is no metadata but a decompression bomb (Pillow itself stops at 1 MB per chunk)
+MAX_INFLATED = 16 * 2**20
 # Little-endian rawmodes that, applied to big-endian 16-bit data, yield the low byte of every sample.
 _LOW_BYTES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+
+
+class Bomb(Exception):
+    """A compressed chunk that expands beyond :data:`MAX_INFLATED` bytes."""
+
+
+def inflate(data: bytes) -> bytes:
+    """zlib-decompress ``data``, at most MAX_INFLATED bytes of it (Bomb beyond): never more memory than that,
+    however the data was made (1 MB of zlib can expand to 1 GB)."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, MAX_INFLATED)
+    if inflater.unconsumed_tail:
+        raise Bomb
+    return out
 
 
 def _text(ctype: bytes, data: bytes) -> tuple[str, bytes]:
@@ -76,12 +93,12 @@ def _text(ctype: bytes, data: bytes) -> tuple[str, bytes]:
     key, _, rest = data.partition(b"\x00")
     try:
         if ctype == b"zTXt":
-            rest = zlib.decompress(rest[1:])
+            rest = inflate(rest[1:])
         elif ctype == b"iTXt":
             compressed = rest[:1] == b"\x01"
             rest = rest[2:].split(b"\x00", 2)[-1]  # skip language tag and translated keyword
             if compressed:
-                rest = zlib.decompress(rest)
+                rest = inflate(rest)
     except zlib.error:
         pass
     return key.decode("latin-1"), rest
@@ -99,6 +116,13 @@ def _raw_profile(text: bytes) -> bytes:
 
 
 def _classify(ctype: bytes, data: bytes) -> Block:
+    try:
+        return _block(ctype, data)
+    except Bomb:
+        return Block(Kind.BOMB, f"{ctype.decode('latin-1')} chunk expands beyond {MAX_INFLATED // 2**20} MB")
+
+
+def _block(ctype: bytes, data: bytes) -> Block:
     name = ctype.decode("latin-1")
     if ctype in _STRUCTURE:
         return Block(Kind.STRUCTURE, name)
@@ -107,7 +131,7 @@ def _classify(ctype: bytes, data: bytes) -> Block:
     if ctype == b"iCCP":
         _, _, rest = data.partition(b"\x00")
         try:
-            return Block(Kind.ICC, "iCCP", zlib.decompress(rest[1:]))
+            return Block(Kind.ICC, "iCCP", inflate(rest[1:]))
         except zlib.error:
             return Block(Kind.ICC, "iCCP (undecodable)", rest)
     if ctype in (b"tEXt", b"zTXt", b"iTXt"):
