@@ -219,7 +219,7 @@ def ledger_queries(state: Path, users: list[str], work: Path) -> tuple[list[tupl
     method = ""
     db.set_trace_callback(lambda sql: seen.append((method, sql)))
     now = time.time()
-    some = plain.execute("SELECT user, path, size, mtime_ns FROM photos WHERE state = 'queued' LIMIT 1").fetchone()
+    some = plain.execute("SELECT user, path, size, mtime_ns FROM photos ORDER BY state != 'queued' LIMIT 1").fetchone()
     calls = [
         ("known", lambda: ledger.known(*some)),
         ("enqueue", lambda: ledger.enqueue(users[0], "/nowhere/new.jpg", 1, 1)),
@@ -394,6 +394,8 @@ def main() -> None:
             )
         states = {s: sum(c.get(s, 0) for c in counts.values()) for s in ("queued", "working", *FINISHED)}
         rows.append(("finished per user at the end", f"min {min(done)}, max {max(done)}"))
+        if first_done is not None:
+            rows.append(("start -> first photo finished", f"{first_done[0]:.1f} s"))
         if first_done is not None and sum(done) > first_done[1]:
             rate = (sum(done) - first_done[1]) / (elapsed - first_done[0]) * 3600
             rows.append(("throughput (first photo finished -> end)", f"{rate:.0f} photos/hour"))
