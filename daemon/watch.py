@@ -104,31 +104,37 @@ class Candidates:
         link: the worker refuses those that lead elsewhere, with a reason) is dropped.
         """
         now = time.monotonic() if now is None else now
+        by_user: dict[str, list[tuple[str, _Seen | None]]] = {}
         with self._lock:
-            pending = list(self._pending.items())
+            for (user, path), seen in self._pending.items():
+                by_user.setdefault(user, []).append((path, seen))
         stable, dropped = [], []
-        for (user, path), seen in sorted(pending, key=lambda item: item[0][0]):
+        for user in sorted(by_user):
             if user not in accounts:
-                dropped.append((user, path))
+                dropped += [(user, path) for path, _ in by_user[user]]
                 continue
-            with acting_as(accounts[user]):
-                try:
-                    st = os.lstat(path)
-                except OSError:
+            with acting_as(accounts[user]):  # once per user, not per file: thousands wait after a start-up scan
+                looked = [(path, seen, _lstat(path)) for path, seen in by_user[user]]
+            for path, seen, st in looked:
+                if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
                     dropped.append((user, path))
-                    continue
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                dropped.append((user, path))
-            elif seen is None or (seen.size, seen.mtime_ns, seen.inode) != (st.st_size, st.st_mtime_ns, st.st_ino):
-                with self._lock:
-                    self._pending[(user, path)] = _Seen(st.st_size, st.st_mtime_ns, st.st_ino, now)
-            elif now - seen.since >= self.stable_seconds:
-                stable.append((user, path, st))
-                dropped.append((user, path))
+                elif seen is None or (seen.size, seen.mtime_ns, seen.inode) != (st.st_size, st.st_mtime_ns, st.st_ino):
+                    with self._lock:
+                        self._pending[(user, path)] = _Seen(st.st_size, st.st_mtime_ns, st.st_ino, now)
+                elif now - seen.since >= self.stable_seconds:
+                    stable.append((user, path, st))
+                    dropped.append((user, path))
         with self._lock:
             for key in dropped:
                 self._pending.pop(key, None)
         return stable
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def walk(account: Account, folder: Folder) -> list[str]:
