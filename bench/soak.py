@@ -43,7 +43,9 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
+from cloakd.daemon.config import load_config
 from cloakd.daemon.ledger import DONE, Ledger
+from cloakd.daemon.status import snapshot
 from common import DATA, machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,9 +203,9 @@ def log_seconds(log: Path, pattern: str) -> float | None:
 # --- the ledger's queries ---------------------------------------------------------------------------------------
 
 
-def ledger_queries(state: Path, users: list[str], work: Path) -> tuple[list[tuple[str, str, str]], list[tuple]]:
-    """On a copy of the final ledger: (method, statement, plan) of every statement the Ledger issues, and
-    (method, ms per call, calls) timings."""
+def ledger_queries(state: Path, users: list[str], work: Path) -> tuple[list[tuple[str, str, str, bool]], list[tuple]]:
+    """On a copy of the final ledger: (method, statement, plan, reads the whole table) of every statement the
+    Ledger issues, and (measure, value) timings."""
     copy = work / "ledger-copy"
     copy.mkdir()
     source = sqlite3.connect(f"file:{state / 'ledger.sqlite3'}?mode=ro", uri=True)
@@ -215,11 +217,16 @@ def ledger_queries(state: Path, users: list[str], work: Path) -> tuple[list[tupl
     db = ledger._db  # the connection's own trace hook and EXPLAIN: they observe, they change nothing
     plain = db.cursor()
     plain.row_factory = None
+    some = plain.execute("SELECT user, path, size, mtime_ns FROM photos ORDER BY state != 'queued' LIMIT 1").fetchone()
+    partial = {
+        name
+        for name, sql in plain.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")
+        if sql and " WHERE " in sql.upper()
+    }
     seen: list[tuple[str, str]] = []
     method = ""
     db.set_trace_callback(lambda sql: seen.append((method, sql)))
     now = time.time()
-    some = plain.execute("SELECT user, path, size, mtime_ns FROM photos ORDER BY state != 'queued' LIMIT 1").fetchone()
     calls = [
         ("known", lambda: ledger.known(*some)),
         ("enqueue", lambda: ledger.enqueue(users[0], "/nowhere/new.jpg", 1, 1)),
@@ -245,7 +252,7 @@ def ledger_queries(state: Path, users: list[str], work: Path) -> tuple[list[tupl
         ("rows", lambda: ledger.rows(users[0])),
     ]
     if hasattr(ledger, "enqueue_many"):
-        calls.insert(2, ("enqueue_many", lambda: ledger.enqueue_many([(users[1], "/nowhere/new2.jpg", 1, 1)])))
+        calls.insert(2, ("enqueue_many", lambda: ledger.enqueue_many([(users[-1], "/nowhere/new2.jpg", 1, 1)])))
     row = None
     for method, call in calls:
         result = call()
@@ -257,13 +264,14 @@ def ledger_queries(state: Path, users: list[str], work: Path) -> tuple[list[tupl
         if sql.split()[0].upper() in ("BEGIN", "COMMIT", "ROLLBACK"):
             continue
         lines = [r[3] for r in plain.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
-        plans.append((name, sql, "; ".join(lines)))
+        whole = [step for step in lines if re.search(r"\bSCAN photos\b", step) and not any(p in step for p in partial)]
+        plans.append((name, sql, "; ".join(lines), bool(whole)))
 
     timings = []
     serial = iter(range(10**9))
     for name, call, n in (
         ("claim", lambda: ledger.claim(users), 200),
-        ("enqueue (one new file, one transaction)", lambda: ledger.enqueue(users[2], f"/n/{next(serial)}", 1, 1), 200),
+        ("enqueue (one new file, one transaction)", lambda: ledger.enqueue(users[-1], f"/n/{next(serial)}", 1, 1), 200),
         ("known (a queued file)", lambda: ledger.known(*some), 1000),
         ("counts", ledger.counts, 50),
         ("waiting", lambda: ledger.waiting(users), 50),
@@ -271,21 +279,22 @@ def ledger_queries(state: Path, users: list[str], work: Path) -> tuple[list[tupl
         t = time.perf_counter()
         for _ in range(n):
             call()
-        timings.append((name, (time.perf_counter() - t) / n * 1000, n))
+        timings.append((name, f"{(time.perf_counter() - t) / n * 1000:.3f} ms per call ({n} calls)"))
     if hasattr(ledger, "enqueue_many"):
-        batch = [(users[3], f"/m/{i}", 1, 1) for i in range(1000)]
+        batch = [(users[-1], f"/m/{i}", 1, 1) for i in range(1000)]
         t = time.perf_counter()
         ledger.enqueue_many(batch)
-        timings.append(("enqueue_many (1,000 new files, per file)", (time.perf_counter() - t), 1000))
+        per_file = (time.perf_counter() - t) / len(batch) * 1000
+        timings.append(("enqueue_many (1,000 new files, one call)", f"{per_file:.3f} ms per file"))
     rows = plain.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
     ledger.close()
-    timings.append(("(rows in the ledger copy)", rows, 0))
+    timings.append(("rows in the ledger copy", f"{rows}"))
     return plans, timings
 
 
-def full_scans(plans: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-    """Plans that read the whole photos table (or a whole index of it), or every row of one state."""
-    return [p for p in plans if re.search(r"\bSCAN photos\b", p[2])]
+def full_scans(plans: list[tuple[str, str, str, bool]]) -> list[tuple[str, str, str, bool]]:
+    """Plans that read the whole photos table or a whole index of it (a partial index is only its few rows)."""
+    return [p for p in plans if p[3]]
 
 
 # --- main -----------------------------------------------------------------------------------------------------
@@ -361,6 +370,11 @@ def main() -> None:
             timings.append(time.perf_counter() - t)
             if out.returncode:
                 raise SystemExit(f"cloakd status failed: {out.stderr}")
+        config_object = load_config(config, check_folders=False)
+        t = time.perf_counter()
+        for _ in range(10):
+            snapshot(config_object)
+        in_process = (time.perf_counter() - t) / 10
         stop_seconds = service.stop()
 
         loaded = log_seconds(service.log_path, r"face models loaded")
@@ -409,14 +423,11 @@ def main() -> None:
                 f"{statistics.median(timings):.2f} s (median of 3)",
             )
         )
+        rows.append(("  of which the snapshot itself (daemon/status.py, in-process)", f"{in_process * 1000:.1f} ms"))
         rows.append(("stop (SIGTERM -> exit)", f"{stop_seconds:.1f} s"))
 
         plans, calls = ledger_queries(base / "state", users, base)
-        for name, ms, n in calls:
-            if n == 0:
-                rows.append((name, f"{ms}"))
-            else:
-                rows.append((f"ledger: {name}", f"{ms:.3f} ms per call ({n} calls)"))
+        rows += [(f"ledger: {name}", value) for name, value in calls]
         scans = full_scans(plans)
         rows.append(("ledger: statements issued / with a full SCAN of photos", f"{len(plans)} / {len(scans)}"))
     finally:
@@ -427,23 +438,25 @@ def main() -> None:
         else:
             shutil.rmtree(base, ignore_errors=True)
 
+    load = os.getloadavg()[0]
     print(
         f"Soak benchmark, {datetime.date.today()}, {machine()}; `sudo .venv/bin/python bench/soak.py "
         f"--users {args.users} --photos {args.photos} --minutes {args.minutes:g} --mode {args.mode}`; "
-        f"{args.users} users as one account, 1 worker (the default)\n"
+        f"{args.users} users as one account, 1 worker (the default); load average at the end {load:.2f} "
+        f"(other work shares the machine)\n"
     )
     print("| measure | value |\n| --- | --- |")
     for measure, value in rows:
         print(f"| {measure} | {value} |")
     print("\nQuery plans (EXPLAIN QUERY PLAN on the final ledger; values inlined):\n")
     print("| method | statement | plan |\n| --- | --- | --- |")
-    for name, sql, plan in plans:
+    for name, sql, plan, _ in plans:
         short = re.sub(r"'[^']*'", "?", sql)
         short = short if len(short) < 110 else short[:107] + "..."
         print(f"| {name} | `{short}` | {plan} |")
     if scans:
         print("\nFull scans of the photos table:")
-        for name, sql, plan in scans:
+        for name, _, plan, _ in scans:
             print(f"- {name}: {plan}")
 
 
