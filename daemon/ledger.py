@@ -27,7 +27,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +61,8 @@ CREATE INDEX IF NOT EXISTS photos_file ON photos (user, path);
 CREATE INDEX IF NOT EXISTS photos_content ON photos (user, sha256);
 CREATE INDEX IF NOT EXISTS photos_todo ON photos (state, next_try);
 CREATE INDEX IF NOT EXISTS photos_turn ON photos (user, started_at);
+CREATE INDEX IF NOT EXISTS photos_queue ON photos (user, state, next_try);
+CREATE INDEX IF NOT EXISTS photos_errors ON photos (user, state) WHERE error != '';
 """
 
 
@@ -152,15 +154,28 @@ class Ledger:
 
     def enqueue(self, user: str, path: str, size: int, mtime_ns: int) -> int | None:
         """Queue a stable file; None if it is already known (idempotent)."""
+        return self.enqueue_many([(user, path, size, mtime_ns)])[0]
+
+    def enqueue_many(self, files: Sequence[tuple[str, str, int, int]]) -> list[int | None]:
+        """Queue stable files (user, path, size, mtime_ns) in one transaction, so one sync to disk for the lot
+        (a full outbound folder at start-up is thousands of them); per file its new row id, or None if it is
+        already known (also when it comes twice in ``files``)."""
+        ids: list[int | None] = []
         with self._tx() as db:
             plain = db.cursor()
             plain.row_factory = None
-            if plain.execute(self._SAME_FILE, (user, path, size, mtime_ns)).fetchone() is not None:
-                return None
-            return db.execute(
-                "INSERT INTO photos (user, path, size, mtime_ns, state, queued_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (user, path, size, mtime_ns, QUEUED, time.time()),
-            ).lastrowid
+            stamp = time.time()
+            for file in files:
+                if plain.execute(self._SAME_FILE, file).fetchone() is not None:
+                    ids.append(None)
+                    continue
+                ids.append(
+                    plain.execute(
+                        "INSERT INTO photos (user, path, size, mtime_ns, state, queued_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (*file, QUEUED, stamp),
+                    ).lastrowid
+                )
+        return ids
 
     # --- the worker's steps -------------------------------------------------------------------------------
 
@@ -169,26 +184,36 @@ class Ledger:
 
         Fair across users: round-robin, the user whose last photo started longest ago (or never) first, then
         that user's oldest due row; so one user's thousand photos never make another's wait behind them.
+        Two indexed look-ups per user (the user's next due row, the user's last start), whatever the backlog:
+        never a pass over every queued row.
         """
         if not users:
             return None
         now = time.time() if now is None else now
-        marks = ",".join("?" * len(users))
         with self._tx() as db:
-            row = db.execute(
-                f"WITH turn AS (SELECT user, MAX(started_at) AS last FROM photos "
-                f"WHERE user IN ({marks}) GROUP BY user) "
-                f"SELECT photos.* FROM photos JOIN turn USING (user) WHERE state = ? AND next_try <= ? "
-                f"ORDER BY turn.last IS NOT NULL, turn.last, next_try, id LIMIT 1",
-                (*users, QUEUED, now),
-            ).fetchone()
-            if row is None:
+            plain = db.cursor()
+            plain.row_factory = None
+            best: tuple[tuple, Row] | None = None
+            for user in users:
+                row = db.execute(
+                    "SELECT * FROM photos WHERE user = ? AND state = ? AND next_try <= ? ORDER BY next_try, id LIMIT 1",
+                    (user, QUEUED, now),
+                ).fetchone()
+                if row is None:
+                    continue
+                (last,) = plain.execute(
+                    "SELECT started_at FROM photos WHERE user = ? ORDER BY started_at DESC LIMIT 1", (user,)
+                ).fetchone()
+                turn = (last is not None, last or 0.0, row.next_try, row.id)
+                if best is None or turn < best[0]:
+                    best = (turn, row)
+            if best is None:
                 return None
             db.execute(
                 "UPDATE photos SET state = ?, attempts = attempts + 1, started_at = ? WHERE id = ?",
-                (WORKING, now, row.id),
+                (WORKING, now, best[1].id),
             )
-            return db.execute("SELECT * FROM photos WHERE id = ?", (row.id,)).fetchone()
+            return db.execute("SELECT * FROM photos WHERE id = ?", (best[1].id,)).fetchone()
 
     def record_hash(self, row_id: int, sha256: str) -> Row | None:
         """Store the content hash; return an earlier row with the same content for the same user that was
@@ -314,7 +339,7 @@ class Ledger:
             setattr(out.setdefault(user, UserCounts()), state, n)
         for user, error, when in self._plain(
             "SELECT user, error, MAX(COALESCE(finished_at, started_at, queued_at)) FROM photos "
-            "WHERE error != '' AND state IN (?, ?) GROUP BY user",
+            "WHERE error != '' AND +state IN (?, ?) GROUP BY user",  # + : by photos_errors, not every queued row
             (HELD, QUEUED),
         ):
             stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))

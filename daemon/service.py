@@ -45,6 +45,7 @@ from .worker import Pipeline, Workers
 log = logging.getLogger("cloakd")
 TICK_SECONDS = 0.5
 STATUS_SECONDS = 10.0
+ENQUEUE_BATCH = 500  # files queued per transaction
 
 
 class OneLine(logging.Formatter):
@@ -195,13 +196,21 @@ class Service:
                 last_status = now
 
     def _take_stable(self) -> None:
+        """Queue the candidates that have become stable: in batches of one transaction each (a full outbound
+        folder at start-up is thousands of files, and every transaction is a sync to disk)."""
+        stable = [
+            (user, path, st)
+            for user, path, st in self.candidates.take_stable(self.accounts)
+            if self.config.users[user].outbound_of(Path(path)) is not None  # else removed by a reload
+        ]
         queued = 0
-        for user, path, st in self.candidates.take_stable(self.accounts):
-            if self.config.users[user].outbound_of(Path(path)) is None:
-                continue  # its folder was removed from the configuration by a reload
-            if self.ledger.enqueue(user, path, st.st_size, st.st_mtime_ns) is not None:
-                log.info("%s: queued %s", user, path)
-                queued += 1
+        for start in range(0, len(stable), ENQUEUE_BATCH):
+            batch = stable[start : start + ENQUEUE_BATCH]
+            ids = self.ledger.enqueue_many([(user, path, st.st_size, st.st_mtime_ns) for user, path, st in batch])
+            for (user, path, _), row_id in zip(batch, ids):
+                if row_id is not None:
+                    log.info("%s: queued %s", user, path)
+                    queued += 1
         if queued:
             self._wake()
 

@@ -20,7 +20,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,11 +107,12 @@ class Candidates:
         (:func:`open_for_writing`) waits, however long its writer pauses.
         """
         now = time.monotonic() if now is None else now
+        by_user: dict[str, list[tuple[str, _Seen | None]]] = {}
         with self._lock:
-            pending = list(self._pending.items())
+            for (user, path), seen in self._pending.items():
+                by_user.setdefault(user, []).append((path, seen))
         ripe, dropped = [], []
-        for (user, path), seen in sorted(pending, key=lambda item: item[0][0]):
-            st = _lstat(accounts[user], path) if user in accounts else None
+        for user, path, seen, st in _looked_at(by_user, accounts):
             if st is None or stat.S_ISDIR(st.st_mode):
                 dropped.append((user, path))
             elif seen is None or (seen.size, seen.mtime_ns, seen.inode) != (st.st_size, st.st_mtime_ns, st.st_ino):
@@ -137,12 +138,18 @@ class Candidates:
             self._pending[(user, path)] = _Seen(st.st_size, st.st_mtime_ns, st.st_ino, now)
 
 
-def _lstat(account: Account, path: str) -> os.stat_result | None:
-    with acting_as(account):
-        try:
-            return os.lstat(path)
-        except OSError:
-            return None
+def _looked_at(
+    by_user: dict, accounts: dict[str, Account]
+) -> Iterator[tuple[str, str, _Seen | None, os.stat_result | None]]:
+    """(user, path, seen, lstat) of each candidate, looked at with its user's rights: once per user, not per
+    file (thousands wait after a start-up scan); None for a file that is gone or of a user no longer there."""
+    for user in sorted(by_user):
+        if user not in accounts:
+            yield from ((user, path, seen, None) for path, seen in by_user[user])
+            continue
+        with acting_as(accounts[user]):
+            looked = [(user, path, seen, _lstat(path)) for path, seen in by_user[user]]
+        yield from looked
 
 
 def open_for_writing(files: set[tuple[int, int]]) -> set[tuple[int, int]]:
@@ -186,6 +193,13 @@ def _writes(pid: str, fd: str) -> bool:
     except (OSError, ValueError, IndexError):
         pass
     return False
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def walk(account: Account, folder: Folder) -> list[str]:

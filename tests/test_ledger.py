@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,113 @@ def test_pruning_keeps_what_a_rescan_would_find(ledger: Ledger):
     assert ledger.prune("alice", time.time() - 10, ["/o"]) == 0  # too recent
     assert ledger.prune("alice", time.time() + 10, ["/o"]) == 3
     assert [r.path for r in ledger.rows()] == ["/o/kept.jpg"]
+
+
+# --- a large backlog: 10 users x 1,000 photos ------------------------------------------------------------------
+
+USERS = [f"user{u}" for u in range(10)]
+
+#: a plan step that reads one user's rows by index, or one row: all a statement about one photo may read
+_NARROW = re.compile(
+    r"SEARCH photos USING (COVERING )?INDEX \w+ \(user=\?|SEARCH photos USING INTEGER PRIMARY KEY"
+    r"|SCALAR SUBQUERY|USE TEMP B-TREE FOR ORDER BY"
+)
+
+
+def _backlog(ledger: Ledger, per_user: int = 1000) -> None:
+    """``per_user`` queued photos for each of USERS, queued user after user (as a start-up scan finds them)."""
+    ids = ledger.enqueue_many([(u, f"/o/{u}/{i:04d}.jpg", 10, i) for u in USERS for i in range(per_user)])
+    assert None not in ids
+
+
+def _statements(ledger: Ledger, call: Callable[[], object]) -> list[str]:
+    """The SQL statements ``call`` makes the ledger run, values inlined (SQLite's trace hook only watches)."""
+    statements: list[str] = []
+    ledger._db.set_trace_callback(statements.append)
+    try:
+        call()
+    finally:
+        ledger._db.set_trace_callback(None)
+    return statements
+
+
+def _plans(ledger: Ledger, call: Callable[[], object]) -> dict[str, list[str]]:
+    """EXPLAIN QUERY PLAN of every statement ``call`` makes the ledger run."""
+    plain = ledger._db.cursor()
+    plain.row_factory = None
+    return {
+        sql: [step[3] for step in plain.execute("EXPLAIN QUERY PLAN " + sql)]
+        for sql in _statements(ledger, call)
+        if sql.split()[0] not in ("BEGIN", "COMMIT", "ROLLBACK")
+    }
+
+
+def test_a_full_folder_is_queued_in_one_transaction(ledger: Ledger):
+    """A start-up scan of 1,000 files: one transaction (one sync to disk), not one per file; idempotent."""
+    files = [("alice", f"/o/{i:04d}.jpg", 10, i) for i in range(1000)]
+    ids = []
+    statements = _statements(ledger, lambda: ids.extend(ledger.enqueue_many([*files, files[0]])))
+    assert statements.count("COMMIT") == 1
+    assert len(set(ids[:-1])) == 1000 and None not in ids[:-1] and ids[-1] is None  # twice in one batch: once
+    assert ledger.enqueue_many(files) == [None] * 1000
+    assert ledger.counts()["alice"].queued == 1000
+
+
+def test_a_photo_s_statements_stay_indexed_in_a_large_backlog(ledger: Ledger):
+    """With 10,000 photos queued, recognising, queueing, claiming and recording one photo read one user's rows
+    by index (or one row), never every queued row nor the table: a photo costs the same in a long backlog."""
+    _backlog(ledger)
+    claimed = []
+    steps = {
+        "known": lambda: ledger.known("user4", "/o/user4/0005.jpg", 10, 5),
+        "enqueue": lambda: ledger.enqueue("user3", "/o/user3/new.jpg", 1, 1),
+        "claim": lambda: claimed.append(ledger.claim(USERS)),
+        "record_hash": lambda: ledger.record_hash(claimed[0].id, "f00"),
+        "finish": lambda: ledger.finish(claimed[0].id, DONE, original="/arch/a.jpg"),
+    }
+    for name, call in steps.items():
+        plans = _plans(ledger, call)
+        assert plans, name
+        for sql, plan in plans.items():
+            assert all(_NARROW.match(step) for step in plan), f"{name}: {sql}\n{plan}"
+
+
+def test_status_and_housekeeping_read_what_they_report(ledger: Ledger):
+    """With 10,000 photos queued: the per-state tally reads an index (not the table, no sort), the last-error
+    column only the rows that carry an error, housekeeping one user's rows of one state."""
+    _backlog(ledger)
+    row = ledger.claim(USERS)
+    ledger.finish(row.id, HELD, "not an image")
+    plans = {
+        **_plans(ledger, ledger.counts),
+        **_plans(ledger, lambda: ledger.to_delete("user0", time.time())),
+        **_plans(ledger, lambda: ledger.prune("user0", time.time() - 10, ["/o"])),
+    }
+    for sql, plan in plans.items():
+        if sql.startswith("SELECT user, state, COUNT(*)"):
+            assert len(plan) == 1 and "COVERING INDEX" in plan[0], plan
+        elif sql.startswith("SELECT user, error"):
+            assert plan == ["SCAN photos USING INDEX photos_errors"], plan  # a partial index: rows with an error
+        else:
+            assert len(plan) == 1 and "(user=? AND state=?)" in plan[0], f"{sql}\n{plan}"
+    counts = ledger.counts()
+    assert (counts["user0"].held, counts["user0"].queued, counts["user1"].queued) == (1, 999, 1000)
+    assert counts["user0"].last_error.endswith("not an image") and counts["user1"].last_error == ""
+
+
+def test_claims_take_turns_across_ten_users_with_a_thousand_photos_each(ledger: Ledger):
+    """One worker, 10 users x 1,000 photos queued user after user: the first 100 claims are 10 per user in
+    rotation (no user waits for another's whole backlog), and a user who arrives later is next."""
+    _backlog(ledger)
+    now = time.time()
+    order = []
+    for k in range(100):
+        row = ledger.claim(USERS, now=now + k)
+        order.append(row.user)
+        ledger.finish(row.id, DONE)
+    assert order == USERS * 10
+    ledger.enqueue("late", "/o/late/1.jpg", 10, 1)
+    assert [ledger.claim([*USERS, "late"], now=now + 100 + k).user for k in range(3)] == ["late", "user0", "user1"]
 
 
 @pytest.fixture(scope="module")
