@@ -357,6 +357,37 @@ def test_a_state_directory_that_fills_mid_photo_strands_nothing(account, caplog)
             assert paused_now(config.state_dir) == []
 
 
+def test_an_output_written_just_before_the_ledger_filled_is_delivered_once(account):
+    """The narrowest window of a full ledger: the output is in place, but recording it fails (the steps of
+    Pipeline._deliver, done by hand up to there). Once space is back, the row is settled by the output's hash:
+    delivered, not written again as NAME-1."""
+    with shared_tmp("cloakd-fullwindow-") as base:
+        folders = user_tree(base, account)
+        config = load_config(write_config(base / "cloakd.yaml", folders, account.pw_name))
+        with small_disk(config.state_dir, "16m"):
+            me = Account.lookup(account.pw_name)
+            ledger = Ledger(config.state_dir)
+            [name] = _enqueue_crops(ledger, "bee", folders["out"], account, 1)
+            pipeline = Pipeline(config, {"bee": me}, ledger, strip_only, lambda u, p: None, lambda at: None)
+            row = pipeline.claim()
+            result = strip_only(None, me, read_photo(me, folders["out"] / name, [folders["out"]]))
+            output = folders["ready"] / name
+            ledger.plan_output(row.id, str(output), hashlib.sha256(result.data).hexdigest())
+            deliver.write_new(me, output, result.data, tag=str(row.id))
+            filler = fill_up(config.state_dir)
+            with pytest.raises(LedgerFull) as full:
+                ledger.delivered(row.id)
+            pipeline.set_aside(row, full.value)
+            assert pipeline.claim() is None and ledger.get(row.id).state == WORKING
+            filler.unlink()
+            pipeline.space.probe(now=time.time() + PROBE_SECONDS)
+            _drain(pipeline)
+            row = ledger.get(row.id)
+            assert (row.state, row.attempts, row.output) == (DONE, 1, str(output))
+            assert files(folders["ready"]) == [name] and files(folders["archive"]) == [name]
+            ledger.close()
+
+
 def test_a_full_state_directory_rolls_each_step_back_and_the_ledger_recovers(tmp_path: Path):
     """Every step on a full disk raises LedgerFull (naming the file) and changes nothing; the connection is
     left usable, and once space is back every step works and the file checks out."""
