@@ -5,8 +5,9 @@ The CLI prints ``str(error)`` as one line. In the service, the class decides wha
 - :class:`PhotoError` (the photo itself: not an image, too large, its cloak or its metadata did not verify,
   a link cloakd will not follow): trying again cannot help, so the photo is held with the reason;
 - :class:`ModelMissingError`: the installation is broken; the service does not start;
-- any other CloakdError (the service's own state, e.g. an unreadable record) and OSError (disk full, I/O
-  error): the photo is retried later with back-off, and held only once ``retry.attempts`` are used up.
+- any other CloakdError (the service's own state, e.g. an unreadable record) and OSError (an I/O error): the
+  photo is retried later with back-off, and held only once ``retry.attempts`` are used up; a write that finds
+  no space (a full disk or quota) is not retried photo by photo: the service pauses until space is freed.
 """
 
 from __future__ import annotations

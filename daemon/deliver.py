@@ -81,15 +81,22 @@ def _fresh_tmp(folder: Path, tag: str) -> Path:
 
 def _copy_across(src: Path, dst: Path, tag: str) -> None:
     tmp = _fresh_tmp(dst.parent, tag)
-    if src.is_symlink():
-        os.symlink(os.readlink(src), tmp)
-    else:
-        shutil.copy2(src, tmp, follow_symlinks=False)
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    try:
+        if src.is_symlink():
+            os.symlink(os.readlink(src), tmp)
+        else:
+            shutil.copy2(src, tmp, follow_symlinks=False)
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except BaseException as e:  # e.g. the disk filled up during the copy: never leave a partial file
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(tmp)
+        raise
     files.put_in_place(tmp, dst)
 
 

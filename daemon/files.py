@@ -141,8 +141,10 @@ def _write_temporary(tmp: Path, data: bytes, mode: int | None) -> None:
         if mode is not None:
             os.fchmod(fd, mode)
         os.fsync(fd)
-    except BaseException:
+    except BaseException as e:
         os.close(fd)
-        os.unlink(tmp)
+        os.unlink(tmp)  # never a partial file: e.g. the disk filled up during the write
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(tmp)  # a write's error names no file: say where (which disk is full)
         raise
     os.close(fd)

@@ -20,10 +20,19 @@ moving into held/), and recorded after it. After a crash, worker.reconcile() com
 files: a planned output that exists with the planned hash was delivered; anything else is redone.
 
 The database uses WAL with synchronous=FULL: a committed step survives kill -9 and power loss.
+
+A full disk (the state directory's file system, or the quota of the account that runs cloakd): SQLite rolls
+the transaction back, so the ledger stays as it was before the step, and the step raises :class:`LedgerFull`
+(the worker and the service pause until space is freed, daemon/space.py). A damaged database is never
+replaced by an empty one, which would deliver again every photo still in an outbound folder: opening it
+raises :class:`LedgerDamaged`, naming the file and what to do (the writable open runs ``PRAGMA
+quick_check``). A WAL file cut short (a torn write) is no damage: SQLite keeps its frames up to the last
+whole, checksummed commit.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -31,6 +40,8 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from cloakd.core.errors import CloakdError
 
 QUEUED, WORKING, DONE, HELD, GONE = "queued", "working", "done", "held", "gone"
 FINAL = (DONE, HELD, GONE)
@@ -64,6 +75,27 @@ CREATE INDEX IF NOT EXISTS photos_turn ON photos (user, started_at);
 CREATE INDEX IF NOT EXISTS photos_queue ON photos (user, state, next_try);
 CREATE INDEX IF NOT EXISTS photos_errors ON photos (user, state) WHERE error != '';
 """
+
+
+class LedgerFull(CloakdError):
+    """Nothing could be recorded: the state directory's file system is full. The step was rolled back."""
+
+
+class LedgerDamaged(CloakdError):
+    """The ledger database is damaged (not a database, or its integrity check fails)."""
+
+
+#: SQLite's primary result codes met here (sqlite3.Error.sqlite_errorcode & 0xFF)
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes free for an unprivileged writer on ``folder``'s file system (None if it cannot be looked at)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 @dataclass(frozen=True)
@@ -103,19 +135,53 @@ class Ledger:
 
     def __init__(self, state_dir: Path, readonly: bool = False):
         self.path = state_dir / FILE_NAME
-        if readonly:
-            self._db = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-            )
-        else:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        self._db.execute("PRAGMA busy_timeout=10000")
+        try:
+            self._db = self._open(state_dir, readonly)
+        except sqlite3.Error as e:
+            raise self._explained(e) from None
         self._db.row_factory = lambda cursor, values: Row(*values)
         self._lock = threading.Lock()
+
+    def _open(self, state_dir: Path, readonly: bool) -> sqlite3.Connection:
+        if readonly:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=10000")
+            return db
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            problems = [p for (p,) in db.execute("PRAGMA quick_check(5)").fetchall() if p != "ok"]
+            if problems:
+                raise LedgerDamaged(self._damaged("; ".join(problems)))
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _damaged(self, what: str) -> str:
+        return (
+            f"the ledger {self.path} is damaged ({what}); cloakd will not start over with an empty ledger, which "
+            f"would deliver again every photo still in an outbound folder. Fix: stop the service, keep a copy of "
+            f"the file, then restore it from a backup, or recover what is readable (sqlite3 {self.path} .recover "
+            f"| sqlite3 {self.path}.recovered) and move the recovered file in its place"
+        )
+
+    def _explained(self, e: sqlite3.Error) -> Exception:
+        """A clear error for SQLite's: a full disk, a damaged file; anything else names the file."""
+        code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+        if code == _SQLITE_FULL:
+            free = free_bytes(self.path.parent)
+            return LedgerFull(
+                f"{self.path}: nothing could be recorded: the disk is full"
+                + ("" if free is None else f" ({free} bytes free in {self.path.parent})")
+            )
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            return LedgerDamaged(self._damaged(str(e)))
+        return CloakdError(f"cannot use the ledger {self.path}: {e}")
 
     def close(self) -> None:
         with self._lock:
@@ -123,14 +189,28 @@ class Ledger:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction: all of it is recorded, or (on any error, e.g. a full disk) none of it."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._rollback()
+                    raise
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:
+                    self._rollback()  # SQLite has usually rolled back itself (a full disk); never leave it open
+                    raise
+            except sqlite3.Error as e:
+                if (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF not in (_SQLITE_FULL, _SQLITE_CORRUPT):
+                    raise
+                raise self._explained(e) from None
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _update(self, row_id: int, **values) -> None:
         columns = ", ".join(f"{k} = ?" for k in values)

@@ -13,6 +13,10 @@ makes Sybil images in the background, whenever no photo is waiting.
 Stopping: the watchers and scheduler stop at once; each worker finishes its photo if it can within
 ``stop_timeout_seconds``, otherwise the process exits anyway and the ledger's reconciliation redoes that
 photo on the next start (the interruption does not count as an attempt).
+
+A full disk (a user's ready, held or archive folder, or the state directory) pauses the work that needs it
+and resumes by itself once space is freed (space.py): the main loop probes the paused places, and takes no
+new file into the ledger while the state directory is full.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from .config import Config, load_config
 from .deliver import make_folder
 from .engine.status import EngineState, publish
 from .housekeeping import housekeeping
-from .ledger import Ledger
+from .ledger import Ledger, LedgerFull
 from .privileges import Account, check_single_user
 from .running import record_start, record_stop
 from .scheduler import Jobs
 from .sdnotify import notify, watchdog_period
+from .space import Space
 from .sybil import photos_waiting
 from .watch import Candidates, Watcher
 from .words import count
@@ -99,10 +104,18 @@ class Service:
         notify("STATUS=loading the face models")
         engine = self._engine(config)
         self.ledger = Ledger(config.state_dir)
+        self.space = Space(config.state_dir, on_resume=self._wake)
+        self.space.publish()  # nothing paused yet (a record of an earlier run is replaced)
         self.candidates = Candidates(config.stable_seconds)
         self.jobs = Jobs(rescan=self._rescan, housekeeping=self._housekeeping, wake=self._wake, sybil=self._sybil)
         self.pipeline = Pipeline(
-            config, accounts, self.ledger, engine, notice=self.candidates.note, on_retry=self.jobs.wake_at
+            config,
+            accounts,
+            self.ledger,
+            engine,
+            notice=self.candidates.note,
+            on_retry=self.jobs.wake_at,
+            space=self.space,
         )
         self._engine_changed(engine.state())
         self.pipeline.reconcile()
@@ -184,6 +197,7 @@ class Service:
             if self._reload.is_set():
                 self._reload.clear()
                 self._do_reload()
+            self.space.probe()
             self._take_stable()
             if self.watcher.rescan_wanted():
                 self.jobs.soon(self._rescan)
@@ -197,7 +211,10 @@ class Service:
 
     def _take_stable(self) -> None:
         """Queue the candidates that have become stable: in batches of one transaction each (a full outbound
-        folder at start-up is thousands of files, and every transaction is a sync to disk)."""
+        folder at start-up is thousands of files, and every transaction is a sync to disk). While the ledger's
+        disk is full they wait as candidates."""
+        if self.space.ledger_paused():
+            return  # the ledger cannot record them: the candidates wait
         stable = [
             (user, path, st)
             for user, path, st in self.candidates.take_stable(self.accounts)
@@ -206,7 +223,13 @@ class Service:
         queued = 0
         for start in range(0, len(stable), ENQUEUE_BATCH):
             batch = stable[start : start + ENQUEUE_BATCH]
-            ids = self.ledger.enqueue_many([(user, path, st.st_size, st.st_mtime_ns) for user, path, st in batch])
+            try:
+                ids = self.ledger.enqueue_many([(user, path, st.st_size, st.st_mtime_ns) for user, path, st in batch])
+            except LedgerFull as e:
+                self.space.full(self.space.state_place(), str(e))
+                for later_user, later_path, _ in stable[start:]:
+                    self.candidates.note(later_user, later_path)  # taken again once the ledger has space
+                break
             for (user, path, _), row_id in zip(batch, ids):
                 if row_id is not None:
                     log.info("%s: queued %s", user, path)
@@ -225,7 +248,11 @@ class Service:
         done = sum(c.done for c in counts.values())
         held = sum(c.held for c in counts.values())
         window = "" if self.config.in_window(datetime.now()) else ", outside the processing window"
-        return f"{queued} queued, {working} in progress, {done} done, {held} held{window}; {self.engine.describe()}"
+        paused = self.space.text()
+        return (
+            f"{paused + '; ' if paused else ''}{queued} queued, {working} in progress, {done} done, {held} held"
+            f"{window}; {self.engine.describe()}"
+        )
 
     def _wake(self) -> None:
         self.workers.wake()
@@ -234,7 +261,12 @@ class Service:
         self.watcher.rescan()
 
     def _housekeeping(self) -> None:
-        housekeeping(self.config, self.accounts, self.ledger)
+        if self.space.ledger_paused():
+            return  # at its next run
+        try:
+            housekeeping(self.config, self.accounts, self.ledger)
+        except LedgerFull as e:
+            self.space.full(self.space.state_place(), str(e))
 
     def _sybil(self, name: str) -> None:
         config, accounts = self.config, self.accounts
@@ -279,7 +311,10 @@ class Service:
         self.sybil.stop()
         abandoned = self.workers.stop(self.config.stop_timeout_seconds)
         for row in abandoned:
-            self.ledger.forgive(row.id)
+            try:
+                self.ledger.forgive(row.id)
+            except LedgerFull:  # the restart's reconciliation redoes it all the same (counted as a try)
+                pass
             log.warning("%s: %s abandoned at stop; it is redone on the next start", row.user, row.path)
         if self.sybil.in_hand():
             log.info("a Sybil image in progress was abandoned at stop; it is made again later")

@@ -1,6 +1,7 @@
 """What the service is doing: one typed snapshot of whether it runs (from the record it keeps of its start
-and stop, daemon/running.py), of its engine (as the service last published it, daemon/engine/status.py)
-and of each user, read from the ledger (opened read-only) and the state
+and stop, daemon/running.py), of its engine (as the service last published it, daemon/engine/status.py),
+of what waits for disk space (daemon/space.py: as the service published it, and the state directory's free
+space, probed) and of each user, read from the ledger (opened read-only) and the state
 directory's records. Nothing is written and no photo is read; a record that cannot be read leaves its
 field None and says why in ``unreadable``. ``cloakd status`` renders it as a table (the service's and the
 engine's lines first) or (``--json``) as JSON.
@@ -15,6 +16,7 @@ from cloakd.core.errors import CloakdError
 from .config import Config, UserConfig
 from .engine.status import EngineState, read_published
 from .running import read_record
+from .space import Pause, paused_now
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class Status:
     service: ServiceStatus
     engine: EngineStatus
     users: list[UserStatus]
+    #: places found full (a user's folder, or the state directory), whose work waits until space is freed
+    paused: list[Pause] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +119,7 @@ def snapshot(config: Config) -> Status:
                 unreadable=unreadable,
             )
         )
-    return Status(str(config.state_dir), _service(config), _engine(config), users)
+    return Status(str(config.state_dir), _service(config), _engine(config), users, paused_now(config.state_dir))
 
 
 def _service(config: Config) -> ServiceStatus:

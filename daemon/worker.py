@@ -7,7 +7,9 @@ The order of durable steps for one photo (each ledger step is a committed transa
 2. read the original with the user's rights, record its sha256; content already delivered for this user
    is not cloaked again (the row points at the earlier output);
 3. protect (process.py); a photo that cannot be protected (core.errors.PhotoError) is held (step 6);
-   any other failure (a full disk, an unreadable state record) is retried later with back-off;
+   any other failure (an I/O error, an unreadable state record) is retried later with back-off; a write
+   that finds no space (a full disk or quota, or a full ledger) pauses the work that needs that place
+   instead, and the photo goes back to the queue without counting the try (space.py, :meth:`Pipeline.set_aside`);
 4. plan the output name and hash in the ledger, write a hidden temporary file in the ready folder,
    fsync, rename without replacing, fsync the folder (deliver.py), then record ``delivered_at``;
 5. only then handle the original per policy (plan its archive name, move it; or delete it), and the
@@ -37,9 +39,10 @@ from cloakd.core.errors import CloakdError, PhotoError, os_error_text
 from . import deliver
 from .config import Config, UserConfig
 from .files import fit_name
-from .ledger import DONE, GONE, HELD, Ledger, Row
+from .ledger import DONE, GONE, HELD, WORKING, Ledger, LedgerFull, Row
 from .privileges import Account, Original, RefusedFile, read_photo
 from .process import ProcessResult
+from .space import NO_SPACE, Space, place_of
 from .words import count
 
 log = logging.getLogger("cloakd.worker")
@@ -71,17 +74,28 @@ class Pipeline:
         engine: Engine,
         notice: Callable[[str, str], None],
         on_retry: Callable[[float], None],
+        space: Space | None = None,
     ):
         self._setup = (config, accounts)
         self.ledger, self.engine, self.notice, self.on_retry = ledger, engine, notice, on_retry
+        self.space = space if space is not None else Space(config.state_dir)
+        self._stranded: set[int] = set()  # rows set aside while the ledger could not record them
+        self._stranding = threading.Lock()
 
     def reconfigure(self, config: Config, accounts: dict[str, Account]) -> None:
         """Takes effect from the next photo; the one in hand finishes with the settings it started with."""
         self._setup = (config, accounts)
 
     def claim(self) -> Row | None:
+        """The next due row of a user whose work is not paused for want of space (space.py)."""
         config, _ = self._setup
-        return self.ledger.claim(list(config.users))
+        if self.space.ledger_paused() or not self._put_back_stranded():
+            return None
+        try:
+            return self.ledger.claim([name for name in config.users if not self.space.paused(name)])
+        except LedgerFull as e:
+            self.space.full(self.space.state_place(), str(e))
+            return None
 
     # --- one photo ----------------------------------------------------------------------------------------
 
@@ -110,13 +124,18 @@ class Pipeline:
                 self._hold(row, user, account, f"gave up after {row.attempts - 1} attempts: {why}")
             else:
                 self._produce(row, user, account)
+        except LedgerFull as e:
+            self.set_aside(row, e)
         except Paused as e:
             self.ledger.put_back(row.id)
             log.info("%s: %s waits: %s", row.user, row.path, e)
         except (Transient, CloakdError) as e:  # not the photo's fault (PhotoError is handled where it arises)
             self._retry(row, config, str(e))
         except OSError as e:
-            self._retry(row, config, os_error_text(e))
+            if e.errno in NO_SPACE:
+                self.set_aside(row, e)
+            else:
+                self._retry(row, config, os_error_text(e))
         except MemoryError:
             self._retry(row, config, "out of memory")
         except Exception as e:  # noqa: BLE001 - a bug must not stop the service; the row is retried, then held
@@ -262,6 +281,45 @@ class Pipeline:
         log.warning("%s: held %s%s: %s", row.user, path, f" -> {held}" if held else " (left in place)", row.error)
         self._finish(row, HELD, row.error, original=str(where))
 
+    # --- out of space -------------------------------------------------------------------------------------
+
+    def set_aside(self, row: Row, error: Exception) -> None:
+        """A write found no space: not the photo's fault. The work that needs the full place pauses (space.py),
+        and the row goes back to the queue without counting the try; while the ledger itself is full, the row
+        stays ``working`` and in this list until the ledger can record it again (then settled as
+        :meth:`reconcile` settles an interrupted row; a restart meanwhile reconciles it anyway)."""
+        config, _ = self._setup
+        text = os_error_text(error) if isinstance(error, OSError) else str(error)
+        self.space.full(place_of(error, config.users.get(row.user), config.state_dir), text)
+        with self._stranding:
+            self._stranded.add(row.id)
+        self._put_back_stranded()
+
+    def _put_back_stranded(self) -> bool:
+        """Put back the rows set aside; False while the ledger is still full."""
+        with self._stranding:
+            for row_id in sorted(self._stranded):
+                try:
+                    self._put_back(row_id)
+                except LedgerFull as e:
+                    self.space.full(self.space.state_place(), str(e))
+                    return False
+                self._stranded.discard(row_id)
+        return True
+
+    def _put_back(self, row_id: int) -> None:
+        row = self.ledger.get(row_id)
+        if row is None or row.state != WORKING:
+            return
+        _, accounts = self._setup
+        account = accounts.get(row.user)
+        if account is not None and row.delivered_at is None and row.output:
+            if deliver.sha256_of(account, Path(row.output)) == row.output_sha256:
+                self.ledger.delivered(row.id)  # written into place; the ledger filled up before it heard of it
+            else:
+                deliver.remove_tmp(account, Path(row.output).parent, str(row.id))
+        self.ledger.put_back(row.id)
+
     # --- bookkeeping --------------------------------------------------------------------------------------
 
     def _finish(self, row: Row, state: str, error: str = "", original: str | None = None) -> None:
@@ -402,6 +460,8 @@ class Workers:
             self._in_hand[me] = row
             try:
                 self.pipeline.handle(row)
+            except LedgerFull as e:  # the outcome of a failure could not be recorded either
+                self.pipeline.set_aside(row, e)
             except Exception:  # noqa: BLE001 - e.g. the ledger's disk is full: keep the worker alive, slow down
                 log.exception("%s: %s could not be recorded", row.user, row.path)
                 self._stop.wait(self.IDLE_CHECK_SECONDS)

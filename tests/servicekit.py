@@ -3,6 +3,7 @@ started as a subprocess (``cloakd run``) with a notification socket standing in 
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pwd
@@ -218,3 +219,41 @@ class Service:
 def files(folder: Path) -> list[str]:
     """Visible file names under ``folder`` (relative), sorted; temporary dot-files count as visible too."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+@contextmanager
+def small_disk(folder: Path, size: str, owner: pwd.struct_passwd | None = None) -> Iterator[Path]:
+    """``folder`` (created) as a tmpfs of ``size`` (e.g. "48k", "16m"), owned by ``owner`` (default root, mode
+    0700), unmounted after; skips the test where a tmpfs cannot be mounted (needs root and mount rights)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uid, gid, mode = (owner.pw_uid, owner.pw_gid, "0755") if owner else (0, 0, "0700")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode},uid={uid},gid={gid}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()}): the full-disk cases need one")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def resize(folder: Path, size: str) -> None:
+    """Give the tmpfs mounted at ``folder`` (small_disk) a new size: space freed (or taken) at once."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+
+def fill_up(folder: Path) -> Path:
+    """Fill ``folder``'s file system to the last byte with a file ``folder/filler``; delete it to free the space."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (1 << 20, 1 << 16, 1 << 12, 1 << 9, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+    return filler

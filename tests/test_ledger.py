@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import random
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,17 +17,31 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cloakd.core.errors import CloakdError, ProtectionError
 from cloakd.core.photo.decode import decode
 from cloakd.daemon import deliver
 from cloakd.daemon.config import load_config
-from cloakd.daemon.ledger import DONE, GONE, HELD, QUEUED, WORKING, Ledger
+from cloakd.daemon.ledger import DONE, GONE, HELD, QUEUED, WORKING, Ledger, LedgerDamaged, LedgerFull
 from cloakd.daemon.privileges import Account, read_photo
+from cloakd.daemon.service import accounts_for
+from cloakd.daemon.space import PROBE_SECONDS, Space, paused_now
 from cloakd.daemon.worker import REASON_SUFFIX, Pipeline
 from conftest import DATA, REPO
 from pipeline_child import strip_only
-from servicekit import bad_files, copy_as, files, second_account, shared_tmp, tiny_photos, user_tree, write_config
+from servicekit import (
+    bad_files,
+    copy_as,
+    files,
+    fill_up,
+    second_account,
+    shared_tmp,
+    small_disk,
+    tiny_photos,
+    user_tree,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -322,3 +340,321 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(account):
         assert {r.state for r in rows} <= {DONE, HELD} and not any(r.state in (QUEUED, WORKING, GONE) for r in rows)
         assert sorted(Path(r.path).name for r in rows) == sorted(good + bad + ["same-as-crop000.jpg"])
         ledger.close()
+
+
+# --- a full disk, a torn write, a damaged file -------------------------------------------------------------
+
+
+def _two_users(base: Path, owner) -> Path:
+    """alice and bob, each with out/ready/held/archive under base/NAME (archive policy)."""
+    users = {}
+    for name in ("alice", "bob"):
+        folders = user_tree(base / name, owner)
+        users[name] = {
+            "account": owner.pw_name,
+            "outbound": [str(folders["out"])],
+            "ready": str(folders["ready"]),
+            "held": str(folders["held"]),
+            "originals": {"policy": "archive", "archive": str(folders["archive"])},
+        }
+    path = base / "cloakd.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(base / "state"), "users": users}))
+    return path
+
+
+def _enqueue_crops(ledger: Ledger, user: str, folder: Path, owner, n: int) -> list[str]:
+    """``n`` tiny photos (crops only) in ``folder``, queued for ``user``."""
+    names = [name for name in tiny_photos(folder, owner, n) if name.startswith("crop")]
+    for name in sorted(set(os.listdir(folder)) - set(names)):
+        os.unlink(folder / name)
+    for name in names:
+        st = (folder / name).stat()
+        ledger.enqueue(user, str(folder / name), st.st_size, st.st_mtime_ns)
+    return names
+
+
+def _drain(pipeline: Pipeline) -> None:
+    while (row := pipeline.claim()) is not None:
+        pipeline.handle(row)
+
+
+def test_a_full_ready_folder_pauses_only_its_user_and_costs_no_attempt(account, caplog):
+    """alice's ready folder is full: her photos go back to the queue untouched (no attempt counted, no partial
+    file, nothing held) and her work pauses, once, with the reason; bob's photos go on. Space freed: resumed."""
+    with shared_tmp("cloakd-full-") as base:
+        config = load_config(_two_users(base, account))
+        ready = base / "alice" / "ready"
+        with small_disk(ready, "64k", account):
+            filler = fill_up(ready)
+            ledger = Ledger(config.state_dir)
+            alice = _enqueue_crops(ledger, "alice", base / "alice" / "out", account, 3)
+            bob = _enqueue_crops(ledger, "bob", base / "bob" / "out", account, 2)
+            space = Space(config.state_dir)
+            accounts = accounts_for(config)
+            pipeline = Pipeline(config, accounts, ledger, strip_only, lambda u, p: None, lambda at: None, space)
+            with caplog.at_level(logging.INFO, logger="cloakd"):
+                _drain(pipeline)
+            rows = {user: ledger.rows(user) for user in ("alice", "bob")}
+            assert [(r.state, r.attempts) for r in rows["bob"]] == [(DONE, 1)] * 2
+            assert files(base / "bob" / "ready") == sorted(bob)
+            assert [(r.state, r.attempts, r.delivered_at) for r in rows["alice"]] == [(QUEUED, 0, None)] * 3
+            assert files(ready) == ["filler"] and files(base / "alice" / "held") == []  # no partial, none held
+            assert files(base / "alice" / "out") == sorted(alice)
+            assert space.paused("alice") and not space.paused("bob") and not space.ledger_paused()
+            [pause] = paused_now(config.state_dir)  # as `cloakd status` reads it
+            assert (pause.what, pause.path, pause.user, pause.by) == (
+                "the ready folder of alice",
+                str(ready),
+                "alice",
+                "service",
+            )
+            assert "the disk is full" in pause.error and pause.free_bytes is not None and pause.free_bytes < 4096
+            said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("paused:")]
+            assert said == [f"paused: {pause.text()} ({pause.error})"], said  # once
+            assert "alice's photos wait until space is freed" in said[0]
+
+            space.probe()
+            assert space.paused("alice")  # no space freed yet
+            filler.unlink()
+            with caplog.at_level(logging.INFO, logger="cloakd"):
+                space.probe(now=time.time() + PROBE_SECONDS)
+                _drain(pipeline)
+            assert any(r.getMessage().startswith("resumed: the ready folder of alice") for r in caplog.records)
+            assert [(r.state, r.attempts) for r in ledger.rows("alice")] == [(DONE, 1)] * 3
+            assert files(ready) == sorted(alice) and paused_now(config.state_dir) == []
+            ledger.close()
+
+
+def test_a_state_directory_that_fills_mid_photo_strands_nothing(account, caplog):
+    """The ledger's file system fills while a photo is processed: the step is rolled back, the photo stays in
+    hand (the ledger cannot even put it back) and nothing is claimed; `cloakd status` finds the state directory
+    full by itself. Space freed: the photo is put back without counting the try, and delivered once."""
+    with shared_tmp("cloakd-fullstate-") as base:
+        folders = user_tree(base, account)
+        config = load_config(write_config(base / "cloakd.yaml", folders, account.pw_name))
+        with small_disk(config.state_dir, "16m"):
+            ledger = Ledger(config.state_dir)
+            names = _enqueue_crops(ledger, "bee", folders["out"], account, 3)
+            filled = []
+
+            def filling(user, acct, original):  # the disk fills up while the first photo is processed
+                if not filled:
+                    filled.append(fill_up(config.state_dir))
+                return strip_only(user, acct, original)
+
+            space = Space(config.state_dir)
+            me = Account.lookup(account.pw_name)
+            pipeline = Pipeline(config, {"bee": me}, ledger, filling, lambda u, p: None, lambda at: None, space)
+            with caplog.at_level(logging.INFO, logger="cloakd"):
+                _drain(pipeline)
+            assert space.ledger_paused() and filled
+            states = [(r.state, r.attempts, r.output) for r in ledger.rows()]
+            assert states[0][:2] == (WORKING, 1) and states[1:] == [(QUEUED, 0, None)] * 2  # rolled back
+            assert files(folders["ready"]) == [] and files(folders["out"]) == sorted(names)
+            [pause] = paused_now(config.state_dir)
+            assert (pause.what, pause.user, pause.by, pause.free_bytes) == ("the state directory", None, "status", 0)
+            said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("paused:")]
+            assert len(said) == 1 and said[0].startswith(f"paused: the state directory ({config.state_dir}) is full")
+
+            filled[0].unlink()
+            space.probe(now=time.time() + PROBE_SECONDS)
+            _drain(pipeline)
+            assert [(r.state, r.attempts) for r in ledger.rows()] == [(DONE, 1)] * 3
+            assert files(folders["ready"]) == sorted(names) and files(folders["archive"]) == sorted(names)
+            ledger.close()
+            assert paused_now(config.state_dir) == []
+
+
+def test_an_output_written_just_before_the_ledger_filled_is_delivered_once(account):
+    """The narrowest window of a full ledger: the output is in place, but recording it fails (the steps of
+    Pipeline._deliver, done by hand up to there). Once space is back, the row is settled by the output's hash:
+    delivered, not written again as NAME-1."""
+    with shared_tmp("cloakd-fullwindow-") as base:
+        folders = user_tree(base, account)
+        config = load_config(write_config(base / "cloakd.yaml", folders, account.pw_name))
+        with small_disk(config.state_dir, "16m"):
+            me = Account.lookup(account.pw_name)
+            ledger = Ledger(config.state_dir)
+            [name] = _enqueue_crops(ledger, "bee", folders["out"], account, 1)
+            pipeline = Pipeline(config, {"bee": me}, ledger, strip_only, lambda u, p: None, lambda at: None)
+            row = pipeline.claim()
+            result = strip_only(None, me, read_photo(me, folders["out"] / name, [folders["out"]]))
+            output = folders["ready"] / name
+            ledger.plan_output(row.id, str(output), hashlib.sha256(result.data).hexdigest())
+            deliver.write_new(me, output, result.data, tag=str(row.id))
+            filler = fill_up(config.state_dir)
+            with pytest.raises(LedgerFull) as full:
+                ledger.delivered(row.id)
+            pipeline.set_aside(row, full.value)
+            assert pipeline.claim() is None and ledger.get(row.id).state == WORKING
+            filler.unlink()
+            pipeline.space.probe(now=time.time() + PROBE_SECONDS)
+            _drain(pipeline)
+            row = ledger.get(row.id)
+            assert (row.state, row.attempts, row.output) == (DONE, 1, str(output))
+            assert files(folders["ready"]) == [name] and files(folders["archive"]) == [name]
+            ledger.close()
+
+
+def test_a_full_state_directory_rolls_each_step_back_and_the_ledger_recovers(tmp_path: Path):
+    """Every step on a full disk raises LedgerFull (naming the file) and changes nothing; the connection is
+    left usable, and once space is back every step works and the file checks out."""
+    with small_disk(tmp_path / "state", "16m") as state:
+        ledger = Ledger(state)
+        for i in range(5):
+            ledger.enqueue("bee", f"/o/{i}.jpg", 10, i)
+        row = ledger.claim(["bee"])
+        before = ledger.rows()
+        filler = fill_up(state)
+        steps = [
+            lambda: ledger.enqueue("bee", "/o/new.jpg", 10, 1),
+            lambda: ledger.claim(["bee"]),
+            lambda: ledger.plan_output(row.id, "/r/0.jpg", "0ff"),
+            lambda: ledger.finish(row.id, DONE, original="/arch/0.jpg"),
+            lambda: ledger.retry(row.id, "x", time.time()),
+            lambda: ledger.put_back(row.id),
+        ]
+        full = state / "ledger.sqlite3"
+        for step in steps * 2:  # twice: a failed step leaves no transaction open behind it
+            with pytest.raises(LedgerFull, match=re.escape(f"{full}: nothing could be recorded: the disk is full")):
+                step()
+        assert ledger.rows() == before and Ledger(state, readonly=True).rows() == before
+        filler.unlink()
+        assert ledger.enqueue("bee", "/o/new.jpg", 10, 1) is not None
+        ledger.finish(row.id, DONE, original="/arch/0.jpg")
+        ledger.close()
+        again = Ledger(state)
+        assert [(r.path, r.state) for r in again.rows()][:2] == [("/o/0.jpg", DONE), ("/o/1.jpg", QUEUED)]
+        assert len(again.rows()) == 6
+        again.close()
+        assert _integrity(state) == "ok"
+
+
+def _integrity(state: Path) -> str:
+    db = sqlite3.connect(state / "ledger.sqlite3")
+    try:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        db.close()
+
+
+_COMMITTER = """
+import sys
+from pathlib import Path
+from cloakd.daemon.ledger import DONE, Ledger
+ledger = Ledger(Path(sys.argv[1]))
+start = int(sys.argv[2])
+for i in range(start, start + 100000):
+    ledger.enqueue("bee", f"/o/{i:07d}.jpg", i, i)
+    if i % 3 == 0:
+        claimed = ledger.claim(["bee"])
+        ledger.finish(claimed.id, DONE, original=f"/arch/{claimed.path[3:]}")
+    print(i, flush=True)
+"""
+
+
+def _commit_until_killed(state: Path, start: int, commits: int) -> list[int]:
+    """A child commits rows ``start``, ``start + 1``... (printing each number once its steps are committed) and
+    is killed with SIGKILL after about ``commits`` of them; returns the numbers it reported."""
+    child = subprocess.Popen([sys.executable, "-c", _COMMITTER, str(state), str(start)], stdout=subprocess.PIPE)
+    done = []
+    for line in child.stdout:
+        done.append(int(line))
+        if len(done) >= commits:
+            child.kill()
+            break
+    child.wait()
+    done += [int(line) for line in child.stdout.read().decode().splitlines(keepends=True) if line.endswith("\n")]
+    return done
+
+
+def _whole(state: Path, reported: list[int]) -> list[int]:
+    """The ledger's rows (by number) after kills: every reported one, whole; beyond them at most the one
+    in progress at each kill. The file checks out."""
+    ledger = Ledger(state)
+    rows = ledger.rows()
+    numbers = sorted(r.size for r in rows)
+    assert set(reported) <= set(numbers), "a reported commit is missing"
+    assert (not reported or len(numbers) - len(reported) <= 4) and len(set(numbers)) == len(numbers)
+    for r in rows:
+        assert r.path == f"/o/{r.size:07d}.jpg" and r.mtime_ns == r.size
+        assert r.state in (QUEUED, WORKING) or (r.state == DONE and r.original == f"/arch/{r.size:07d}.jpg")
+    ledger.close()
+    assert _integrity(state) == "ok"
+    return numbers
+
+
+def test_kill_9_in_the_middle_of_commits_loses_no_reported_commit(tmp_path: Path):
+    """Children killed with SIGKILL while committing (through WAL checkpoints): every commit a child reported
+    is there, whole, and the file checks out."""
+    rng = random.Random(19)
+    state, reported = tmp_path / "state", []
+    for _ in range(4):
+        reported += _commit_until_killed(state, (reported[-1] + 2) if reported else 0, rng.randint(200, 600))
+    _whole(state, reported)
+
+
+def test_a_torn_wal_keeps_a_prefix_of_the_commits(tmp_path: Path):
+    """A WAL cut short at random offsets (a torn write at a power cut) after kills: the ledger opens, holds a
+    prefix of the commits, each row whole, and checks out; never an error or a half row."""
+    rng = random.Random(20)
+    state, reported = tmp_path / "state", []
+    for _ in range(3):
+        reported += _commit_until_killed(state, (reported[-1] + 2) if reported else 0, rng.randint(10, 35))
+    wal = state / "ledger.sqlite3-wal"
+    assert 0 < wal.stat().st_size < 1000 * 4120  # under SQLite's auto-checkpoint: every commit is in the WAL
+    shutil.copytree(state, tmp_path / "whole")
+    everything = _whole(tmp_path / "whole", reported)
+    for cut in range(8):
+        torn = tmp_path / f"torn{cut}"
+        shutil.copytree(state, torn)
+        with open(torn / wal.name, "r+b") as f:
+            f.truncate(rng.randrange(0, wal.stat().st_size))
+        ledger = Ledger(torn)
+        kept = sorted(r.size for r in ledger.rows())
+        ledger.close()
+        assert kept == everything[: len(kept)], "not a prefix of the commits"
+        _whole(torn, [])
+
+
+def test_a_damaged_ledger_is_refused_with_what_to_do_and_left_as_it_is(tmp_path: Path):
+    """Never an empty ledger in place of a damaged one (that would deliver everything again)."""
+    state = tmp_path / "state"
+    ledger = Ledger(state)
+    for i in range(300):
+        ledger.enqueue("bee", f"/o/{i:04d}.jpg", i, i)
+    ledger.close()  # checkpointed into the main file
+    path = state / "ledger.sqlite3"
+    good = path.read_bytes()
+    for offset, what in ((4096, "page"), (0, "header")):
+        damaged = bytearray(good)
+        damaged[offset : offset + 4096] = random.Random(offset).randbytes(4096)
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(LedgerDamaged) as refused:
+            Ledger(state)
+        message = str(refused.value)
+        assert message.startswith(f"the ledger {path} is damaged (") and "restore it from a backup" in message, what
+        assert "sqlite3 " in message and ".recover" in message
+        assert path.read_bytes() == bytes(damaged), what  # left for recovery, not replaced
+        assert not (state / "ledger.sqlite3-wal").exists() or (state / "ledger.sqlite3-wal").stat().st_size == 0
+
+
+def test_a_write_or_a_copy_into_a_full_folder_leaves_no_partial_file(account):
+    """The temporary file of a write (ready folder) or of a copy across file systems (archive, held) that
+    found no space is removed, and the error names where it was going."""
+    with shared_tmp("cloakd-partial-") as base:
+        folders = user_tree(base, account, "out")
+        me = Account.lookup(account.pw_name)
+        data = random.Random(3).randbytes(200_000)
+        with small_disk(base / "small", "64k", account) as small:
+            with pytest.raises(OSError) as e:
+                deliver.write_new(me, small / "big.jpg", data, tag="7")
+            assert e.value.errno == errno.ENOSPC and str(e.value.filename).startswith(f"{small}/"), e.value
+            assert files(small) == []
+            source = folders["out"] / "big.jpg"
+            source.write_bytes(data)
+            os.chown(source, account.pw_uid, account.pw_gid)
+            with pytest.raises(OSError) as e:
+                deliver.move_new(me, source, small / "sub" / "big.jpg", tag="8")
+            assert e.value.errno == errno.ENOSPC and f"{small}/" in f"{e.value.filename} {e.value.filename2}"
+            assert files(small) == [] and source.read_bytes() == data  # the original stays where it was

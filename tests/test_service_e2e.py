@@ -5,6 +5,7 @@ disk, a reload and a processing window."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import yaml
 from cloakd.core.photo.decode import decode
 from cloakd.core.protect import MOVED_MARGIN
 from cloakd.daemon.ledger import DONE, Ledger
+from cloakd.daemon.space import Pause
 from cloakd.daemon.worker import REASON_SUFFIX
 from conftest import CLOAKD, DATA
 from servicekit import (
@@ -27,8 +29,11 @@ from servicekit import (
     bad_files,
     copy_as,
     files,
+    fill_up,
+    resize,
     second_account,
     shared_tmp,
+    small_disk,
     tiny_photos,
     user_tree,
     wait_for,
@@ -187,53 +192,75 @@ def test_kill_9_in_the_middle_and_restart(site, owner):
     ledger.close()
 
 
-def _mount_tmpfs(folder: Path, size: str, owner) -> bool:
-    result = subprocess.run(
-        [
-            "mount",
-            "-t",
-            "tmpfs",
-            "-o",
-            f"size={size},mode=0755,uid={owner.pw_uid},gid={owner.pw_gid}",
-            "tmpfs",
-            str(folder),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    return result.returncode == 0
+def _paused(config: Path) -> tuple[list[str], list[dict]]:
+    """What `cloakd status` says is paused: its text lines and its JSON."""
+    command = [str(CLOAKD), "status", "--config", str(config)]
+    text = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    as_json = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    return [line for line in text.stdout.splitlines() if line.startswith("paused: ")], json.loads(as_json.stdout)[
+        "paused"
+    ]
 
 
-def test_a_full_disk_delays_delivery_and_loses_nothing(site, owner):
+def test_a_full_disk_pauses_the_work_says_why_and_resumes_by_itself(site, owner):
+    """The ready folder fills mid-burst, then the state directory (the ledger) too: the service pauses (no try
+    counted, nothing held, no partial file), says why once in its log and in `cloakd status`, lets the photos
+    that arrive meanwhile wait, and resumes by itself as space is freed: each photo delivered exactly once."""
     base, folders = site
-    ready = folders["ready"]
-    if not _mount_tmpfs(ready, "48k", owner):
-        pytest.skip(
-            "cannot mount a small tmpfs here (needs root and mount rights); the full-disk case is then "
-            "covered by no other stand-in"
-        )
-    try:
-        (base / "staging").mkdir()
-        names = tiny_photos(base / "staging", owner, 24)
-        config = write_config(
-            base / "cloakd.yaml", folders, owner.pw_name, retry={"attempts": 10, "first_delay_seconds": 1}
-        )
-        with Service(config) as service:
-            service.wait_ready()
-            for name in names:
-                os.rename(base / "staging" / name, folders["out"] / name)
-            wait_for(lambda: "the disk is full" in service.log(), 60, "a full disk", service)
-            time.sleep(2)
-            for name in files(ready):  # what is there is complete
-                decode((ready / name).read_bytes(), label=name)
-            assert files(folders["held"]) == [] and len(files(folders["out"])) > 0  # waiting, not lost
-            subprocess.run(["mount", "-o", "remount,size=4m", str(ready)], check=True)
-            wait_for(lambda: accounted(folders, len(names)), 120, "delivery after space was freed", service)
-            assert files(ready) == outputs_named(names)
-            assert files(folders["archive"]) == sorted(names) and files(folders["held"]) == []
-            assert service.stop() == 0
-    finally:
-        subprocess.run(["umount", str(ready)], capture_output=True)
+    ready, out, state = folders["ready"], folders["out"], base / "state"
+    (base / "staging").mkdir()
+    crops = [n for n in tiny_photos(base / "staging", owner, 27) if n.startswith("crop")]
+    burst, later = crops[:24], crops[24:]
+    # two attempts only: a full disk that counted as a try would soon hold the photos
+    config = write_config(base / "cloakd.yaml", folders, owner.pw_name, retry={"attempts": 2, "first_delay_seconds": 1})
+    whole_log = config.with_suffix(".log")
+    with small_disk(ready, "48k", owner), small_disk(state, "16m"), Service(config) as service:
+        service.wait_ready()
+        for name in burst:
+            os.rename(base / "staging" / name, out / name)
+        wait_for(lambda: "paused: the ready folder of bee" in whole_log.read_text(), 60, "the ready pause", service)
+        text, as_json = _paused(config)
+        assert len(text) == 1 and text[0].startswith(f"paused: the ready folder of bee ({ready}) is full ("), text
+        assert "bee's photos wait until space is freed" in text[0]
+        assert [(p["user"], p["path"], p["by"]) for p in as_json] == [("bee", str(ready), "service")]
+        time.sleep(2)  # any further try against the full folder would show now
+        delivered = files(ready)
+        assert 0 < len(delivered) < len(burst)  # it filled mid-burst
+        for name in delivered:  # what is there is complete, and no temporary file is left
+            decode((ready / name).read_bytes(), label=name)
+        assert delivered == outputs_named(files(folders["archive"])) and files(folders["held"]) == []
+        assert sorted(files(out) + files(folders["archive"])) == sorted(burst)  # the rest waits in outbound
+
+        wal = state / "ledger.sqlite3-wal"
+        assert wal.stat().st_size < 1000 * 4120  # before SQLite's first checkpoint: the next step needs space
+        filler = fill_up(state)
+        resize(ready, "4m")  # the ready folder has space again, but now the ledger cannot record anything
+        wait_for(lambda: "paused: the state directory" in whole_log.read_text(), 60, "the ledger pause", service)
+        for name in later:  # arrive while the ledger is full: they wait
+            os.rename(base / "staging" / name, out / name)
+        time.sleep(3)
+        text, as_json = _paused(config)
+        assert text == [f"paused: {Pause(**as_json[0]).text()}"] and text[0].startswith(
+            f"paused: the state directory ({state}) is full ("
+        ), text
+        assert [(p["user"], p["by"]) for p in as_json] == [(None, "status")]  # it cannot record its own pause
+        assert all(f"queued {out / name}" not in whole_log.read_text() for name in later)
+
+        filler.unlink()
+        wait_for(lambda: accounted(folders, len(crops)), 90, "delivery after space was freed", service)
+        time.sleep(1.5)
+        assert files(ready) == outputs_named(crops)  # exactly once each, no temporary file
+        assert files(folders["archive"]) == sorted(crops) and files(folders["held"]) == [] and files(out) == []
+        log = whole_log.read_text()
+        assert log.count("paused: the ready folder of bee") == 1 and log.count("paused: the state directory") == 1
+        assert "resumed: the ready folder of bee" in log and "resumed: the state directory" in log
+        assert "retry in" not in log  # no back-off retries: a pause
+        assert _paused(config) == ([], [])
+        assert service.stop() == 0
+        ledger = Ledger(state, readonly=True)
+        assert [(r.state, r.attempts) for r in ledger.rows()] == [(DONE, 1)] * len(crops)  # no try counted
+        ledger.close()
 
 
 def test_processing_window_and_reload(site, owner):

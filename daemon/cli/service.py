@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             status,
             "show what the service is doing, per user",
             "Show whether the service is running (its pid and since when, from the record it keeps in its state "
-            "directory), the engine (local, or a Dask cluster and whether it is reachable), then per user: photos "
+            "directory), the engine (local, or a Dask cluster and whether it is reachable), a line per folder "
+            "found full (paused: whose photos wait until space is freed), then per user: photos "
             "queued, in progress, done and held, enrolled reference photos, the target class, Sybil images made "
             "and candidates left, and the last error. With --json, one JSON object: state_dir; service, with "
             "running (true or false), pid (the running service's, else the last one's; null if no service has "
@@ -45,7 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "descriptors by: it was made before they existed; enrol again to add them), "
             "references_folder (true if a references folder adds photos), target (the target class, null if not "
             'chosen yet), sybil (null without Sybil images, else made and left), last_error ("" if none) and '
-            "unreadable (what could not be read, with why; its fields are then null).",
+            "unreadable (what could not be read, with why; its fields are then null); and paused, one object per "
+            "place found full: what, path, user (whose photos wait; null: everyone's, the state directory), "
+            "free_bytes, since (null when cloakd status found the state directory full itself), error and by "
+            '("service" or "status").',
             "sudo cloakd status --json",
         ),
         (
@@ -96,6 +100,8 @@ def status(args: argparse.Namespace) -> int:
         return Exit.OK
     print(_service(snap.service))
     print(_engine(snap.engine))
+    for pause in snap.paused:
+        print(f"paused: {pause.text()}")
     header = (
         "user",
         "queued",
