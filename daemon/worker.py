@@ -311,7 +311,7 @@ class Pipeline:
                 continue
             self.ledger.requeue(row.id, forget_output=False)
         if rows:
-            log.info("resuming %s that were in progress when the service stopped", count(len(rows), "photo"))
+            log.info("resuming %s left in progress when the service stopped", count(len(rows), "photo"))
         return len(rows)
 
 

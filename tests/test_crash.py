@@ -33,7 +33,17 @@ from cloakd.daemon.crashpoints import ENVIRONMENT, POINTS
 from cloakd.daemon.ledger import DONE, HELD, Ledger
 from cloakd.daemon.worker import REASON_SUFFIX
 from conftest import REPO
-from servicekit import Service, bad_files, copy_as, files, second_account, shared_tmp, tiny_photos, user_tree
+from servicekit import (
+    Service,
+    bad_files,
+    copy_as,
+    files,
+    second_account,
+    shared_tmp,
+    tiny_photos,
+    user_tree,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -233,8 +243,11 @@ def test_the_service_killed_at_every_crash_point_and_at_random_loses_and_duplica
         def run(plan: str | None) -> str | None:
             env = {} if plan is None else {ENVIRONMENT: plan}
             with Service(config, env=env) as service:
-                service.wait_ready()
-                start, deadline, killer = progress(trees), time.monotonic() + 60, plan
+                start = progress(trees)  # the workers start before READY=1: a crash point may come first
+                wait_for(
+                    lambda: service.proc.poll() is not None or "READY=1" in "".join(service.receive()), 90, "READY=1"
+                )
+                deadline, killer = time.monotonic() + 60, plan
                 while service.proc.poll() is None and not done() and time.monotonic() < deadline:
                     moved = progress(trees) - start
                     if plan is None and moved or moved >= cap(plan):
