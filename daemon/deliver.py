@@ -24,6 +24,7 @@ import stat
 from pathlib import Path
 
 from . import files
+from .crashpoints import reached
 from .files import fsync_dir, rename_noreplace
 from .privileges import Account, acting_as
 
@@ -40,23 +41,34 @@ def free_name(account: Account, path: Path) -> Path:
         return files.free_name(path)
 
 
-def write_new(account: Account, path: Path, data: bytes, mode: int | None = None, *, tag: str) -> None:
+def write_new(
+    account: Account, path: Path, data: bytes, mode: int | None = None, *, tag: str, step: str = "output"
+) -> None:
     """Create ``path`` with ``data`` atomically and durably; FileExistsError if the name is taken.
 
     Missing parent folders are created (owned by the user). ``mode``: the file's permissions exactly;
-    by default the read and write bits of its folder.
+    by default the read and write bits of its folder. ``step``: what the file is, for the crash points
+    (``output``: ``output-written`` before the rename, ``output-renamed`` after it).
     """
     with acting_as(account):
         _make_folders(path.parent)
         if mode is None:
             mode = os.stat(path.parent).st_mode & 0o666
-        files.write_new(path, data, mode=mode, tmp=_fresh_tmp(path.parent, tag))
+        files.write_new(
+            path,
+            data,
+            mode=mode,
+            tmp=_fresh_tmp(path.parent, tag),
+            before_rename=lambda: reached(f"{step}-written"),
+        )
+    reached(f"{step}-renamed")
 
 
-def move_new(account: Account, src: Path, dst: Path, tag: str) -> None:
+def move_new(account: Account, src: Path, dst: Path, tag: str, step: str = "archive") -> None:
     """Move ``src`` (file or symbolic link itself) to ``dst`` without replacing anything; durable.
 
-    Across file systems the content is copied (as a new file), then the source removed.
+    Across file systems the content is copied (as a new file), then the source removed. ``step``: what the
+    move is (``archive``, ``hold``), for the crash points (``archive-copied`` between the copy and the removal).
     """
     with acting_as(account):
         _make_folders(dst.parent)
@@ -66,6 +78,7 @@ def move_new(account: Account, src: Path, dst: Path, tag: str) -> None:
             if e.errno != errno.EXDEV:
                 raise
             _copy_across(src, dst, tag)
+            reached(f"{step}-copied")
             os.unlink(src)
         fsync_dir(dst.parent)
         fsync_dir(src.parent)

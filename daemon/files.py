@@ -23,6 +23,7 @@ import ctypes
 import errno
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 _AT_FDCWD = -100
@@ -85,15 +86,25 @@ def fit_name(stem: str, suffix: str, *, keep_end: int = 0) -> str:
     return head + end + suffix
 
 
-def write_new(path: Path, data: bytes, *, mode: int | None = None, tmp: Path | None = None) -> None:
+def write_new(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int | None = None,
+    tmp: Path | None = None,
+    before_rename: Callable[[], None] | None = None,
+) -> None:
     """Create ``path`` holding ``data``, atomically and durably; FileExistsError if the name is taken.
 
     ``mode``: the new file's permissions exactly (None: the umask decides). ``tmp``: the temporary name
-    to write under (default: a fresh hidden name in the same folder); it must not exist.
+    to write under (default: a fresh hidden name in the same folder); it must not exist. ``before_rename``:
+    called once the temporary file is complete (the crash tests' hook, daemon/crashpoints.py).
     """
     path = Path(path)
     tmp = tmp or path.with_name(f".{path.name}.{secrets.token_hex(4)}.cloakd-tmp")
     _write_temporary(tmp, data, mode)
+    if before_rename is not None:
+        before_rename()
     put_in_place(tmp, path)
     fsync_dir(path.parent)
 

@@ -38,6 +38,7 @@ from cloakd.core.errors import CloakdError, PhotoError, os_error_text
 
 from . import deliver
 from .config import Config, UserConfig
+from .crashpoints import reached
 from .files import fit_name
 from .ledger import DONE, GONE, HELD, WORKING, Ledger, LedgerFull, Row
 from .privileges import Account, Original, RefusedFile, read_photo
@@ -104,6 +105,7 @@ class Pipeline:
         if row.user not in config.users:  # removed by a reload since the claim: leave it queued
             self.ledger.requeue(row.id, forget_output=False)
             return
+        reached("claimed")
         user, account = config.users[row.user], accounts[row.user]
         exhausted = row.attempts > config.retry_attempts
         why = row.error or "the service stopped while processing it"
@@ -192,6 +194,7 @@ class Pipeline:
         while True:
             output = deliver.free_name(account, wanted)
             self.ledger.plan_output(row.id, str(output), digest)
+            reached("output-planned")
             try:
                 deliver.write_new(account, output, data, tag=str(row.id))
                 break
@@ -203,6 +206,7 @@ class Pipeline:
                     f"stays where it is and is tried again"
                 ) from None
         self.ledger.delivered(row.id)
+        reached("delivered")
         return output
 
     def _settle_original(self, row: Row, user: UserConfig, account: Account) -> None:
@@ -218,6 +222,7 @@ class Pipeline:
             archived = self._move(
                 row, account, path, policy.archive / _relative(user, path), row.original, self.ledger.plan_original
             )
+            reached("archive-moved")
             if archived is not None:
                 log.info("%s: original archived: %s", row.user, archived)
             self._finish(row, DONE, original=str(archived) if archived else "")
@@ -230,6 +235,7 @@ class Pipeline:
         wanted: Path,
         planned: str | None,
         plan: Callable[[int, str], None],
+        step: str = "archive",
     ) -> Path | None:
         """Move the original (if still the processed file) to a free name near ``wanted``; None if it is gone.
 
@@ -237,11 +243,14 @@ class Pipeline:
         """
         if not deliver.same_file(account, source, row.size, row.mtime_ns):
             return Path(planned) if planned and deliver.exists(account, Path(planned)) else None
+        if planned and _copied(row, account, source, Path(planned)):
+            return Path(planned)
         while True:
             destination = deliver.free_name(account, wanted)
             plan(row.id, str(destination))
+            reached(f"{step}-planned")
             try:
-                deliver.move_new(account, source, destination, tag=str(row.id))
+                deliver.move_new(account, source, destination, tag=str(row.id), step=step)
                 return destination
             except FileExistsError:
                 continue
@@ -258,7 +267,10 @@ class Pipeline:
         wanted = user.held / _relative(user, path)
         left_in_place = False
         try:
-            held = self._move(row, account, path, wanted, row.held, lambda i, p: self.ledger.plan_held(i, p, row.error))
+            held = self._move(
+                row, account, path, wanted, row.held, lambda i, p: self.ledger.plan_held(i, p, row.error), "hold"
+            )
+            reached("hold-moved")
         except PermissionError:  # e.g. the outbound folder is not writable for the user
             held, left_in_place = None, True
         if held is None and not left_in_place:
@@ -270,7 +282,9 @@ class Pipeline:
         if not deliver.exists(account, note):
             text = _reason_text(row, where, user)
             try:
-                deliver.write_new(account, deliver.free_name(account, note), text.encode(), tag=f"{row.id}r")
+                deliver.write_new(
+                    account, deliver.free_name(account, note), text.encode(), tag=f"{row.id}r", step="reason"
+                )
             except OSError:
                 config, _ = self._setup
                 if row.attempts <= config.retry_attempts:
@@ -324,6 +338,7 @@ class Pipeline:
 
     def _finish(self, row: Row, state: str, error: str = "", original: str | None = None) -> None:
         self.ledger.finish(row.id, state, error, original)
+        reached("done")
         if state == GONE:
             log.info("%s: %s: %s", row.user, row.path, error)
 
@@ -359,7 +374,7 @@ class Pipeline:
                 continue
             self.ledger.requeue(row.id, forget_output=False)
         if rows:
-            log.info("resuming %s that were in progress when the service stopped", count(len(rows), "photo"))
+            log.info("resuming %s left in progress when the service stopped", count(len(rows), "photo"))
         return len(rows)
 
 
@@ -367,6 +382,16 @@ def reason_path(held: Path) -> Path:
     """``NAME.reason.txt`` beside the held ``NAME``; NAME is shortened when the whole would be too long a
     file name (a held name of 250 bytes still gets its reason)."""
     return held.with_name(fit_name(held.name, REASON_SUFFIX))
+
+
+def _copied(row: Row, account: Account, source: Path, planned: Path) -> bool:
+    """A move across file systems that was interrupted after its copy was in place (crash point
+    ``archive-copied``): the copy at the planned name holds the original's content, so the move is completed
+    by removing the source, instead of copying it again under the next free name."""
+    digest = row.sha256 or deliver.sha256_of(account, source)
+    if digest is None or deliver.sha256_of(account, planned) != digest:
+        return False
+    return deliver.remove(account, source, row.size, row.mtime_ns)
 
 
 def _relative(user: UserConfig, path: Path) -> Path:
