@@ -20,6 +20,14 @@ CLOAKD = Path(sys.executable).with_name("cloakd")
 
 
 @pytest.fixture(scope="session")
+def owner():
+    """The second unix account the service tests act as (tests/servicekit.py; they run as root)."""
+    from servicekit import second_account
+
+    return second_account()
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.fail(f"test data not found at {DATA} (set CLOAKD_TEST_DATA)")

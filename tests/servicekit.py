@@ -226,18 +226,25 @@ def small_disk(folder: Path, size: str, owner: pwd.struct_passwd | None = None) 
     """``folder`` (created) as a tmpfs of ``size`` (e.g. "48k", "16m"), owned by ``owner`` (default root, mode
     0700), unmounted after; skips the test where a tmpfs cannot be mounted (needs root and mount rights)."""
     folder.mkdir(parents=True, exist_ok=True)
+    refused = mount_tmpfs(folder, size, owner)
+    if refused:
+        pytest.skip(f"cannot mount a small tmpfs here ({refused}): the full-disk cases need one")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def mount_tmpfs(folder: Path, size: str, owner: pwd.struct_passwd | None = None) -> str:
+    """Mount a tmpfs of ``size`` on ``folder``, owned by ``owner`` (default root, mode 0700); "" when it is
+    mounted, else why not (mounting needs root and mount rights). The caller unmounts it."""
     uid, gid, mode = (owner.pw_uid, owner.pw_gid, "0755") if owner else (0, 0, "0700")
     result = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode},uid={uid},gid={gid}", "tmpfs", str(folder)],
         capture_output=True,
         text=True,
     )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()}): the full-disk cases need one")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    return "" if result.returncode == 0 else result.stderr.strip() or f"mount exited with {result.returncode}"
 
 
 def resize(folder: Path, size: str) -> None:

@@ -38,7 +38,7 @@ from servicekit import (
     bad_files,
     copy_as,
     files,
-    second_account,
+    mount_tmpfs,
     shared_tmp,
     tiny_photos,
     user_tree,
@@ -55,11 +55,6 @@ GOOD_PER_USER = 17  # + BlueSquare.jpg, flower.webp and exif.png: 20 good photos
 BAD = ("0-empty.png", "0-notes.jpg", "0-truncated.jpg")
 
 
-@pytest.fixture(scope="module")
-def owner():
-    return second_account()
-
-
 @contextmanager
 def burst(owner) -> Iterator[tuple[Path, dict[str, dict[str, Path]], dict[str, dict[str, list[str]]]]]:
     """Three users' folders with their photos already in the outbound folders, and the service's config."""
@@ -70,7 +65,7 @@ def burst(owner) -> Iterator[tuple[Path, dict[str, dict[str, Path]], dict[str, d
                 trees[user] = folders = user_tree(base / user, owner)
                 if user == CROSSING:
                     for name in ("archive", "held"):
-                        if _mount_tmpfs(folders[name], owner):
+                        if not mount_tmpfs(folders[name], "16m", owner):
                             mounts.append(folders[name])
                 good = tiny_photos(folders["out"], owner, GOOD_PER_USER)
                 bad = [f"0-{name}" for name in bad_files(folders["out"], owner)]
@@ -83,12 +78,6 @@ def burst(owner) -> Iterator[tuple[Path, dict[str, dict[str, Path]], dict[str, d
         finally:
             for mount in mounts:
                 subprocess.run(["umount", str(mount)], capture_output=True)
-
-
-def _mount_tmpfs(folder: Path, owner) -> bool:
-    options = f"size=16m,mode=0755,uid={owner.pw_uid},gid={owner.pw_gid}"
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
-    return mount.returncode == 0
 
 
 def write_crash_config(base: Path, trees: dict[str, dict[str, Path]], owner) -> Path:

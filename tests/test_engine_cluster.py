@@ -19,7 +19,6 @@ from servicekit import (
     Service,
     copy_as,
     files,
-    second_account,
     shared_tmp,
     tiny_photos,
     user_tree,
@@ -29,11 +28,6 @@ from servicekit import (
 from test_service_e2e import FACES, accounted, outputs_named
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def owner():
-    return second_account()
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from cloakd.daemon.service import OneLine
 from cloakd.daemon.watch import Candidates, open_for_writing
 from cloakd.daemon.worker import reason_path
 from conftest import DATA, REPO
-from servicekit import Service, files, second_account, shared_tmp, user_tree, wait_for, write_config
+from servicekit import Service, files, mount_tmpfs, shared_tmp, user_tree, wait_for, write_config
 from test_photo_bad_input import _png_chunk, _save, png_bomb
 from test_photo_decode import STORED_FROM_UPRIGHT, _png16
 
@@ -221,18 +221,7 @@ def deep16_samples() -> np.ndarray:
     return (np.asarray(crop(5, (48, 32))).astype(int) * 257 + noise).clip(0, 65535).astype(np.uint16)
 
 
-def _mount_tmpfs(folder: Path, owner) -> bool:
-    options = f"size=4m,mode=0755,uid={owner.pw_uid},gid={owner.pw_gid}"
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
-    return mounted.returncode == 0
-
-
 # --- the service on the whole corpus -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def owner():
-    return second_account()
 
 
 def _own(path: Path, owner) -> None:
@@ -303,7 +292,7 @@ def test_every_hostile_kind_ends_in_its_specific_place(owner):
         staging = user_tree(base, owner, "staging")["staging"]
         locked = user_tree(folders["ready"], owner, "locked")["locked"]
         mounted = [user_tree(folders[f], owner, "elsewhere")["elsewhere"] for f in ("ready", "archive")]
-        elsewhere = all(_mount_tmpfs(f, owner) for f in mounted)
+        elsewhere = all(not mount_tmpfs(f, "4m", owner) for f in mounted)
         try:
             _run(base, folders, owner, staging, locked, elsewhere)
         finally:

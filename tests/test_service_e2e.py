@@ -31,7 +31,6 @@ from servicekit import (
     files,
     fill_up,
     resize,
-    second_account,
     shared_tmp,
     small_disk,
     tiny_photos,
@@ -43,11 +42,6 @@ from servicekit import (
 pytestmark = pytest.mark.slow
 
 FACES = [DATA / "faces" / "Bill_Gates" / "Bill_Gates_0001.jpg", DATA / "faces" / "Halle_Berry" / "Halle_Berry_0002.jpg"]
-
-
-@pytest.fixture(scope="module")
-def owner():
-    return second_account()
 
 
 @pytest.fixture

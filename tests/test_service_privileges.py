@@ -14,14 +14,9 @@ import pytest
 from cloakd.daemon import deliver
 from cloakd.daemon.privileges import Account, RefusedFile, acting_as, read_photo
 from conftest import DATA
-from servicekit import copy_as, second_account, shared_tmp, user_tree
+from servicekit import copy_as, shared_tmp, user_tree
 
 PHOTO = DATA / "metadata" / "BlueSquare.jpg"
-
-
-@pytest.fixture(scope="module")
-def owner():
-    return second_account()
 
 
 @pytest.fixture
