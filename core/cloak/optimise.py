@@ -35,9 +35,10 @@ import torch.nn.functional as F
 
 from ..align import ChipTransform, chip_to_box
 from ..extractors import Extractor
+from .draws import EXACT_ALTERNATE, IDENTITY, View, ViewDistribution
 from .presets import CloakPreset
 from .ssim import dssim, dssim_large
-from .views import EXACT_ALTERNATE, IDENTITY, View, ViewDistribution, render_chips
+from .views import render_chips
 
 #: Adam's iterate is projected a little inside the budget, so the next step rarely needs a second projection
 PROJECTION_SAFETY = 0.995

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..extractor_names import CLOAK, PRIMARY
-from .views import ViewDistribution
+from .draws import ViewDistribution
 
 #: the ensemble modes' networks: every extractor cloakd has (dlib, SFace, OMZ, FaceNet, ArcFace MobileFaceNet)
 ENSEMBLE = CLOAK
