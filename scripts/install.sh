@@ -243,8 +243,23 @@ users:
 EOF_CONFIG
 }
 
-user_unit() {  # the systemd user unit, with this installation's paths (% is systemd's specifier sign)
-    local cloakd=${U_BIN//%/%%} config=${U_CONFIG//%/%%} doc=${U_DATA//%/%%}/README.md
+unit_word() {  # $1 as one word of a unit's command line: in double quotes (a home may have spaces), with
+    # backslashes and quotes escaped and systemd's specifier sign % doubled
+    local word=${1//\\/\\\\}
+    word=${word//\"/\\\"}
+    printf '"%s"' "${word//%/%%}"
+}
+
+sed_text() {  # $1 as sed's replacement text (its \, & and our | delimiter escaped)
+    printf '%s' "$1" | sed -e 's/[\\&|]/\\&/g'
+}
+
+user_unit() {  # the systemd user unit, with this installation's paths
+    local cloakd config doc=${U_DATA//%/%25}/README.md
+    cloakd=$(sed_text "$(unit_word "$U_BIN")")
+    config=$(sed_text "$(unit_word "$U_CONFIG")")
+    doc=$(sed_text "${doc// /%20}")  # a URI: spaces and % percent-encoded,
+    doc=${doc//%/%%}                 # then % doubled for systemd
     sed -e "s|@CLOAKD@|$cloakd|g" -e "s|@CONFIG@|$config|g" -e "s|@DOC@|$doc|g" systemd/cloakd-user.service
 }
 

@@ -49,6 +49,11 @@ def environment(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def unit_word(path: Path) -> str:
+    """``path`` as one word of a unit's command line: quoted, backslashes and quotes escaped, % doubled."""
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
 def install(home: Path, *options: str, **extra: str) -> subprocess.CompletedProcess[str]:
     run = ["bash", str(SCRIPT), "--user", *options]
     return subprocess.run(run, capture_output=True, text=True, env=environment(home, **extra), timeout=900)
@@ -56,7 +61,7 @@ def install(home: Path, *options: str, **extra: str) -> subprocess.CompletedProc
 
 @pytest.fixture(scope="module")
 def home():
-    folder = Path(tempfile.mkdtemp(prefix="cloakd-home-"))
+    folder = Path(tempfile.mkdtemp(prefix="cloakd home 100%-"))  # a space and systemd's specifier sign
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -84,7 +89,7 @@ def test_the_user_install_puts_everything_in_the_home(home, first_run):
     assert "start the service with 'systemctl --user enable --now cloakd'" in first_run.stdout
     assert p["command"].is_symlink() and p["command"].resolve() == (p["env"] / "bin" / "cloakd").resolve()
     unit = p["unit"].read_text()
-    assert f"ExecStart={p['command']} run --config {p['config']}\n" in unit and "@" not in unit
+    assert f"ExecStart={unit_word(p['command'])} run --config {unit_word(p['config'])}\n" in unit and "@" not in unit
     assert "WantedBy=default.target" in unit and "User=" not in unit and "Capabilit" not in unit.split("[Unit]")[1]
     for name in ("outbound", "ready", "held", "originals"):
         assert (p["photos"] / name).is_dir(), name
