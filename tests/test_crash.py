@@ -7,8 +7,8 @@ with its reason), no temporary file is left anywhere, every ledger row is finish
 traceback. Two campaigns: the service's pipeline without the face models (tests/pipeline_child.py: the
 ledger, privileges, delivery, archiving and holding are the service's own code), 100 kills; and the real
 service (`cloakd run`, which loads the models at every start), one kill at each crash point plus random ones
-(``CLOAKD_TEST_KILLS`` sets how many in all; the README gives a run of 100, for which the burst grows to a
-third of the kills per user: a service that loads its models at every start gets further between two kills).
+(``CLOAKD_TEST_KILLS`` sets how many in all; the README gives a run of 100, for which the burst grows to half
+the kills per user: a service that loads its models at every start gets further between two kills).
 
 One user's archive and held folders are on a file system of their own (a tmpfs, when the test may mount
 one), so that originals cross file systems and the ``*-copied`` points are reached.
@@ -229,7 +229,7 @@ def test_100_kills_of_the_pipeline_at_every_crash_point_lose_and_duplicate_nothi
 def test_the_service_killed_at_every_crash_point_and_at_random_loses_and_duplicates_nothing(owner):
     wanted = int(os.environ.get("CLOAKD_TEST_KILLS", len(POINTS) + 4))
     rng = random.Random(7)
-    with burst(owner, max(GOOD_PER_USER, wanted // 3)) as (base, trees, expected):
+    with burst(owner, max(GOOD_PER_USER, wanted // 2)) as (base, trees, expected):
         config = base / "cloakd.yaml"
         done = lambda: progress(trees) >= total(expected)  # noqa: E731
         logs: list[str] = []
