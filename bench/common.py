@@ -1,12 +1,20 @@
-"""Shared bits of the benchmarks: where the test data is and what machine ran them."""
+"""Shared bits of the benchmarks: where the test data is, what machine ran them, and the service running."""
 
 from __future__ import annotations
 
 import os
 import platform
+import signal
+import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+CLOAKD = REPO / ".venv" / "bin" / "cloakd"
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def machine() -> str:
@@ -65,3 +73,68 @@ def butteraugli(original: Path, cloaked: Path | bytes) -> float:
 
 def _number(text: str) -> int | float:
     return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+class RunningService:
+    """`cloakd run --config CONFIG` as a subprocess (its output in CONFIG.log), with a notification socket
+    (CONFIG.notify) read all along, as systemd does; ``ready_at``: seconds from the start to READY=1."""
+
+    def __init__(self, config: Path):
+        self.ready_at: float | None = None
+        self._ready = threading.Event()
+        notify = str(config.with_suffix(".notify"))
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(notify)
+        self.log_path = config.with_suffix(".log")
+        self.t0 = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(CLOAKD), "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "NOTIFY_SOCKET": notify},
+            )
+        threading.Thread(target=self._listen, daemon=True).start()
+
+    def _listen(self) -> None:
+        try:
+            while data := self.sock.recv(4096):
+                if b"READY=1" in data and self.ready_at is None:
+                    self.ready_at = time.monotonic() - self.t0
+                    self._ready.set()
+        except OSError:
+            pass
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        """Until READY=1 (the models take seconds to load); SystemExit if the service exits or takes too long."""
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.5):
+            if not self.alive() or time.monotonic() > deadline:
+                raise SystemExit(f"the service did not become ready: see {self.log_path}")
+
+    def memory_mb(self, key: str) -> float:
+        """A /proc/PID/status memory field (VmRSS, VmHWM) in MB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> float:
+        """SIGTERM (SIGKILL after 120 s); the seconds it took."""
+        t = time.monotonic()
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.sock.close()
+        return time.monotonic() - t

@@ -20,27 +20,22 @@ import io
 import os
 import pwd
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import yaml
 from PIL import Image
 
-from common import DATA, machine
+from common import DATA, RunningService, machine
 
-REPO = Path(__file__).resolve().parents[1]
 FACES = DATA / "faces"
-CLOAKD = REPO / ".venv" / "bin" / "cloakd"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
-class Service:
+class Service(RunningService):
+    """The service for one user (the current account) over fresh folders in ``base``, ready to take photos."""
+
     def __init__(self, base: Path, mode: str):
         self.folders = {name: base / name for name in ("out", "ready", "held", "archive", "staging")}
         for folder in self.folders.values():
@@ -60,36 +55,8 @@ class Service:
             },
         }
         (base / "cloakd.yaml").write_text(yaml.safe_dump(config))
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(base / "notify"))
-        self.log = open(base / "service.log", "wb")
-        self.proc = subprocess.Popen(
-            [str(CLOAKD), "run", "--config", str(base / "cloakd.yaml")],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "NOTIFY_SOCKET": str(base / "notify")},
-        )
-        self.sock.settimeout(300)  # model loading
-        while b"READY=1" not in self.sock.recv(4096):
-            pass
-        threading.Thread(target=self._drain, daemon=True).start()  # keep reading, as systemd does
-
-    def _drain(self) -> None:
-        try:
-            while self.sock.recv(4096):
-                pass
-        except OSError:
-            pass
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-
-    def memory_mb(self, key: str) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        super().__init__(base / "cloakd.yaml")
+        self.wait_ready(300)  # model loading
 
     def drop(self, photos: dict[str, bytes]) -> float:
         """Write the photos to a staging folder, then rename them all in; returns the time of the drop."""
@@ -105,18 +72,6 @@ class Service:
         return len(os.listdir(self.folders["archive"])) + sum(
             not n.endswith(".reason.txt") for n in os.listdir(self.folders["held"])
         )
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.sock.close()
-        self.log.close()
 
 
 def lfw_photos(count: int, skip: int = 0) -> dict[str, bytes]:

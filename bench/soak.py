@@ -29,14 +29,11 @@ import os
 import pwd
 import re
 import shutil
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -46,10 +43,8 @@ from PIL import Image
 from cloakd.daemon.config import load_config
 from cloakd.daemon.ledger import DONE, Ledger
 from cloakd.daemon.status import snapshot
-from common import DATA, machine
+from common import CLOAKD, DATA, RunningService, machine
 
-REPO = Path(__file__).resolve().parents[1]
-CLOAKD = REPO / ".venv" / "bin" / "cloakd"
 FINISHED = ("done", "held", "gone")
 CHECKPOINTS = (100, 300, 600, 1000, 2000, 5000, 10000)
 
@@ -116,58 +111,6 @@ def write_config(base: Path, users: int, owner: pwd.struct_passwd, mode: str) ->
     path = base / "cloakd.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, outs
-
-
-# --- the running service --------------------------------------------------------------------------------------
-
-
-class Running:
-    """`cloakd run` as a subprocess, with a notification socket read all along (as systemd does)."""
-
-    def __init__(self, config: Path):
-        self.ready_at: float | None = None
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(config.with_suffix(".notify")))
-        self.log_path = config.with_suffix(".log")
-        self.t0 = time.monotonic()
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(CLOAKD), "run", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "NOTIFY_SOCKET": str(config.with_suffix(".notify"))},
-            )
-        threading.Thread(target=self._listen, daemon=True).start()
-
-    def _listen(self) -> None:
-        try:
-            while data := self.sock.recv(4096):
-                if b"READY=1" in data and self.ready_at is None:
-                    self.ready_at = time.monotonic() - self.t0
-        except OSError:
-            pass
-
-    def status(self, key: str) -> float:
-        """A /proc/PID/status memory field in MB."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> float:
-        t = time.monotonic()
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.sock.close()
-        return time.monotonic() - t
 
 
 def per_user(db_path: Path) -> dict[str, dict[str, int]]:
@@ -331,7 +274,7 @@ def main() -> None:
         )
         db_path = base / "state" / "ledger.sqlite3"
 
-        service = Running(config)
+        service = RunningService(config)
         t0 = service.t0
         queued_at = None
         samples: list[tuple[float, float]] = []  # (seconds since start, VmRSS MB)
@@ -352,7 +295,7 @@ def main() -> None:
                 if mark not in checkpoints and sum(done) >= mark:
                     checkpoints[mark] = (now, done)
             if now - last_sample >= 10:
-                samples.append((now, service.status("VmRSS")))
+                samples.append((now, service.memory_mb("VmRSS")))
                 last_sample = now
             if sum(done) >= total:
                 break
@@ -361,7 +304,7 @@ def main() -> None:
         elapsed = time.monotonic() - t0
         counts = per_user(db_path)
         done = finished(counts, users)
-        peak = service.status("VmHWM")
+        peak = service.memory_mb("VmHWM")
 
         timings = []
         for _ in range(3):
