@@ -63,18 +63,33 @@ def user_tree(base: Path, account: pwd.struct_passwd, *names: str) -> dict[str, 
     return folders
 
 
-def write_config(path: Path, folders: dict[str, Path], account: str, **settings) -> Path:
-    """A service config for one user ``bee`` over ``folders``; ``settings`` override globals and, with a
-    ``user_`` prefix, the user's keys."""
+def user_settings(folders: dict[str, Path], account: str, **keys) -> dict:
+    """A user's configuration over ``folders`` (user_tree's): outbound, ready, held, originals archived;
+    ``keys`` add to or override it."""
     user = {
         "account": account,
         "outbound": [str(folders["out"])],
         "ready": str(folders["ready"]),
         "held": str(folders["held"]),
         "originals": {"policy": "archive", "archive": str(folders["archive"])},
-        "mode": "low",
     }
-    user.update({k[5:]: v for k, v in settings.items() if k.startswith("user_")})
+    return {**user, **keys}
+
+
+def two_users(base: Path, owner: pwd.struct_passwd, **keys) -> Path:
+    """A config file of alice and bob, each over user_tree(base / NAME), acting as ``owner``; ``keys`` as
+    in user_settings."""
+    users = {name: user_settings(user_tree(base / name, owner), owner.pw_name, **keys) for name in ("alice", "bob")}
+    path = base / "cloakd.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(base / "state"), "users": users}))
+    return path
+
+
+def write_config(path: Path, folders: dict[str, Path], account: str, **settings) -> Path:
+    """A service config for one user ``bee`` over ``folders``; ``settings`` override globals and, with a
+    ``user_`` prefix, the user's keys."""
+    keys = {k.removeprefix("user_"): v for k, v in settings.items() if k.startswith("user_")}
+    user = user_settings(folders, account, **{"mode": "low", **keys})
     config = {
         "state_dir": str(path.parent / "state"),
         "log_level": "debug",

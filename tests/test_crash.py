@@ -42,6 +42,7 @@ from servicekit import (
     mount_tmpfs,
     shared_tmp,
     tiny_photos,
+    user_settings,
     user_tree,
     wait_for,
 )
@@ -94,17 +95,7 @@ def burst(owner, good_per_user: int = GOOD_PER_USER) -> Iterator[tuple[Path, Tre
 def write_crash_config(base: Path, trees: dict[str, dict[str, Path]], owner) -> Path:
     """Many attempts: every kill while a photo is in hand counts as one of its attempts (a photo that kills
     the service every time is held after ``retry.attempts``), and this test kills on purpose."""
-    users = {
-        user: {
-            "account": owner.pw_name,
-            "outbound": [str(f["out"])],
-            "ready": str(f["ready"]),
-            "held": str(f["held"]),
-            "originals": {"policy": "archive", "archive": str(f["archive"])},
-            "mode": "low",
-        }
-        for user, f in trees.items()
-    }
+    users = {user: user_settings(folders, owner.pw_name, mode="low") for user, folders in trees.items()}
     config = {
         "state_dir": str(base / "state"),
         "log_level": "debug",

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from cloakd.core.errors import CloakdError, MetadataError, ProtectionError
 from cloakd.core.protect import ProtectRequest, protect
@@ -23,7 +22,7 @@ from cloakd.daemon.service import accounts_for
 from cloakd.daemon.worker import Pipeline, Workers
 from conftest import DATA, REPO
 from pipeline_child import strip_only
-from servicekit import second_account, shared_tmp, tiny_photos, user_tree
+from servicekit import second_account, shared_tmp, tiny_photos, two_users
 from test_config import line_of, problems_of, user_block
 
 EXAMPLE = REPO / "config" / "cloakd.example.yaml"
@@ -201,28 +200,12 @@ def test_claims_take_turns_across_users_then_oldest_first(tmp_path: Path):
     ledger.close()
 
 
-def two_users(base: Path, owner) -> Path:
-    users = {}
-    for name in ("alice", "bob"):
-        folders = user_tree(base / name, owner)
-        users[name] = {
-            "account": owner.pw_name,
-            "outbound": [str(folders["out"])],
-            "ready": str(folders["ready"]),
-            "held": str(folders["held"]),
-            "originals": {"policy": "keep"},
-        }
-    path = base / "cloakd.yaml"
-    path.write_text(yaml.safe_dump({"state_dir": str(base / "state"), "users": users}))
-    return path
-
-
 def test_a_photo_dropped_after_another_users_200_starts_within_two_photos():
     """The service's own worker threads (2) and pipeline on real files: user A's 200 photos are queued and
     being worked through when user B drops one; B's starts before A's third photo after the drop."""
     owner = second_account()
     with shared_tmp("cloakd-fair-") as base:
-        config = load_config(two_users(base, owner))
+        config = load_config(two_users(base, owner, originals={"policy": "keep"}))
         names = tiny_photos(base / "alice" / "out", owner, 197)
         ledger = Ledger(config.state_dir)
         for name in sorted(names):

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cloakd.core.errors import CloakdError, ProtectionError
 from cloakd.core.photo.decode import decode
@@ -39,6 +38,7 @@ from servicekit import (
     shared_tmp,
     small_disk,
     tiny_photos,
+    two_users,
     user_tree,
     write_config,
 )
@@ -345,23 +345,6 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(account):
 # --- a full disk, a torn write, a damaged file -------------------------------------------------------------
 
 
-def _two_users(base: Path, owner) -> Path:
-    """alice and bob, each with out/ready/held/archive under base/NAME (archive policy)."""
-    users = {}
-    for name in ("alice", "bob"):
-        folders = user_tree(base / name, owner)
-        users[name] = {
-            "account": owner.pw_name,
-            "outbound": [str(folders["out"])],
-            "ready": str(folders["ready"]),
-            "held": str(folders["held"]),
-            "originals": {"policy": "archive", "archive": str(folders["archive"])},
-        }
-    path = base / "cloakd.yaml"
-    path.write_text(yaml.safe_dump({"state_dir": str(base / "state"), "users": users}))
-    return path
-
-
 def _enqueue_crops(ledger: Ledger, user: str, folder: Path, owner, n: int) -> list[str]:
     """``n`` tiny photos (crops only) in ``folder``, queued for ``user``."""
     names = [name for name in tiny_photos(folder, owner, n) if name.startswith("crop")]
@@ -382,7 +365,7 @@ def test_a_full_ready_folder_pauses_only_its_user_and_costs_no_attempt(account, 
     """alice's ready folder is full: her photos go back to the queue untouched (no attempt counted, no partial
     file, nothing held) and her work pauses, once, with the reason; bob's photos go on. Space freed: resumed."""
     with shared_tmp("cloakd-full-") as base:
-        config = load_config(_two_users(base, account))
+        config = load_config(two_users(base, account))
         ready = base / "alice" / "ready"
         with small_disk(ready, "64k", account):
             filler = fill_up(ready)
