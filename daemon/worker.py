@@ -95,7 +95,7 @@ class Pipeline:
         try:
             return self.ledger.claim([name for name in config.users if not self.space.paused(name)])
         except LedgerFull as e:
-            self.space.full(self.space.state_place(), str(e))
+            self.space.ledger_full(e)
             return None
 
     # --- one photo ----------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ class Pipeline:
                 try:
                     self._put_back(row_id)
                 except LedgerFull as e:
-                    self.space.full(self.space.state_place(), str(e))
+                    self.space.ledger_full(e)
                     return False
                 self._stranded.discard(row_id)
         return True
@@ -325,14 +325,23 @@ class Pipeline:
         row = self.ledger.get(row_id)
         if row is None or row.state != WORKING:
             return
+        self._settle_output(row)  # written into place, perhaps, before the ledger filled up
+        self.ledger.put_back(row.id)
+
+    def _settle_output(self, row: Row) -> bool | None:
+        """A row interrupted after its output was planned and before it was recorded as delivered: True if the
+        output is in place with the planned hash (renamed just before the interruption; now recorded), False if
+        not (its temporary file removed), None if no output was pending."""
         _, accounts = self._setup
         account = accounts.get(row.user)
-        if account is not None and row.delivered_at is None and row.output:
-            if deliver.sha256_of(account, Path(row.output)) == row.output_sha256:
-                self.ledger.delivered(row.id)  # written into place; the ledger filled up before it heard of it
-            else:
-                deliver.remove_tmp(account, Path(row.output).parent, str(row.id))
-        self.ledger.put_back(row.id)
+        if account is None or row.delivered_at is not None or not row.output:
+            return None
+        output = Path(row.output)
+        if deliver.sha256_of(account, output) == row.output_sha256:
+            self.ledger.delivered(row.id)
+            return True
+        deliver.remove_tmp(account, output.parent, str(row.id))
+        return False
 
     # --- bookkeeping --------------------------------------------------------------------------------------
 
@@ -359,20 +368,9 @@ class Pipeline:
 
     def reconcile(self) -> int:
         """After a crash or kill: settle every row that was ``working`` from what the files show."""
-        _, accounts = self._setup
         rows = self.ledger.interrupted()
         for row in rows:
-            account = accounts.get(row.user)
-            if account is not None and row.delivered_at is None and row.output:
-                output = Path(row.output)
-                if deliver.sha256_of(account, output) == row.output_sha256:
-                    self.ledger.delivered(row.id)  # renamed into place just before the crash
-                    self.ledger.requeue(row.id, forget_output=False)
-                    continue
-                deliver.remove_tmp(account, output.parent, str(row.id))
-                self.ledger.requeue(row.id, forget_output=True)
-                continue
-            self.ledger.requeue(row.id, forget_output=False)
+            self.ledger.requeue(row.id, forget_output=self._settle_output(row) is False)
         if rows:
             log.info("resuming %s left in progress when the service stopped", count(len(rows), "photo"))
         return len(rows)
