@@ -85,8 +85,13 @@ class LedgerDamaged(CloakdError):
     """The ledger database is damaged (not a database, or its integrity check fails)."""
 
 
-#: SQLite's primary result codes met here (sqlite3.Error.sqlite_errorcode & 0xFF)
+#: SQLite's primary result codes met here (:func:`_code`)
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+
+
+def _code(e: sqlite3.Error) -> int:
+    """SQLite's primary result code of ``e`` (0 if it has none)."""
+    return (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
 
 
 def free_bytes(folder: Path) -> int | None:
@@ -172,7 +177,7 @@ class Ledger:
 
     def _explained(self, e: sqlite3.Error) -> Exception:
         """A clear error for SQLite's: a full disk, a damaged file; anything else names the file."""
-        code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+        code = _code(e)
         if code == _SQLITE_FULL:
             free = free_bytes(self.path.parent)
             return LedgerFull(
@@ -204,7 +209,7 @@ class Ledger:
                     self._rollback()  # SQLite has usually rolled back itself (a full disk); never leave it open
                     raise
             except sqlite3.Error as e:
-                if (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF not in (_SQLITE_FULL, _SQLITE_CORRUPT):
+                if _code(e) not in (_SQLITE_FULL, _SQLITE_CORRUPT):
                     raise
                 raise self._explained(e) from None
 

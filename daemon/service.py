@@ -226,7 +226,7 @@ class Service:
             try:
                 ids = self.ledger.enqueue_many([(user, path, st.st_size, st.st_mtime_ns) for user, path, st in batch])
             except LedgerFull as e:
-                self.space.full(self.space.state_place(), str(e))
+                self.space.ledger_full(e)
                 for later_user, later_path, _ in stable[start:]:
                     self.candidates.note(later_user, later_path)  # taken again once the ledger has space
                 break
@@ -266,7 +266,7 @@ class Service:
         try:
             housekeeping(self.config, self.accounts, self.ledger)
         except LedgerFull as e:
-            self.space.full(self.space.state_place(), str(e))
+            self.space.ledger_full(e)
 
     def _sybil(self, name: str) -> None:
         config, accounts = self.config, self.accounts

@@ -180,6 +180,10 @@ class Space:
             log.warning("paused: %s (%s)", pause.text(), error)
         self.publish()
 
+    def ledger_full(self, error: LedgerFull) -> None:
+        """The ledger could record nothing: the state directory is full."""
+        self.full(self.state_place(), str(error))
+
     def probe(self, now: float | None = None) -> None:
         """Look at the free space of the paused places (at most every PROBE_SECONDS); resume those with space
         freed, or whose time to try again has come."""
