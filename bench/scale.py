@@ -9,7 +9,9 @@ same for every engine and left out (bench/service.py measures them). The cluster
 
 Prints: photos per hour for each engine; the Dask engine's overhead per photo: the round trip beyond the
 worker's own protect() (serialisation, transfer, scheduling), measured one photo at a time so that no
-queueing is counted, and the service's re-verification (core/recheck.py); and a projection for N workers.
+queueing is counted, and the service's re-verification (core/recheck.py); the service's finding of the
+faces it sends with each photo (core/examined.py: moved from the worker, which then skips it, so not an
+overhead, but the service's cost); and a projection for N workers.
 
 Usage: .venv/bin/python bench/scale.py [--photos 40] [--mode mid] [--workers 1,2] [--sequential 5]
 """
@@ -139,7 +141,7 @@ def main() -> None:
     rows, per_photo = [], {}
 
     wall, seconds = run(LocalEngine(config, context, "cpu"), user, account, batch, config.workers)
-    rows.append(("local (the service's own thread)", "1 x 1", wall, f"{statistics.mean(seconds):.2f}", ""))
+    rows.append(("local (the service's own thread)", "1 x 1", wall, f"{statistics.mean(seconds):.2f}", "", ""))
     per_photo["local"] = wall / len(batch)
     load.append(os.getloadavg()[0])
 
@@ -168,6 +170,7 @@ def main() -> None:
                     f"{count} x 1",
                     wall,
                     f"{o.remote_seconds / o.photos:.2f}",
+                    f"{o.examine_seconds / o.photos * 1000:.0f}",
                     f"{o.recheck_seconds / o.photos * 1000:.0f}",
                 )
             )
@@ -184,32 +187,38 @@ def main() -> None:
     print(f"Load average (1 min) at start and after each engine: {' / '.join(f'{x:.2f}' for x in load)}\n")
     print(
         "| engine | workers x threads | wall s | photos per hour | protect() s per photo (mean) | "
-        "service re-check ms per photo (mean) |"
+        "service: faces found ms per photo | service: re-check ms per photo |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for name, shape, wall, protect_seconds, rechecked in rows:
-        print(f"| {name} | {shape} | {wall:.0f} | {3600 * len(batch) / wall:.0f} | {protect_seconds} | {rechecked} |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, shape, wall, protect_seconds, found, rechecked in rows:
+        print(
+            f"| {name} | {shape} | {wall:.0f} | {3600 * len(batch) / wall:.0f} | {protect_seconds} | {found} | "
+            f"{rechecked} |"
+        )
     if overheads is not None and overheads.photos:
         trip = (overheads.round_trip_seconds - overheads.remote_seconds) / overheads.photos
         alone = overheads.remote_seconds / overheads.photos
         batch = batches[min(batches)]
         rechecked, remote = batch.recheck_seconds / batch.photos, batch.remote_seconds / batch.photos
+        found = batch.examine_seconds / batch.photos
         local = per_photo["local"]
         print(
             f"\nDask overhead per photo: the round trip beyond protect() (serialisation, transfer, scheduling), "
             f"{overheads.photos} photos one at a time: {trip * 1000:.0f} ms ({trip / alone:.1%} of their protect(), "
             f"{alone:.2f} s); the service's re-verification, in the {min(batches)}-worker run: "
             f"{rechecked * 1000:.0f} ms ({rechecked / remote:.1%} of its protect(), {remote:.2f} s); together "
-            f"{trip / alone + rechecked / remote:.1%} of a photo."
+            f"{trip / alone + rechecked / remote:.1%} of a photo. Not counted: finding the faces before sending "
+            f"the photo, {found * 1000:.0f} ms, which the worker's protect() then skips."
         )
         if 1 in per_photo and 2 in per_photo:
             print(f"2 workers / 1 worker: {per_photo[1] / per_photo[2]:.2f}x.")
         rate = 3600 / per_photo.get(1, local)
-        ceiling = 3600 / (trip + rechecked)  # an upper bound of the service's cost: the trip is not all its CPU
-        trip_and_check = trip + rechecked
+        service = trip + found + rechecked  # an upper bound of the service's cost: the trip is not all its CPU
+        ceiling = 3600 / service
         print(
             f"\nProjection (a worker delivers {rate:.0f} photos/hour as measured; the service spends "
-            f"at most {trip_and_check * 1000:.0f} ms of one core per photo, so one service core carries at most "
+            f"at most {service * 1000:.0f} ms of one core per photo (round trip, finding the faces, re-check), "
+            f"so one service core carries at most "
             f"{ceiling:.0f} photos/hour):\n"
         )
         print("| workers | photos per hour | limited by |")

@@ -21,6 +21,7 @@ import numpy as np
 from .cloak.optimise import FaceTask, Goal, cloak
 from .cloak.presets import STRONGER, CloakPreset, preset
 from .errors import CloakdError
+from .examined import Examined
 from .faces import Face, FaceAnalyzer
 from .identity import Others, single_out
 from .photo.container import OutputOptions
@@ -62,6 +63,9 @@ class ProtectRequest:
     verify: bool = True
     rho: float | None = None  # overrides every preset's budget (e.g. the paper's 0.007)
     steps: int | None = None  # overrides every preset's step count
+    #: the photo's faces as the sender found them (core/examined.py): cloaked and checked instead of
+    #: finding them again; None: protect() finds them
+    examined: Examined | None = None
 
     def preset(self, mode: str):
         return preset(mode).with_overrides(rho=self.rho, steps=self.steps)
@@ -233,9 +237,9 @@ def _judge_written(job: _Job, data: bytes, reports: list[FaceReport], used: list
     origins = job.origins()
     for k in used:
         extractor = analyzer.cloak_extractors[k]
-        own = analyzer.describe(written, faces, extractor)
         matched = [m for m in matches if m is not None]
-        again = dict(zip(map(id, matched), analyzer.describe(written, matched, extractor)))
+        described = analyzer.describe(written, faces + matched, extractor)  # one batch: cheaper than two
+        own, again = described[: len(faces)], dict(zip(map(id, matched), described[len(faces) :]))
         for report, desc, match, origin in zip(reports, own, matches, origins):
             views = [desc] + ([again[id(match)]] if match is not None else [])
             least_moved = min(views, key=lambda d: np.linalg.norm(d - origin[k]))
@@ -293,7 +297,10 @@ class _Job:
 def _prepare(analyzer: FaceAnalyzer, data: bytes, request: ProtectRequest, label: str) -> _Job:
     """Decode the photo, find and describe its faces, and give each its role and report."""
     photo = decode(data, max_pixels=request.max_pixels, label=label)
-    faces, rejected = analyzer.examine(photo.rgb)
+    if request.examined is None:
+        faces, rejected = analyzer.examine(photo.rgb)
+    else:
+        faces, rejected = request.examined.of(data, photo, label)
     primary = analyzer.extractor.name
     targets = request.targets(primary)
     roles = _roles(faces, request, analyzer.extractor.match_threshold)

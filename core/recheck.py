@@ -3,8 +3,10 @@ output, made again from the original alone, trusting nothing of the other machin
 
 The written bytes must carry nothing beyond the request's metadata allow-list, decode to the original's
 size, and every face the request cloaks must have moved by protect()'s margins in every extractor the
-requested mode is verified with. The faces are found here, in the original, and whose face is whose is
-decided here from the request's references: a photo returned unchanged, or with a face left out, fails.
+requested mode is verified with. The faces are the caller's own: those it found in the original before it
+sent the photo out (``request.examined``, core/examined.py), or, without them, found here; whose face is
+whose is decided here from the request's references. A photo returned unchanged, or with a face left out,
+fails.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from .protect import ProtectRequest, _extractors, _judge_written, _prepare, _sum
 def recheck(
     analyzer: FaceAnalyzer, original: bytes, written: bytes, request: ProtectRequest, label: str = "input"
 ) -> int:
-    """The number of faces checked; MetadataError or ProtectionError if ``written`` may not be delivered."""
+    """The number of faces checked; MetadataError or ProtectionError if ``written`` may not be delivered.
+    ``request.examined``, if given, must be the caller's own examination of ``original``."""
     verify_clean(written, kept=request.keep)
     job = _prepare(analyzer, original, request, label)  # the original's faces, roles and own descriptors
     height, width = job.photo.rgb.shape[:2]

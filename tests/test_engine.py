@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from cloakd.core.errors import CloakdError, MetadataError, ProtectionError
+from cloakd.core.examined import examine_photo
 from cloakd.core.protect import ProtectRequest, protect
 from cloakd.core.recheck import recheck
 from cloakd.core.targets import TargetBank
@@ -131,8 +133,10 @@ def test_worker_refuses_before_connecting(capsys, args: list[str], message: str)
 
 @pytest.fixture(scope="module")
 def protected(analyzer):
+    """As the Dask engine does it: the service finds the faces, the worker cloaks them."""
     data = (DATA / "faces" / "John_Howard" / "John_Howard_0005.jpg").read_bytes()
-    request = ProtectRequest(target=TargetBank.load().point("Michelle_Yeoh"), steps=40, seed=1)
+    examined = examine_photo(analyzer, data, label="photo 1")
+    request = ProtectRequest(target=TargetBank.load().point("Michelle_Yeoh"), steps=40, seed=1, examined=examined)
     result = protect(analyzer, data, request, label="photo 1")
     assert result.ok, result.reason
     return data, result.data, request
@@ -141,6 +145,23 @@ def protected(analyzer):
 def test_a_protected_photo_passes_the_services_check(analyzer, protected):
     original, written, request = protected
     assert recheck(analyzer, original, written, request) == 1
+    assert recheck(analyzer, original, written, replace(request, examined=None)) == 1  # found again: the same
+
+
+def test_the_worker_cloaks_the_faces_the_service_sent(analyzer, protected):
+    original, _, request = protected
+    sent = request.examined
+    assert len(sent.faces) == 1 and sent.size == (250, 250)
+    alone = protect(analyzer, original, replace(request, examined=None), label="photo 1")
+    assert [f.box for f in alone.faces] == [[round(float(v), 1) for v in sent.faces[0].box]]
+    none_sent = replace(sent, faces=())  # a worker told of no face cloaks none...
+    bare = protect(analyzer, original, replace(request, examined=none_sent), label="photo 1")
+    assert bare.ok and bare.faces == []
+    with pytest.raises(ProtectionError, match="did not verify here: face 1: moved"):
+        recheck(analyzer, original, bare.data, request)  # ...and the service, checking its own faces, holds it
+    other = (DATA / "faces" / "John_Howard" / "John_Howard_0001.jpg").read_bytes()
+    with pytest.raises(CloakdError, match="photo 2: the faces sent with the photo were found in another photo"):
+        protect(analyzer, other, request, label="photo 2")
 
 
 def test_the_services_check_trusts_nothing_of_the_worker(analyzer, protected):

@@ -1,10 +1,12 @@
 """``kind: dask``: each photo's protect() runs on a worker of a Dask cluster; the service stays the writer.
 
 A worker thread of the service (worker.py) claims a row, reads the photo with the user's rights and builds
-the request (process.py) as for local work; here the photo's bytes, the request and a neutral label
-(``photo <hash>``: no path, no account) go to the cluster as one task (remote.py), and what comes back is
-checked again (core/recheck.py: metadata, size, and every cloak from the original) before worker.py
-delivers it. A task that raised on the worker raises here (a PhotoError holds the photo, as locally).
+the request (process.py) as for local work; here the photo's faces are found (core/examined.py), and the
+photo's bytes, the request with those faces and a neutral label (``photo <hash>``: no path, no account) go
+to the cluster as one task (remote.py); what comes back is checked again (core/recheck.py: metadata, size,
+and every one of those faces' cloaks, from the original) before worker.py delivers it. A task that raised
+on the worker raises here (a PhotoError holds the photo, as locally); a photo whose faces cannot be found
+here (a damaged file) is held without being sent.
 
 Capacity: as many photos in flight as the cluster's cloakd workers have threads, plus one queued at the
 scheduler so that no worker waits for the service between two photos. Work is claimed from the ledger
@@ -30,9 +32,10 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import CancelledError
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cloakd.core.errors import CloakdError, ProtectionError
+from cloakd.core.examined import examine_photo
 from cloakd.core.recheck import recheck
 
 from ..config import Config
@@ -62,14 +65,17 @@ class Overheads:
     remote_seconds: float = 0.0
     round_trip_seconds: float = 0.0
     recheck_seconds: float = 0.0
+    #: finding the faces before sending the photo: work moved from the worker, not added
+    examine_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, remote: float, round_trip: float, rechecked: float) -> None:
+    def add(self, remote: float, round_trip: float, rechecked: float, examined: float) -> None:
         with self.lock:
             self.photos += 1
             self.remote_seconds += remote
             self.round_trip_seconds += round_trip
             self.recheck_seconds += rechecked
+            self.examine_seconds += examined
 
 
 class DaskEngine:
@@ -178,6 +184,9 @@ class DaskEngine:
             raise Paused(f"the Dask cluster cannot take photos now ({self._trouble})")
         t0 = time.perf_counter()
         request = request_for(self.context, user, account, original)
+        found = time.perf_counter()
+        examined = examine_photo(self.context.analyzer, original.data, request.max_pixels, str(original.path))
+        request = replace(request, examined=examined)  # the worker cloaks these faces; recheck() checks them
         label = f"photo {original.sha256[:12]}"
         sent = time.perf_counter()
         try:
@@ -202,7 +211,7 @@ class DaskEngine:
             raise ProtectionError(f"not protected: {result.reason}".replace(label, str(original.path)))
         recheck(self.context.analyzer, original.data, result.data, request, label=str(original.path))
         done = time.perf_counter()
-        self.overheads.add(result.seconds, returned - sent, done - returned)
+        self.overheads.add(result.seconds, returned - sent, done - returned, sent - found)
         return ProcessResult(data=result.data, extension=result.extension, faces=len(result.faces), seconds=done - t0)
 
     def _wait(self, client, future, label: str, path: str):

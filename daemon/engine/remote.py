@@ -1,7 +1,8 @@
 """What runs on a Dask worker: the face models, loaded once per worker process, and the one task.
 
 The task is one photo's :func:`cloakd.core.protect.protect`: the photo's bytes, the request (target,
-references, mode, metadata to keep) and a neutral label in; the ProtectResult (verified bytes and the
+references, mode, metadata to keep, and the photo's faces as the service found them, which the worker
+cloaks without looking for faces again) and a neutral label in; the ProtectResult (verified bytes and the
 report) out. A worker never sees a path, an account, the configuration or the ledger, and writes nothing.
 
 ``cloakd worker`` installs :class:`Models` as a worker plugin, so the models are loaded (and a missing
