@@ -102,6 +102,23 @@ def run(engine, user, account, photos: list, threads: int) -> tuple[float, list[
     return time.perf_counter() - t0, seconds
 
 
+def cpu_seconds(pids: list[int], children: bool = True) -> float:
+    """User + system CPU seconds of these processes, with their children (a worker's Nanny and its worker)
+    or without (this process: the cluster's processes are its children)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        root = psutil.Process(pid)
+        for proc in [root, *(root.children(recursive=True) if children else [])]:
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+    return total
+
+
 def wait_capacity(engine, wanted: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while engine.capacity() < wanted:
@@ -145,7 +162,7 @@ def main() -> None:
     per_photo["local"] = wall / len(batch)
     load.append(os.getloadavg()[0])
 
-    overheads, batches = None, {}
+    overheads, batches, cpu = None, {}, {}
     for count in [int(n) for n in args.workers.split(",")]:
         cluster = Cluster(base / f"cluster{count}")
         cluster.folder.mkdir()
@@ -156,13 +173,21 @@ def main() -> None:
         engine = DaskEngine(dask_config, context, None, 0, on_change=lambda state: None)
         try:
             wait_capacity(engine, count + 1)
+            run(engine, user, account, batch[:count], count)  # warm-up: every worker's first photo is slower
             if overheads is None and args.sequential:  # one at a time: the round trip without queueing
-                run(engine, user, account, batch[:1], 1)  # warm-up
                 engine.overheads.__init__()
                 run(engine, user, account, batch[1 : 1 + args.sequential], 1)
                 overheads = engine.overheads
-                engine.overheads = type(overheads)()
+            engine.overheads = type(engine.overheads)()
+            processes = {
+                "workers": [w.proc.pid for w in cluster.workers.values()],
+                "service": [os.getpid()],
+                "scheduler": [cluster.scheduler.proc.pid],
+            }
+            before = {k: cpu_seconds(v, k != "service") for k, v in processes.items()}
             wall, seconds = run(engine, user, account, batch, engine.capacity())
+            cpu[count] = {k: cpu_seconds(v, k != "service") - before[k] for k, v in processes.items()}
+            cpu[count]["wall"] = wall
             o = batches[count] = engine.overheads
             rows.append(
                 (
@@ -212,6 +237,14 @@ def main() -> None:
         )
         if 1 in per_photo and 2 in per_photo:
             print(f"2 workers / 1 worker: {per_photo[1] / per_photo[2]:.2f}x.")
+        print("\nCPU seconds during each cluster run, by process (the machine has", os.cpu_count(), "cores):\n")
+        print("| workers | wall s | cores x wall | workers' CPU s | service CPU s | scheduler CPU s |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        for count, c in sorted(cpu.items()):
+            print(
+                f"| {count} | {c['wall']:.1f} | {os.cpu_count() * c['wall']:.0f} | {c['workers']:.1f} | "
+                f"{c['service']:.1f} | {c['scheduler']:.1f} |"
+            )
         rate = 3600 / per_photo.get(1, local)
         service = trip + found + rechecked  # an upper bound of the service's cost: the trip is not all its CPU
         ceiling = 3600 / service
