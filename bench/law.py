@@ -132,6 +132,52 @@ def _cloak_one(photo: Photo, subset: tuple[str, ...], analyzer, by_name, preset,
     return row
 
 
+def _skip_gradient(extractor, gamma: float) -> None:
+    """Experiment (the Skip Gradient Method, Wu et al., ICLR 2020): the gradient through every residual
+    branch of dlib's ResNet scaled by ``gamma`` in the backward pass; the forward pass is unchanged."""
+    import torch
+
+    from cloakd.core.extractors.dlib_resnet import Residual, ResidualDown
+
+    class Scale(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * gamma
+
+    for m in extractor.modules():
+        if isinstance(m, (Residual, ResidualDown)):
+            m.block.register_forward_hook(lambda mod, inp, out: Scale.apply(out))
+
+
+def _smooth_gradient(sigma: float) -> None:
+    """Experiment (translation-invariant attacks, Dong et al., CVPR 2019): each perturbation's gradient
+    blurred by a Gaussian of ``sigma`` working-resolution pixels before Adam's step."""
+    import torch
+    import torch.nn.functional as F
+
+    from cloakd.core.cloak import optimise
+
+    radius = max(1, round(2 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k1 = torch.exp(-(x**2) / (2 * sigma**2))
+    k2 = torch.outer(k1, k1)
+    kernel = (k2 / k2.sum()).expand(3, 1, -1, -1).contiguous()
+    step = optimise._Adam.step
+
+    def smoothed(self, lr: float) -> None:
+        with torch.no_grad():
+            for p in self.params:
+                g = F.pad(p.grad[None], (radius,) * 4, mode="reflect")
+                p.grad.copy_(F.conv2d(g, kernel, groups=3)[0])
+        step(self, lr)
+
+    optimise._Adam.step = smoothed
+
+
 def run(args) -> None:
     import torch
 
@@ -145,6 +191,10 @@ def run(args) -> None:
     extractors = [primary] + [load_extractor(n) for n in networks if n != "dlib_resnet"]
     analyzer = FaceAnalyzer(extractor=primary, cloak_extractors=extractors).load_cloak_models()
     by_name = {e.name: e for e in extractors}
+    if args.skip_gradient != 1.0:
+        _skip_gradient(primary, args.skip_gradient)
+    if args.smooth_gradient:
+        _smooth_gradient(args.smooth_gradient)
     # every network sees the same two views per step: the exact one and one random upload view
     preset = CloakPreset(
         "law",
@@ -174,7 +224,9 @@ def run(args) -> None:
         if key in done:
             continue
         row = _cloak_one(photo, subset, analyzer, by_name, preset, args.seed, pipeline)
-        row.update(rho=args.rho, steps=args.steps)
+        row.update(
+            rho=args.rho, steps=args.steps, skip_gradient=args.skip_gradient, smooth_gradient=args.smooth_gradient
+        )
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{n + 1}/{len(jobs)} {'+'.join(subset)} {photo.path.name}: {row['seconds']} s", file=sys.stderr)
@@ -249,6 +301,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-gradient", type=float, default=1.0, help="experiment: dlib's residual gradient x G")
+    ap.add_argument("--smooth-gradient", type=float, default=0.0, help="experiment: the gradient blurred, sigma")
     ap.add_argument("--pipeline", action="store_true", help="also measure dlib's real pipeline (dlib-bin)")
     ap.add_argument("--shard", default="1/1", help="I/N: run every N-th ensemble, starting at the I-th")
     ap.add_argument("--out", type=Path, default=Path("law.jsonl"))
