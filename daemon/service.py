@@ -1,6 +1,6 @@
 """``cloakd run``: the long-running service, in the foreground (systemd runs it as Type=notify).
 
-Start: configuration -> models (once) -> ledger and crash reconciliation -> watchers, startup scan ->
+Start: configuration -> ledger -> models (once) -> crash reconciliation -> watchers, startup scan ->
 workers -> scheduled jobs -> READY=1. The main thread then runs a short loop: takes candidates that have
 become stable into the ledger, pings the systemd watchdog while every part is alive, publishes STATUS=,
 and acts on signals (SIGHUP: reload the configuration; SIGTERM/SIGINT: stop).
@@ -16,7 +16,8 @@ photo on the next start (the interruption does not count as an attempt).
 
 A full disk (a user's ready, held or archive folder, or the state directory) pauses the work that needs it
 and resumes by itself once space is freed (space.py): the main loop probes the paused places, and takes no
-new file into the ledger while the state directory is full.
+new file into the ledger while the state directory is full. A state directory full at start is such a
+pause too: the service waits (READY=1, paused) and goes on starting once space is freed.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from cloakd.core.errors import CloakdError, os_error_text
 
@@ -49,6 +52,7 @@ from .worker import Pipeline, Workers
 
 log = logging.getLogger("cloakd")
 TICK_SECONDS = 0.5
+T = TypeVar("T")
 STATUS_SECONDS = 10.0
 ENQUEUE_BATCH = 500  # files queued per transaction
 
@@ -94,18 +98,28 @@ class Service:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._publishing = threading.Lock()  # the engine's watcher thread and start-up both publish
+        self.workers: Workers | None = None
 
     def run(self) -> int:
         config = load_config(self.config_path)
         setup_logging(config.log_level)
         accounts = accounts_for(config)
         self.config = config
-        self._record(record_start, "start")
-        notify("STATUS=loading the face models")
-        engine = self._engine(config)
-        self.ledger = Ledger(config.state_dir)
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        recorded = self._record(record_start, "start")
         self.space = Space(config.state_dir, on_resume=self._wake)
         self.space.publish()  # nothing paused yet (a record of an earlier run is replaced)
+        ledger = self._when_state_has_space(lambda: Ledger(config.state_dir))
+        if ledger is None:  # stopped while waiting for space
+            self._record(record_stop, "stop")
+            return 0
+        self.ledger = ledger
+        if not recorded:  # the state directory was full: record the start now that there is space
+            self._record(record_start, "start")
+        notify("STATUS=loading the face models")
+        engine = self._engine(config)
         self.candidates = Candidates(config.stable_seconds)
         self.jobs = Jobs(rescan=self._rescan, housekeeping=self._housekeeping, wake=self._wake, sybil=self._sybil)
         self.pipeline = Pipeline(
@@ -118,7 +132,7 @@ class Service:
             space=self.space,
         )
         self._engine_changed(engine.state())
-        self.pipeline.reconcile()
+        self._when_state_has_space(self.pipeline.reconcile)  # stopped meanwhile: _loop() ends at once
         self.accounts = accounts
         self.watcher = Watcher(config, accounts, self.candidates)
         self.watcher.start()
@@ -131,9 +145,6 @@ class Service:
         due = self.ledger.next_due()
         if due is not None and due > time.time():
             self.jobs.wake_at(due)
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         log.info(
             "started: %s, %s, engine %s",
             count(len(config.users), "user"),
@@ -143,6 +154,27 @@ class Service:
         notify("READY=1", f"STATUS={self._status()}")
         self._loop()
         return self._shutdown()
+
+    def _when_state_has_space(self, step: Callable[[], T]) -> T | None:
+        """``step()``, which writes to the ledger at start-up. While it finds the state directory full, the
+        service does not exit (systemd would start it again every RestartSec, loading the models each time):
+        it pauses as it does mid-run (said once in the log, shown by ``cloakd status`` and in systemd's STATUS=
+        line; READY=1 and watchdog pings keep systemd from counting a start that hangs) and tries ``step``
+        again once space is freed. None if the service is stopped while it waits."""
+        while True:
+            try:
+                return step()
+            except LedgerFull as e:
+                self.space.ledger_full(e)
+            notify("READY=1", f"STATUS={self.space.text()}")
+            period, last_ping = watchdog_period(), 0.0
+            while self.space.ledger_paused():
+                if self._stop.wait(TICK_SECONDS):
+                    return None
+                self.space.probe()
+                if period and time.monotonic() - last_ping >= period:
+                    notify("WATCHDOG=1")
+                    last_ping = time.monotonic()
 
     def _engine(self, config: Config):
         """Load the models once (the service needs them also with a Dask cluster: target classes, references,
@@ -183,12 +215,14 @@ class Service:
         if workers is not None:
             workers.wake()
 
-    def _record(self, record, what: str) -> None:
-        """Record the service's start or stop in its state directory, for `cloakd status`."""
+    def _record(self, record, what: str) -> bool:
+        """Record the service's start or stop in its state directory, for `cloakd status`; False if it cannot."""
         try:
             record(self.config.state_dir)
         except OSError as e:
             log.warning("cannot record the service's %s for `cloakd status`: %s", what, os_error_text(e))
+            return False
+        return True
 
     def _loop(self) -> None:
         period = watchdog_period()
@@ -255,7 +289,8 @@ class Service:
         )
 
     def _wake(self) -> None:
-        self.workers.wake()
+        if self.workers is not None:  # None while start-up waits for space
+            self.workers.wake()
 
     def _rescan(self) -> None:
         self.watcher.rescan()

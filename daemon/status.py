@@ -97,12 +97,19 @@ def snapshot(config: Config) -> Status:
     from .ledger import FILE_NAME, Ledger
     from .targets import TargetStore
 
-    if not (config.state_dir / FILE_NAME).exists():
-        raise CloakdError(f"no ledger in {config.state_dir}: the service has not run with this configuration yet")
-    try:
-        counts = Ledger(config.state_dir, readonly=True).counts()
-    except Exception as e:  # sqlite3 errors: usually no permission on the state directory
-        raise CloakdError(f"cannot read the ledger in {config.state_dir}: {e} (run as the service's user)") from None
+    paused = paused_now(config.state_dir)
+    path = config.state_dir / FILE_NAME
+    if not path.exists() or path.stat().st_size == 0:  # none yet, or SQLite could not write its first page
+        if not any(p.user is None for p in paused):
+            raise CloakdError(f"no ledger in {config.state_dir}: the service has not run with this configuration yet")
+        counts = {}  # the state directory is full: the service waits to create its ledger
+    else:
+        try:
+            counts = Ledger(config.state_dir, readonly=True).counts()
+        except Exception as e:  # sqlite3 errors: usually no permission on the state directory
+            raise CloakdError(
+                f"cannot read the ledger in {config.state_dir}: {e} (run as the service's user)"
+            ) from None
     store = TargetStore(config.state_dir)
     users = []
     for name, user in config.users.items():
@@ -119,7 +126,7 @@ def snapshot(config: Config) -> Status:
                 unreadable=unreadable,
             )
         )
-    return Status(str(config.state_dir), _service(config), _engine(config), users, paused_now(config.state_dir))
+    return Status(str(config.state_dir), _service(config), _engine(config), users, paused)
 
 
 def _service(config: Config) -> ServiceStatus:

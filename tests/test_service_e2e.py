@@ -257,6 +257,38 @@ def test_a_full_disk_pauses_the_work_says_why_and_resumes_by_itself(site, owner)
         ledger.close()
 
 
+def test_a_service_started_with_a_full_state_directory_waits_for_space_then_starts(site, owner):
+    """The state directory is full before the service starts: it does not exit (systemd would restart it
+    every 10 s, loading the models each time); it says why, in its log and in `cloakd status`, waits, and
+    starts by itself once space is freed, taking the photo that arrived meanwhile."""
+    base, folders = site
+    state = base / "state"
+    (base / "staging").mkdir()
+    name = tiny_photos(base / "staging", owner, 1)[0]
+    config = write_config(base / "cloakd.yaml", folders, owner.pw_name)
+    whole_log = config.with_suffix(".log")
+    with small_disk(state, "16m"):
+        filler = fill_up(state)
+        with Service(config) as service:
+            wait_for(lambda: "paused: the state directory" in whole_log.read_text(), 60, "the pause at start", service)
+            os.rename(base / "staging" / name, folders["out"] / name)
+            time.sleep(3)
+            assert service.proc.poll() is None, service.log()  # still there, waiting
+            assert any("STATUS=paused: the state directory" in m for m in service.receive()), service.log()
+            text, _ = _paused(config)
+            assert text and text[0].startswith(f"paused: the state directory ({state}) is full ("), text
+            assert files(folders["ready"]) == [] and files(folders["out"]) == [name]
+            filler.unlink()
+            service.wait_ready()
+            wait_for(lambda: accounted(folders, 1), 90, "delivery after space was freed", service)
+            assert files(folders["ready"]) == outputs_named([name])
+            log = whole_log.read_text()
+            assert log.count("paused: the state directory") == 1 and "resumed: the state directory" in log, log
+            shown = subprocess.run([str(CLOAKD), "status", "--config", str(config), "--json"], capture_output=True)
+            assert json.loads(shown.stdout)["service"]["running"] is True  # its start recorded once there was space
+            assert service.stop() == 0
+
+
 def test_processing_window_and_reload(site, owner):
     base, folders = site
     later = datetime.now() + timedelta(hours=3)
