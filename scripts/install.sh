@@ -12,7 +12,8 @@
 #                                             ~/.local/share/cloakd/env with ~/.local/bin/cloakd, a configuration
 #                                             ~/.config/cloakd/cloakd.yaml (only if there is none) with you as its
 #                                             one user, folders ~/Pictures/cloakd/outbound, ready, held and
-#                                             originals, the state in ~/.local/state/cloakd (XDG_CONFIG_HOME,
+#                                             originals (in your own pictures folder if xdg-user-dirs names
+#                                             one, e.g. ~/Bilder), the state in ~/.local/state/cloakd (XDG_CONFIG_HOME,
 #                                             XDG_DATA_HOME and XDG_STATE_HOME are honoured); then it runs
 #                                             `systemctl --user enable --now cloakd` if your user systemd is
 #                                             running, or says to
@@ -190,7 +191,31 @@ user_paths() {
     U_ENV=$U_DATA/env
     U_STATE=${XDG_STATE_HOME:-$HOME/.local/state}/cloakd
     U_BIN=$HOME/.local/bin/cloakd
-    U_PHOTOS=$HOME/Pictures/cloakd
+    U_PHOTOS=$(pictures_dir)/cloakd
+}
+
+# the caller's pictures folder as xdg-user-dirs names it (XDG_PICTURES_DIR in user-dirs.dirs: ~/Bilder,
+# ~/Images...), else ~/Pictures; the file is read, never run: "$HOME/..." or an absolute path
+pictures_dir() {
+    local file=${XDG_CONFIG_HOME:-$HOME/.config}/user-dirs.dirs line value
+    if [ -r "$file" ]; then
+        line=$(grep -E '^[[:space:]]*XDG_PICTURES_DIR=' "$file" | tail -n 1 || true)
+        value=${line#*=}
+        value=${value%"${value##*[![:space:]]}"}  # trailing blanks
+        value=${value#\"}
+        value=${value%\"}
+        case $value in
+            '$HOME'/*) value=$HOME/${value#\$HOME/} ;;
+            /*) ;;
+            *) value= ;;
+        esac
+        value=${value%/}
+        if [ -n "$value" ] && [ "$value" != "$HOME" ]; then
+            printf '%s\n' "$value"
+            return
+        fi
+    fi
+    printf '%s\n' "$HOME/Pictures"
 }
 
 user_checks() {  # OPTION: --user works on the caller's home, never with root's rights for someone else

@@ -62,6 +62,11 @@ def install(home: Path, *options: str, **extra: str) -> subprocess.CompletedProc
 @pytest.fixture(scope="module")
 def home():
     folder = Path(tempfile.mkdtemp(prefix="cloakd home 100%-"))  # a space and systemd's specifier sign
+    (folder / "settings").mkdir()
+    (folder / "settings" / "user-dirs.dirs").write_text(  # as xdg-user-dirs writes it, in a German desktop
+        '# This file is written by xdg-user-dirs-update\nXDG_DESKTOP_DIR="$HOME/Schreibtisch"\n'
+        'XDG_PICTURES_DIR="$HOME/Bilder"\n'
+    )
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -78,7 +83,7 @@ def paths(home: Path) -> dict[str, Path]:
         "env": home / ".local" / "share" / "cloakd" / "env",
         "command": home / ".local" / "bin" / "cloakd",
         "state": home / "var" / "state" / "cloakd",
-        "photos": home / "Pictures" / "cloakd",
+        "photos": home / "Bilder" / "cloakd",  # the pictures folder user-dirs.dirs names
     }
 
 
@@ -94,6 +99,30 @@ def test_the_user_install_puts_everything_in_the_home(home, first_run):
     for name in ("outbound", "ready", "held", "originals"):
         assert (p["photos"] / name).is_dir(), name
     assert p["state"].stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize(
+    "line, folder",
+    [
+        (None, "~/Pictures"),  # no user-dirs.dirs
+        ('XDG_PICTURES_DIR="$HOME/Images"', "~/Images"),
+        ('XDG_PICTURES_DIR="/srv/photos/me/"', "/srv/photos/me"),
+        ('XDG_PICTURES_DIR="$HOME/"', "~/Pictures"),  # disabled: xdg-user-dirs points it at the home
+        ('XDG_PICTURES_DIR="$(touch pwned)"', "~/Pictures"),  # read, never run
+        ('XDG_MUSIC_DIR="$HOME/Musik"', "~/Pictures"),
+    ],
+)
+def test_the_photo_folders_go_into_the_pictures_folder_xdg_user_dirs_names(tmp_path, line, folder):
+    """install.sh's own pictures_dir, run alone (the whole install is the module's tests above)."""
+    function = SCRIPT.read_text().split("\npictures_dir() {\n")[1].split("\n}\n")[0]
+    if line is not None:
+        (tmp_path / "settings").mkdir()
+        (tmp_path / "settings" / "user-dirs.dirs").write_text(f"# written by xdg-user-dirs-update\n{line}\n")
+    script = f"pictures_dir() {{\n{function}\n}}\npictures_dir"
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "settings"), "PATH": os.environ["PATH"]}
+    out = subprocess.run(["bash", "-euc", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
+    assert out.returncode == 0 and out.stdout == folder.replace("~", str(tmp_path)) + "\n", out.stderr
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_the_installed_user_unit_passes_systemd_analyze_user_verify(home, first_run):
