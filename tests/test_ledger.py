@@ -25,7 +25,7 @@ from cloakd.daemon.config import load_config
 from cloakd.daemon.ledger import DONE, GONE, HELD, QUEUED, WORKING, Ledger, LedgerDamaged, LedgerFull
 from cloakd.daemon.privileges import Account, read_photo
 from cloakd.daemon.service import accounts_for
-from cloakd.daemon.space import PROBE_SECONDS, Space, paused_now
+from cloakd.daemon.space import PROBE_SECONDS, TRY_AGAIN_SECONDS, Space, paused_now
 from cloakd.daemon.worker import REASON_SUFFIX, Pipeline
 from conftest import DATA, REPO
 from pipeline_child import strip_only
@@ -405,6 +405,48 @@ def test_a_full_ready_folder_pauses_only_its_user_and_costs_no_attempt(account, 
             assert any(r.getMessage().startswith("resumed: the ready folder of alice") for r in caplog.records)
             assert [(r.state, r.attempts) for r in ledger.rows("alice")] == [(DONE, 1)] * 3
             assert files(ready) == sorted(alice) and paused_now(config.state_dir) == []
+            ledger.close()
+
+
+def test_a_full_folder_that_shows_no_space_freed_is_tried_again_later_and_later(account, caplog):
+    """A user's quota (EDQUOT) may be full while the file system shows space free, and freed space never shows:
+    the pause ends after TRY_AGAIN_SECONDS to try again, and each try that fails again doubles the wait (said
+    as "still full", not as a new pause); no try counts against the photo. A tmpfs kept full stands in for the
+    quota here: this machine's kernel has no quota support (ext4 and XFS refuse usrquota)."""
+    with shared_tmp("cloakd-quota-") as base:
+        config = load_config(two_users(base, account))
+        ready = base / "alice" / "ready"
+        with small_disk(ready, "64k", account):
+            fill_up(ready)
+            ledger = Ledger(config.state_dir)
+            alice = _enqueue_crops(ledger, "alice", base / "alice" / "out", account, 2)
+            space = Space(config.state_dir)
+            accounts = accounts_for(config)
+            pipeline = Pipeline(config, accounts, ledger, strip_only, lambda u, p: None, lambda at: None, space)
+            t = time.time()
+            with caplog.at_level(logging.INFO, logger="cloakd"):
+                _drain(pipeline)
+                space.probe(now=t + PROBE_SECONDS)
+                assert space.paused("alice")  # no space freed
+                space.probe(now=t + TRY_AGAIN_SECONDS + 1)
+                assert not space.paused("alice")  # time to try again
+                _drain(pipeline)
+                assert space.paused("alice")  # full still
+                space.probe(now=t + 2 * TRY_AGAIN_SECONDS)
+                assert space.paused("alice")  # now twice as long
+                space.probe(now=t + 3 * TRY_AGAIN_SECONDS + 2)
+                assert not space.paused("alice")
+            said = [r.getMessage() for r in caplog.records if r.name == "cloakd.space"]
+            where = f"the ready folder of alice ({ready})"
+            assert [m.split(" is full")[0].split(" again")[0] for m in said] == [
+                f"paused: {where}",
+                f"trying {where}",
+                f"still full: {where}",
+                f"trying {where}",
+            ], said
+            assert said[2].endswith(f"trying again in {2 * TRY_AGAIN_SECONDS:.0f} s"), said
+            assert [(r.state, r.attempts) for r in ledger.rows("alice")] == [(QUEUED, 0)] * 2
+            assert files(base / "alice" / "held") == [] and files(base / "alice" / "out") == sorted(alice)
             ledger.close()
 
 
