@@ -86,7 +86,10 @@ class LedgerDamaged(CloakdError):
 
 
 #: SQLite's primary result codes met here (:func:`_code`)
-_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
+#: a state directory with fewer bytes free counts as full: SQLite's I/O errors there are the full disk's (opening
+#: a ledger in WAL mode after a clean stop must create its -shm file: SQLITE_IOERR_SHMSIZE, not SQLITE_FULL)
+LOW_BYTES = 64 * 1024
 
 
 def _code(e: sqlite3.Error) -> int:
@@ -178,7 +181,7 @@ class Ledger:
     def _explained(self, e: sqlite3.Error) -> Exception:
         """A clear error for SQLite's: a full disk, a damaged file; anything else names the file."""
         code = _code(e)
-        if code == _SQLITE_FULL:
+        if self._full(e):
             free = free_bytes(self.path.parent)
             return LedgerFull(
                 f"{self.path}: nothing could be recorded: the disk is full"
@@ -187,6 +190,13 @@ class Ledger:
         if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
             return LedgerDamaged(self._damaged(str(e)))
         return CloakdError(f"cannot use the ledger {self.path}: {e}")
+
+    def _full(self, e: sqlite3.Error) -> bool:
+        """Whether ``e`` is the full disk's: SQLITE_FULL, or an I/O error where almost nothing is free."""
+        if _code(e) == _SQLITE_FULL:
+            return True
+        free = free_bytes(self.path.parent)
+        return _code(e) in (_SQLITE_IOERR, _SQLITE_CANTOPEN) and free is not None and free < LOW_BYTES
 
     def close(self) -> None:
         with self._lock:
@@ -209,7 +219,7 @@ class Ledger:
                     self._rollback()  # SQLite has usually rolled back itself (a full disk); never leave it open
                     raise
             except sqlite3.Error as e:
-                if _code(e) not in (_SQLITE_FULL, _SQLITE_CORRUPT):
+                if _code(e) != _SQLITE_CORRUPT and not self._full(e):
                     raise
                 raise self._explained(e) from None
 

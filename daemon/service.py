@@ -17,7 +17,7 @@ photo on the next start (the interruption does not count as an attempt).
 A full disk (a user's ready, held or archive folder, or the state directory) pauses the work that needs it
 and resumes by itself once space is freed (space.py): the main loop probes the paused places, and takes no
 new file into the ledger while the state directory is full. A state directory full at start is such a
-pause too: the service waits (READY=1, paused) and goes on starting once space is freed.
+pause too: the service waits (still starting for systemd, STATUS= says why) and goes on once space is freed.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ log = logging.getLogger("cloakd")
 TICK_SECONDS = 0.5
 T = TypeVar("T")
 STATUS_SECONDS = 10.0
+#: while start-up waits for space: how much longer systemd should wait for READY=1, said every half of it
+EXTEND_SECONDS = 60.0
 ENQUEUE_BATCH = 500  # files queued per transaction
 
 
@@ -99,6 +101,8 @@ class Service:
         self._reload = threading.Event()
         self._publishing = threading.Lock()  # the engine's watcher thread and start-up both publish
         self.workers: Workers | None = None
+        self.ledger: Ledger | None = None
+        self._recorded = False
 
     def run(self) -> int:
         config = load_config(self.config_path)
@@ -108,18 +112,17 @@ class Service:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
-        recorded = self._record(record_start, "start")
+        self._recorded = self._record(record_start, "start")
         self.space = Space(config.state_dir, on_resume=self._wake)
         self.space.publish()  # nothing paused yet (a record of an earlier run is replaced)
-        ledger = self._when_state_has_space(lambda: Ledger(config.state_dir))
-        if ledger is None:  # stopped while waiting for space
-            self._record(record_stop, "stop")
-            return 0
-        self.ledger = ledger
-        if not recorded:  # the state directory was full: record the start now that there is space
-            self._record(record_start, "start")
+        self.ledger = self._when_state_has_space(lambda: Ledger(config.state_dir))
+        if self.ledger is None:  # stopped while waiting for space
+            return self._stopped_while_starting(None)
+        self._record_start_again()
         notify("STATUS=loading the face models")
         engine = self._engine(config)
+        if self._stop.is_set():
+            return self._stopped_while_starting(engine)
         self.candidates = Candidates(config.stable_seconds)
         self.jobs = Jobs(rescan=self._rescan, housekeeping=self._housekeeping, wake=self._wake, sybil=self._sybil)
         self.pipeline = Pipeline(
@@ -132,7 +135,8 @@ class Service:
             space=self.space,
         )
         self._engine_changed(engine.state())
-        self._when_state_has_space(self.pipeline.reconcile)  # stopped meanwhile: _loop() ends at once
+        if self._when_state_has_space(self.pipeline.reconcile) is None or self._stop.is_set():
+            return self._stopped_while_starting(engine)
         self.accounts = accounts
         self.watcher = Watcher(config, accounts, self.candidates)
         self.watcher.start()
@@ -159,22 +163,38 @@ class Service:
         """``step()``, which writes to the ledger at start-up. While it finds the state directory full, the
         service does not exit (systemd would start it again every RestartSec, loading the models each time):
         it pauses as it does mid-run (said once in the log, shown by ``cloakd status`` and in systemd's STATUS=
-        line; READY=1 and watchdog pings keep systemd from counting a start that hangs) and tries ``step``
+        line, while EXTEND_TIMEOUT_USEC keeps systemd from counting a start that hangs) and tries ``step``
         again once space is freed. None if the service is stopped while it waits."""
         while True:
             try:
                 return step()
             except LedgerFull as e:
                 self.space.ledger_full(e)
-            notify("READY=1", f"STATUS={self.space.text()}")
-            period, last_ping = watchdog_period(), 0.0
+            notify(f"STATUS={self.space.text()}")
+            extended = 0.0
             while self.space.ledger_paused():
+                if time.monotonic() - extended >= EXTEND_SECONDS / 2:
+                    notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_SECONDS * 1e6)}")
+                    extended = time.monotonic()
                 if self._stop.wait(TICK_SECONDS):
                     return None
                 self.space.probe()
-                if period and time.monotonic() - last_ping >= period:
-                    notify("WATCHDOG=1")
-                    last_ping = time.monotonic()
+
+    def _stopped_while_starting(self, engine) -> int:
+        """A stop (SIGTERM, SIGINT) during start-up: nothing was taken yet, so nothing is left in hand."""
+        notify("STOPPING=1", "STATUS=stopping")
+        log.info("stopped while starting")
+        if engine is not None:
+            engine.close()
+        if self.ledger is not None:
+            self.ledger.close()
+        self._record(record_stop, "stop")
+        return 0
+
+    def _record_start_again(self) -> None:
+        """Record the start if the state directory was too full to take it (tried again until it is done)."""
+        if not self._recorded:
+            self._recorded = self._record(record_start, "start", quiet=True)
 
     def _engine(self, config: Config):
         """Load the models once (the service needs them also with a Dask cluster: target classes, references,
@@ -215,12 +235,14 @@ class Service:
         if workers is not None:
             workers.wake()
 
-    def _record(self, record, what: str) -> bool:
+    def _record(self, record, what: str, quiet: bool = False) -> bool:
         """Record the service's start or stop in its state directory, for `cloakd status`; False if it cannot."""
         try:
             record(self.config.state_dir)
         except OSError as e:
-            log.warning("cannot record the service's %s for `cloakd status`: %s", what, os_error_text(e))
+            (log.debug if quiet else log.warning)(
+                "cannot record the service's %s for `cloakd status`: %s", what, os_error_text(e)
+            )
             return False
         return True
 
@@ -241,6 +263,7 @@ class Service:
                 last_ping = now
             if now - last_status >= STATUS_SECONDS:
                 notify(f"STATUS={self._status()}")
+                self._record_start_again()
                 last_status = now
 
     def _take_stable(self) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .config import UserConfig
 from .files import replace_file
-from .ledger import LedgerFull, free_bytes
+from .ledger import LOW_BYTES, LedgerFull, free_bytes
 from .running import iso, process_running, this_process
 
 log = logging.getLogger("cloakd.space")
@@ -50,8 +50,6 @@ PROBE_SECONDS = 2.0
 RESUME_BYTES = 64 * 1024
 TRY_AGAIN_SECONDS = 60.0
 MAX_TRY_AGAIN_SECONDS = 3600.0
-#: a state directory with less free space is shown as full by ``cloakd status``
-LOW_BYTES = 64 * 1024
 #: a failed write within this long after a try again continues the same pause (logged as "still full")
 SAME_EPISODE_SECONDS = 2 * MAX_TRY_AGAIN_SECONDS
 STATE_DIRECTORY = "the state directory"

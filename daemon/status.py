@@ -98,15 +98,23 @@ def snapshot(config: Config) -> Status:
     from .targets import TargetStore
 
     paused = paused_now(config.state_dir)
-    path = config.state_dir / FILE_NAME
-    if not path.exists() or path.stat().st_size == 0:  # none yet, or SQLite could not write its first page
+    try:
+        empty = (config.state_dir / FILE_NAME).stat().st_size == 0  # SQLite could not write its first page
+    except FileNotFoundError:
+        empty = None
+    if empty is not False:
         if not any(p.user is None for p in paused):
             raise CloakdError(f"no ledger in {config.state_dir}: the service has not run with this configuration yet")
         counts = {}  # the state directory is full: the service waits to create its ledger
     else:
         try:
             counts = Ledger(config.state_dir, readonly=True).counts()
-        except Exception as e:  # sqlite3 errors: usually no permission on the state directory
+        except Exception as e:  # sqlite3 errors: usually no permission on the state directory, or no space
+            if any(p.user is None for p in paused):
+                raise CloakdError(
+                    f"cannot read the ledger in {config.state_dir}: its file system is full (SQLite needs a little "
+                    f"space even to read it); the service waits until space is freed there"
+                ) from None
             raise CloakdError(
                 f"cannot read the ledger in {config.state_dir}: {e} (run as the service's user)"
             ) from None

@@ -257,10 +257,13 @@ def test_a_full_disk_pauses_the_work_says_why_and_resumes_by_itself(site, owner)
         ledger.close()
 
 
-def test_a_service_started_with_a_full_state_directory_waits_for_space_then_starts(site, owner):
-    """The state directory is full before the service starts: it does not exit (systemd would restart it
-    every 10 s, loading the models each time); it says why, in its log and in `cloakd status`, waits, and
-    starts by itself once space is freed, taking the photo that arrived meanwhile."""
+@pytest.mark.parametrize("before", ["first start", "after a clean stop"])
+def test_a_service_started_with_a_full_state_directory_waits_for_space_then_starts(site, owner, before):
+    """The state directory is full before the service starts (its first start, or a restart after a clean stop,
+    where SQLite must create the WAL's -shm file and fails with an I/O error, not SQLITE_FULL): it does not
+    exit (systemd would restart it every 10 s, loading the models each time); it says why, in its log, in
+    systemd's STATUS= (while still starting: no READY=1, EXTEND_TIMEOUT_USEC) and in `cloakd status`, waits,
+    and starts by itself once space is freed, taking the photo that arrived meanwhile."""
     base, folders = site
     state = base / "state"
     (base / "staging").mkdir()
@@ -268,15 +271,25 @@ def test_a_service_started_with_a_full_state_directory_waits_for_space_then_star
     config = write_config(base / "cloakd.yaml", folders, owner.pw_name)
     whole_log = config.with_suffix(".log")
     with small_disk(state, "16m"):
+        if before == "after a clean stop":
+            with Service(config) as service:
+                service.wait_ready()
+                assert service.stop() == 0
+            assert sorted(p.name for p in state.iterdir() if p.name.startswith("ledger")) == ["ledger.sqlite3"]
         filler = fill_up(state)
         with Service(config) as service:
-            wait_for(lambda: "paused: the state directory" in whole_log.read_text(), 60, "the pause at start", service)
+            wait_for(lambda: whole_log.read_text().count("paused: the state directory") == 1, 60, "the pause", service)
             os.rename(base / "staging" / name, folders["out"] / name)
             time.sleep(3)
             assert service.proc.poll() is None, service.log()  # still there, waiting
-            assert any("STATUS=paused: the state directory" in m for m in service.receive()), service.log()
-            text, _ = _paused(config)
-            assert text and text[0].startswith(f"paused: the state directory ({state}) is full ("), text
+            said = service.receive()
+            assert any("STATUS=paused: the state directory" in m for m in said), said
+            assert any("EXTEND_TIMEOUT_USEC=" in m for m in said) and not any("READY=1" in m for m in said), said
+            shown = subprocess.run([str(CLOAKD), "status", "--config", str(config)], capture_output=True, text=True)
+            if before == "first start":  # no ledger yet: the pause, and every count 0
+                assert f"paused: the state directory ({state}) is full (" in shown.stdout, shown.stdout + shown.stderr
+            else:  # SQLite cannot even read the ledger without a little space
+                assert shown.returncode == 2 and "its file system is full" in shown.stderr, shown.stderr
             assert files(folders["ready"]) == [] and files(folders["out"]) == [name]
             filler.unlink()
             service.wait_ready()
@@ -287,6 +300,16 @@ def test_a_service_started_with_a_full_state_directory_waits_for_space_then_star
             shown = subprocess.run([str(CLOAKD), "status", "--config", str(config), "--json"], capture_output=True)
             assert json.loads(shown.stdout)["service"]["running"] is True  # its start recorded once there was space
             assert service.stop() == 0
+
+
+def test_a_service_stopped_while_it_waits_for_space_at_start_stops_cleanly(site, owner):
+    base, folders = site
+    config = write_config(base / "cloakd.yaml", folders, owner.pw_name)
+    with small_disk(base / "state", "16m"):
+        fill_up(base / "state")
+        with Service(config) as service:
+            wait_for(lambda: "paused: the state directory" in service.log(), 60, "the pause", service)
+            assert service.stop() == 0 and "stopped while starting" in service.log(), service.log()
 
 
 def test_processing_window_and_reload(site, owner):
