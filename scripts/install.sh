@@ -195,27 +195,35 @@ user_paths() {
 }
 
 # the caller's pictures folder as xdg-user-dirs names it (XDG_PICTURES_DIR in user-dirs.dirs: ~/Bilder,
-# ~/Images...), else ~/Pictures; the file is read, never run: "$HOME/..." or an absolute path
+# ~/Images...), else ~/Pictures. The file is read as xdg-user-dirs reads it, never run: "$HOME/..." or an
+# absolute path in double quotes, with \-escaped characters
 pictures_dir() {
-    local file=${XDG_CONFIG_HOME:-$HOME/.config}/user-dirs.dirs line value
-    if [ -r "$file" ]; then
-        line=$(grep -E '^[[:space:]]*XDG_PICTURES_DIR=' "$file" | tail -n 1 || true)
-        value=${line#*=}
-        value=${value%"${value##*[![:space:]]}"}  # trailing blanks
-        value=${value#\"}
-        value=${value%\"}
-        case $value in
-            '$HOME'/*) value=$HOME/${value#\$HOME/} ;;
-            /*) ;;
-            *) value= ;;
-        esac
-        value=${value%/}
-        if [ -n "$value" ] && [ "$value" != "$HOME" ]; then
-            printf '%s\n' "$value"
-            return
+    local file=${XDG_CONFIG_HOME:-$HOME/.config}/user-dirs.dirs line value=
+    local re='^[[:space:]]*XDG_PICTURES_DIR[[:space:]]*=[[:space:]]*"(\$HOME)?(/([^"\\]|\\.)*)"'
+    if [ -f "$file" ] && [ -r "$file" ]; then
+        line=$(grep -E '^[[:space:]]*XDG_PICTURES_DIR[[:space:]]*=' "$file" | tail -n 1 || true)
+        if [[ $line =~ $re ]]; then
+            value=$(printf '%s' "${BASH_REMATCH[2]}" | sed 's/\\\(.\)/\1/g')
+            if [ -n "${BASH_REMATCH[1]}" ]; then value=$HOME$value; fi
+            while [ "${value%/}" != "$value" ]; do value=${value%/}; done
         fi
     fi
-    printf '%s\n' "$HOME/Pictures"
+    if [ -n "$value" ] && [ "$value" != "$HOME" ] && [ "${value%/}" != "${HOME%/}" ]; then
+        printf '%s\n' "$value"
+    else
+        printf '%s\n' "$HOME/Pictures"
+    fi
+}
+
+# the outbound folders of a kept configuration, one line, or nothing if it cannot be read
+kept_outbound() {
+    "$U_ENV/bin/python" -I - "$U_CONFIG" 2>/dev/null <<'PY' || true  # -I: not the checkout's folders
+import sys
+from pathlib import Path
+from cloakd.daemon.config import load_config
+config = load_config(Path(sys.argv[1]), check_folders=False)
+print(", ".join(str(f.path) for user in config.users.values() for f in user.outbound))
+PY
 }
 
 user_checks() {  # OPTION: --user works on the caller's home, never with root's rights for someone else
@@ -305,8 +313,14 @@ user_install() {
         ln -sfn "$U_ENV/bin/cloakd" "$U_BIN"
     fi
     install -D -m 0644 README.md "$U_DATA/README.md"
-    say "your folders: $U_PHOTOS/outbound (put photos here), ready (protected copies), held, originals"
-    mkdir -p "$U_PHOTOS/outbound" "$U_PHOTOS/ready" "$U_PHOTOS/held" "$U_PHOTOS/originals"
+    local outbound=$U_PHOTOS/outbound
+    if [ -e "$U_CONFIG" ]; then  # kept: its folders are the ones it names, made when it was written
+        outbound=$(kept_outbound)
+        outbound=${outbound:-the outbound folders of $U_CONFIG}
+    else
+        say "your folders: $U_PHOTOS/outbound (put photos here), ready (protected copies), held, originals"
+        mkdir -p "$U_PHOTOS/outbound" "$U_PHOTOS/ready" "$U_PHOTOS/held" "$U_PHOTOS/originals"
+    fi
     say "the state directory: $U_STATE (mode 0700: it holds enrolled face descriptors)"
     mkdir -p "$(dirname "$U_STATE")"
     install -d -m 0700 "$U_STATE"
@@ -326,10 +340,10 @@ user_install() {
         systemctl --user daemon-reload
         say "starting it: systemctl --user enable --now cloakd"
         systemctl --user enable --now cloakd.service
-        say "done. Put photos into $U_PHOTOS/outbound; see what it does with 'cloakd status --config $U_CONFIG'"
+        say "done. Put photos into $outbound; see what it does with 'cloakd status --config $U_CONFIG'"
     else
         say "done. Your user systemd is not running here: start the service with 'systemctl --user enable --now cloakd' in your desktop session"
-        say "then put photos into $U_PHOTOS/outbound; see what it does with 'cloakd status --config $U_CONFIG'"
+        say "then put photos into $outbound; see what it does with 'cloakd status --config $U_CONFIG'"
     fi
 }
 
@@ -357,7 +371,7 @@ user_uninstall() {
     fi
     say "removed $U_UNIT, $U_DATA and $U_BIN"
     purge_kept "$purge" "$U_CONFIG" "$U_CONFIG_DIR" "$U_STATE" --user
-    say "your photo folders in $U_PHOTOS are left as they are"
+    say "your photo folders are left as they are"
 }
 
 DASK=""  # --dask anywhere: the extra cloakd[dask] (the test extra has it already)

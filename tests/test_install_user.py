@@ -110,6 +110,10 @@ def test_the_user_install_puts_everything_in_the_home(home, first_run):
         ('XDG_PICTURES_DIR="$HOME/"', "~/Pictures"),  # disabled: xdg-user-dirs points it at the home
         ('XDG_PICTURES_DIR="$(touch pwned)"', "~/Pictures"),  # read, never run
         ('XDG_MUSIC_DIR="$HOME/Musik"', "~/Pictures"),
+        ('XDG_PICTURES_DIR="$HOME/Bilder" # mine', "~/Bilder"),  # stops at the closing quote
+        ('XDG_PICTURES_DIR="$HOME/a\\$b \\"c\\""', '~/a$b "c"'),  # as xdg-user-dirs-update escapes
+        ('XDG_PICTURES_DIR="//"', "~/Pictures"),
+        ("XDG_PICTURES_DIR=$HOME/Bilder", "~/Pictures"),  # not the file's form
     ],
 )
 def test_the_photo_folders_go_into_the_pictures_folder_xdg_user_dirs_names(tmp_path, line, folder):
@@ -169,9 +173,13 @@ def test_the_installed_service_runs_with_that_configuration(home, first_run):
 def test_again_keeps_the_users_configuration_then_uninstall_and_purge(home, first_run):
     p = paths(home)
     p["config"].write_text(p["config"].read_text() + "# my edit\n")
+    dirs = home / "settings" / "user-dirs.dirs"
+    dirs.write_text(dirs.read_text().replace("$HOME/Bilder", "$HOME/Fotos"))  # renamed since the first install
     again = install(home)
     quiet(again)
     assert "exists, left as it is" in again.stdout and p["config"].read_text().endswith("# my edit\n")
+    assert f"photos into {p['photos'] / 'outbound'};" in again.stdout  # the kept configuration's folder
+    assert not (home / "Fotos").exists()
 
     removed = install(home, "--uninstall")
     quiet(removed)
