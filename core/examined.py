@@ -35,8 +35,13 @@ class Examined:
         """The faces and rejected detections for ``photo`` (decoded from ``data``); CloakdError if this
         examination is another photo's."""
         height, width = photo.rgb.shape[:2]
-        if self.sha256 != digest(data) or self.size != (width, height):
+        if self.sha256 != digest(data):
             raise CloakdError(f"{label}: the faces sent with the photo were found in another photo")
+        if self.size != (width, height):
+            raise CloakdError(
+                f"{label}: decoded as {width}x{height} here but as {self.size[0]}x{self.size[1]} where its faces "
+                f"were found: the two machines' image libraries differ (install the same versions on both)"
+            )
         return list(self.faces), list(self.rejected)
 
 

@@ -133,20 +133,6 @@ class ProtectResult:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-def _match(face: Face, candidates: list[Face]) -> Face | None:
-    """The re-detected face with the largest box overlap (IoU >= 0.4) with ``face``."""
-    best, best_iou = None, 0.4
-    for c in candidates:
-        x1, y1 = np.maximum(face.box[:2], c.box[:2])
-        x2, y2 = np.minimum(face.box[2:], c.box[2:])
-        inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-        union = np.prod(face.box[2:] - face.box[:2]) + np.prod(c.box[2:] - c.box[:2]) - inter
-        iou = inter / union if union > 0 else 0.0
-        if iou >= best_iou:
-            best, best_iou = c, iou
-    return best
-
-
 def _roles(faces: list[Face], request: ProtectRequest, threshold: float) -> list[str]:
     """ "user" for the face(s) that get the targeted cloak, "other" or "left" for the rest (policy).
 
@@ -227,22 +213,21 @@ def _judge_written(job: _Job, data: bytes, reports: list[FaceReport], used: list
     """Decode the written bytes, re-detect and re-describe each cloaked face with every extractor the
     cloak was optimised against (``used``), and judge it in each (into ``reports``, one per cloaked face).
 
-    Both the tracker's view (the face re-detected in the written photo) and the original alignment must
-    show the move; if the face is no longer detected at all, the original alignment alone is judged.
+    The original alignment and every face detected in the written photo must show the move: the tracker's
+    view of the face (re-detected where it was, perhaps aligned a little differently), and any other face
+    that would still carry its features (a face moved, pasted or left elsewhere in the photo; a photo of
+    the same person twice must show both cloaked). The least moved of these views is judged.
     """
     analyzer, faces = job.analyzer, job.cloaked
     written = decode(data, max_pixels=job.request.max_pixels, label=job.label).rgb
     found = analyzer.find(written)
-    matches = [_match(face, found) for face in faces]
     origins = job.origins()
     for k in used:
         extractor = analyzer.cloak_extractors[k]
-        matched = [m for m in matches if m is not None]
-        described = analyzer.describe(written, faces + matched, extractor)  # one batch: cheaper than two
-        own, again = described[: len(faces)], dict(zip(map(id, matched), described[len(faces) :]))
-        for report, desc, match, origin in zip(reports, own, matches, origins):
-            views = [desc] + ([again[id(match)]] if match is not None else [])
-            least_moved = min(views, key=lambda d: np.linalg.norm(d - origin[k]))
+        described = analyzer.describe(written, faces + found, extractor)  # one batch: cheaper than two
+        own, detected = described[: len(faces)], list(described[len(faces) :])
+        for report, desc, origin in zip(reports, own, origins):
+            least_moved = min([desc, *detected], key=lambda d: np.linalg.norm(d - origin[k]))
             target = job.targets.get(extractor.name) if report.role == "user" else None
             report.checks[extractor.name] = _judge(extractor, report.role, origin[k], least_moved, target)
 

@@ -11,6 +11,8 @@ fails.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .errors import ProtectionError
 from .faces import FaceAnalyzer
 from .photo.decode import open_image
@@ -19,21 +21,31 @@ from .photo.verify import verify_clean
 from .protect import ProtectRequest, _extractors, _judge_written, _prepare, _summarise
 
 
+@dataclass(frozen=True)
+class Rechecked:
+    """What the check found itself: the faces it checked, and the file name extension of the written format
+    (the service names the delivered file by it, not by the other machine's report)."""
+
+    faces: int
+    extension: str
+
+
 def recheck(
     analyzer: FaceAnalyzer, original: bytes, written: bytes, request: ProtectRequest, label: str = "input"
-) -> int:
-    """The number of faces checked; MetadataError or ProtectionError if ``written`` may not be delivered.
+) -> Rechecked:
+    """MetadataError or ProtectionError if ``written`` may not be delivered; else what was checked.
     ``request.examined``, if given, must be the caller's own examination of ``original``."""
     verify_clean(written, kept=request.keep)
     job = _prepare(analyzer, original, request, label)  # the original's faces, roles and own descriptors
     height, width = job.photo.rgb.shape[:2]
-    size = open_image(written, detect(written, label=label)).size  # the header: a clean file has no orientation
+    fmt = detect(written, label=label)
+    size = open_image(written, fmt).size  # the header: a clean file has no orientation
     if size != (width, height):
         raise ProtectionError(
             f"not protected: the returned photo is {size[0]}x{size[1]}, the original {width}x{height}"
         )
     if not job.todo:
-        return 0
+        return Rechecked(0, fmt.extension)
     used = _extractors(analyzer, request.preset(request.mode))
     job.describe_own(used)
     reports = [job.reports[i] for i in job.todo]
@@ -45,4 +57,4 @@ def recheck(
         raise ProtectionError(
             f"not protected: the cloak made by a cluster worker did not verify here: {'; '.join(failed)}"
         )
-    return len(job.todo)
+    return Rechecked(len(job.todo), fmt.extension)

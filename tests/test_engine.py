@@ -8,13 +8,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from cloakd.core.errors import CloakdError, MetadataError, ProtectionError
 from cloakd.core.examined import examine_photo
+from cloakd.core.photo.decode import decode
+from cloakd.core.photo.strip import strip_and_verify
 from cloakd.core.protect import ProtectRequest, protect
-from cloakd.core.recheck import recheck
+from cloakd.core.recheck import Rechecked, recheck
 from cloakd.core.targets import TargetBank
 from cloakd.daemon.cli import main
 from cloakd.daemon.config import load_config, parse_config
@@ -144,8 +147,8 @@ def protected(analyzer):
 
 def test_a_protected_photo_passes_the_services_check(analyzer, protected):
     original, written, request = protected
-    assert recheck(analyzer, original, written, request) == 1
-    assert recheck(analyzer, original, written, replace(request, examined=None)) == 1  # found again: the same
+    assert recheck(analyzer, original, written, request) == Rechecked(1, ".jpg")
+    assert recheck(analyzer, original, written, replace(request, examined=None)) == Rechecked(1, ".jpg")  # found again
 
 
 def test_the_worker_cloaks_the_faces_the_service_sent(analyzer, protected):
@@ -162,6 +165,9 @@ def test_the_worker_cloaks_the_faces_the_service_sent(analyzer, protected):
     other = (DATA / "faces" / "John_Howard" / "John_Howard_0001.jpg").read_bytes()
     with pytest.raises(CloakdError, match="photo 2: the faces sent with the photo were found in another photo"):
         protect(analyzer, other, request, label="photo 2")
+    elsewhere = replace(request, examined=replace(sent, size=(251, 250)))  # another decoder, another size
+    with pytest.raises(CloakdError, match="photo 1: decoded as 250x250 here but as 251x250 where its faces were"):
+        protect(analyzer, original, elsewhere, label="photo 1")
 
 
 def test_the_services_check_trusts_nothing_of_the_worker(analyzer, protected):
@@ -177,6 +183,22 @@ def test_the_services_check_trusts_nothing_of_the_worker(analyzer, protected):
         recheck(analyzer, original, strip_bytes(other).data, request)
     with pytest.raises(ProtectionError, match="did not verify here"):
         recheck(analyzer, original, strip_bytes(original).data, request)  # clean, but not cloaked
+
+
+def test_a_face_moved_elsewhere_in_the_photo_is_still_found_by_the_services_check(analyzer):
+    """A worker that returns the original pixels shifted by 0.6 of a face: at the original places the faces
+    seem to have moved a long way, but the faces in the returned photo still carry their own features, and
+    the check looks at every one of them (review, 2026-12-05: before, only a face overlapping its original
+    box was, and this photo passed with every face uncloaked)."""
+    data = (DATA / "groups" / "dlib_2008_002470.jpg").read_bytes()
+    examined = examine_photo(analyzer, data, label="photo 3")
+    request = ProtectRequest(examined=examined)  # no target: every face is cloaked away from itself
+    photo = decode(data)
+    shift = round(0.6 * float(np.median([f.box[2] - f.box[0] for f in examined.faces])))
+    moved = np.concatenate([np.repeat(photo.rgb[:, :1], shift, axis=1), photo.rgb[:, :-shift]], axis=1)
+    written = strip_and_verify(photo, np.ascontiguousarray(moved), keep=()).data
+    with pytest.raises(ProtectionError, match="did not verify here: face 1: moved 0.1"):
+        recheck(analyzer, data, written, request)
 
 
 # --- device -------------------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ MAX_IN_FLIGHT = 64
 CONNECT_TIMEOUT_SECONDS = 5.0
 #: how often the watcher looks at the connection and the workers, and a waiting photo at the connection
 CHECK_SECONDS = 2.0
+#: the most of a worker's reason for a photo it could not protect that goes into the ledger and the held reason
+REASON_CHARS = 400
 
 
 @dataclass
@@ -207,12 +209,15 @@ class DaskEngine:
         finally:
             future.release()
         returned = time.perf_counter()
-        if not result.ok:
-            raise ProtectionError(f"not protected: {result.reason}".replace(label, str(original.path)))
-        recheck(self.context.analyzer, original.data, result.data, request, label=str(original.path))
+        if not result.ok:  # the worker's own words, in one line and not too many of them
+            reason = " ".join(str(result.reason).split())[:REASON_CHARS].replace(label, str(original.path))
+            raise ProtectionError(f"not protected: {reason}")
+        checked = recheck(self.context.analyzer, original.data, result.data, request, label=str(original.path))
         done = time.perf_counter()
         self.overheads.add(result.seconds, returned - sent, done - returned, sent - found)
-        return ProcessResult(data=result.data, extension=result.extension, faces=len(result.faces), seconds=done - t0)
+        # the file's name and the face count are the service's own findings, not the worker's report
+        faces = len(examined.faces)
+        return ProcessResult(data=result.data, extension=checked.extension, faces=faces, seconds=done - t0)
 
     def _wait(self, client, future, label: str, path: str):
         from distributed import KilledWorker
