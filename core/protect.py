@@ -133,6 +133,20 @@ class ProtectResult:
     rejected: list[Rejected] = field(default_factory=list)
 
 
+def _match(face: Face, candidates: list[Face]) -> int | None:
+    """The index of the re-detected face with the largest box overlap (IoU >= 0.4) with ``face``."""
+    best, best_iou = None, 0.4
+    for i, c in enumerate(candidates):
+        x1, y1 = np.maximum(face.box[:2], c.box[:2])
+        x2, y2 = np.minimum(face.box[2:], c.box[2:])
+        inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+        union = np.prod(face.box[2:] - face.box[:2]) + np.prod(c.box[2:] - c.box[:2]) - inter
+        iou = inter / union if union > 0 else 0.0
+        if iou >= best_iou:
+            best, best_iou = i, iou
+    return best
+
+
 def _roles(faces: list[Face], request: ProtectRequest, threshold: float) -> list[str]:
     """ "user" for the face(s) that get the targeted cloak, "other" or "left" for the rest (policy).
 
@@ -213,23 +227,40 @@ def _judge_written(job: _Job, data: bytes, reports: list[FaceReport], used: list
     """Decode the written bytes, re-detect and re-describe each cloaked face with every extractor the
     cloak was optimised against (``used``), and judge it in each (into ``reports``, one per cloaked face).
 
-    The original alignment and every face detected in the written photo must show the move: the tracker's
-    view of the face (re-detected where it was, perhaps aligned a little differently), and any other face
-    that would still carry its features (a face moved, pasted or left elsewhere in the photo; a photo of
-    the same person twice must show both cloaked). The least moved of these views is judged.
+    Both the tracker's view (the face re-detected where it was, perhaps aligned a little differently) and
+    the original alignment must show the move (the least moved of them is judged, towards the target too);
+    and no face detected anywhere in the written photo may still carry the face's own features (a face
+    moved, pasted or left elsewhere; the same person twice in one photo must be cloaked twice).
     """
     analyzer, faces = job.analyzer, job.cloaked
     written = decode(data, max_pixels=job.request.max_pixels, label=job.label).rgb
     found = analyzer.find(written)
+    matches = [_match(face, found) for face in faces]
     origins = job.origins()
     for k in used:
         extractor = analyzer.cloak_extractors[k]
         described = analyzer.describe(written, faces + found, extractor)  # one batch: cheaper than two
         own, detected = described[: len(faces)], list(described[len(faces) :])
-        for report, desc, origin in zip(reports, own, origins):
-            least_moved = min([desc, *detected], key=lambda d: np.linalg.norm(d - origin[k]))
+        for report, desc, match, origin in zip(reports, own, matches, origins):
+            views = [desc] + ([detected[match]] if match is not None else [])
+            least_moved = min(views, key=lambda d: np.linalg.norm(d - origin[k]))
             target = job.targets.get(extractor.name) if report.role == "user" else None
-            report.checks[extractor.name] = _judge(extractor, report.role, origin[k], least_moved, target)
+            check = _judge(extractor, report.role, origin[k], least_moved, target)
+            report.checks[extractor.name] = _nowhere_else(extractor, check, origin[k], detected)
+
+
+def _nowhere_else(extractor, check: dict, original: np.ndarray, detected: list[np.ndarray]) -> dict:
+    """``check`` failed if a face detected in the written photo is still within the moved margin of the
+    face's ``original`` descriptor."""
+    if not detected:
+        return check
+    nearest = min(float(np.linalg.norm(d - original)) for d in detected)
+    check["nearest_in_photo"] = nearest
+    need = MOVED_MARGIN * extractor.identity_gap
+    if nearest < need and check["verified"]:  # a check that failed already says why
+        check["verified"] = False
+        check["reason"] = f"a face in the written photo is {nearest:.2f} from its own features (needs {need:.2f})"
+    return check
 
 
 def _summarise(report: FaceReport, primary: str) -> None:

@@ -186,6 +186,7 @@ class Ledger:
             return LedgerFull(
                 f"{self.path}: nothing could be recorded: the disk is full"
                 + ("" if free is None else f" ({free} bytes free in {self.path.parent})")
+                + ("" if code == _SQLITE_FULL else f"; SQLite said: {e}")
             )
         if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
             return LedgerDamaged(self._damaged(str(e)))

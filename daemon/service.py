@@ -56,6 +56,8 @@ T = TypeVar("T")
 STATUS_SECONDS = 10.0
 #: while start-up waits for space: how much longer systemd should wait for READY=1, said every half of it
 EXTEND_SECONDS = 60.0
+#: the time the rest of start-up (models, reconciliation, rescan) gets after such a wait: the units' TimeoutStartSec
+START_SECONDS = 300.0
 ENQUEUE_BATCH = 500  # files queued per transaction
 
 
@@ -179,6 +181,7 @@ class Service:
                 if self._stop.wait(TICK_SECONDS):
                     return None
                 self.space.probe()
+            notify(f"EXTEND_TIMEOUT_USEC={int(START_SECONDS * 1e6)}")  # the rest of start-up: the unit's own time
 
     def _stopped_while_starting(self, engine) -> int:
         """A stop (SIGTERM, SIGINT) during start-up: nothing was taken yet, so nothing is left in hand."""

@@ -42,6 +42,24 @@ def test_protected_photo_is_cloaked_clean_and_verified(analyzer, data_dir, targe
     assert again.data == res.data  # same seed, input, mode and target: identical bytes
 
 
+def test_the_users_face_in_a_group_verifies_though_others_sit_nearer_its_features_than_it_moved(
+    analyzer, data_dir, target
+):
+    """The user's cloak moves their face further than the other people in the photo sit from it, and the others
+    are left as they are: the user's face is judged in its own views (verified at mid), and only the rule that
+    no face in the photo may still carry its features looks at the others (review 2026-12-05: judging the user's
+    face by whichever face was nearest held such photos)."""
+    data = (data_dir / "groups" / "dlib_2008_002470.jpg").read_bytes()
+    faces = analyzer.read(data)[1]
+    mine = max(faces, key=lambda f: float((f.box[2] - f.box[0]) * (f.box[3] - f.box[1])))
+    request = ProtectRequest(target=target, references=mine.descriptor[None], others="leave", seed=1)
+    res = protect(analyzer, data, request, label="group")
+    assert res.ok, res.reason
+    [user] = [f for f in res.faces if f.role == "user"]
+    assert user.mode == "mid" and user.checks[analyzer.extractor.name]["nearest_in_photo"] >= MOVED_MARGIN * 0.384
+    assert sum(f.role == "left" for f in res.faces) == len(faces) - 1
+
+
 def test_an_ensemble_cloak_is_verified_in_every_extractor_it_was_optimised_against(analyzer, data_dir):
     bank = TargetBank.load()
     point = bank.point("Michelle_Yeoh")  # the target identity's centroid in every extractor's space
