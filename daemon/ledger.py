@@ -194,10 +194,11 @@ class Ledger:
 
     def _full(self, e: sqlite3.Error) -> bool:
         """Whether ``e`` is the full disk's: SQLITE_FULL, or an I/O error where almost nothing is free."""
-        if _code(e) == _SQLITE_FULL:
-            return True
-        free = free_bytes(self.path.parent)
-        return _code(e) in (_SQLITE_IOERR, _SQLITE_CANTOPEN) and free is not None and free < LOW_BYTES
+        code = _code(e)
+        if code in (_SQLITE_IOERR, _SQLITE_CANTOPEN):
+            free = free_bytes(self.path.parent)
+            return free is not None and free < LOW_BYTES
+        return code == _SQLITE_FULL
 
     def close(self) -> None:
         with self._lock:

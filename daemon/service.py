@@ -51,8 +51,8 @@ from .words import count
 from .worker import Pipeline, Workers
 
 log = logging.getLogger("cloakd")
-TICK_SECONDS = 0.5
 T = TypeVar("T")
+TICK_SECONDS = 0.5
 STATUS_SECONDS = 10.0
 #: while start-up waits for space: how much longer systemd should wait for READY=1, said every half of it
 EXTEND_SECONDS = 60.0

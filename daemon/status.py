@@ -98,19 +98,20 @@ def snapshot(config: Config) -> Status:
     from .targets import TargetStore
 
     paused = paused_now(config.state_dir)
+    state_full = any(p.user is None for p in paused)
     try:
-        empty = (config.state_dir / FILE_NAME).stat().st_size == 0  # SQLite could not write its first page
+        size = (config.state_dir / FILE_NAME).stat().st_size
     except FileNotFoundError:
-        empty = None
-    if empty is not False:
-        if not any(p.user is None for p in paused):
+        size = 0
+    if size == 0:  # no ledger yet, or SQLite could not write its first page
+        if not state_full:
             raise CloakdError(f"no ledger in {config.state_dir}: the service has not run with this configuration yet")
         counts = {}  # the state directory is full: the service waits to create its ledger
     else:
         try:
             counts = Ledger(config.state_dir, readonly=True).counts()
         except Exception as e:  # sqlite3 errors: usually no permission on the state directory, or no space
-            if any(p.user is None for p in paused):
+            if state_full:
                 raise CloakdError(
                     f"cannot read the ledger in {config.state_dir}: its file system is full (SQLite needs a little "
                     f"space even to read it); the service waits until space is freed there"
